@@ -1,0 +1,477 @@
+//! The command line: clap's raw arguments become one validated `Command`
+//! here, and each command is carried out against the library. What it prints
+//! lives in `output`.
+
+mod output;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, CsvDialect, Encoding};
+use crate::pipeline::{self, Integration, RunOptions, Trigger};
+use crate::schema::{self, Dataset};
+use crate::store::{RunStatus, Store, UnsubscribeFilter};
+use crate::sync::{self, FileOutcome, Selection};
+
+/// How a command ended, as the process exit code says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for succeeded (or was already done).
+    Success = 0,
+    /// At least one run failed, or the command could not do its work.
+    Failed = 1,
+    /// The command line or the config is wrong.
+    Usage = 2,
+    /// Everything was applied, but some rows were rejected.
+    Partial = 3,
+}
+
+/// A command-line error: what went wrong, and which exit code it means.
+#[derive(Debug)]
+pub struct CliError {
+    pub outcome: Outcome,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> CliError {
+        CliError {
+            outcome: Outcome::Failed,
+            error: e.into(),
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> CliError {
+    CliError {
+        outcome: Outcome::Usage,
+        error: anyhow::anyhow!(message.into()),
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dropsync",
+    version,
+    about = "Validate, diff and apply the CSV files partner systems drop."
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "DROPSYNC_CONFIG",
+        default_value = "dropsync.toml"
+    )]
+    pub config: PathBuf,
+    /// Log format on stderr: `human` or `json` (one JSON object a line).
+    #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+    /// More detail in the log (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sync the new files of some integrations (all when none is named).
+    Run(RunArgs),
+    /// Sync one file given here, as if it had been dropped.
+    Ingest(IngestArgs),
+    /// Check a file against a dataset's schema; needs no store.
+    Validate(ValidateArgs),
+    /// List past runs, newest first.
+    History(HistoryArgs),
+    /// Show one run and its rejected rows.
+    Show(ShowArgs),
+    /// Export data back out.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Integrations to sync.
+    pub integrations: Vec<String>,
+    /// Sync every integration.
+    #[arg(long, conflicts_with = "integrations")]
+    pub all: bool,
+    /// Only the files of this business date (YYYY-MM-DD), even if seen before.
+    #[arg(long, value_parser = pipeline::parse_date)]
+    pub date: Option<NaiveDate>,
+    /// Print what would change, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply even content already applied, an older snapshot, or mass deletes.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the runs as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    pub integration: String,
+    pub file: PathBuf,
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The dataset to check against.
+    #[arg(long, required_unless_present = "integration")]
+    pub dataset: Option<String>,
+    /// Check as this integration reads files (dialect, column mapping,
+    /// metrics), from the config.
+    #[arg(long, conflicts_with = "dataset")]
+    pub integration: Option<String>,
+    /// A directory of extra schemas.
+    #[arg(long)]
+    pub schemas: Option<PathBuf>,
+    /// Field delimiter.
+    #[arg(long)]
+    pub delimiter: Option<char>,
+    /// `utf-8` or `latin-1`.
+    #[arg(long, value_parser = ["utf-8", "latin-1"])]
+    pub encoding: Option<String>,
+    /// The file has no header row.
+    #[arg(long)]
+    pub no_header: bool,
+    /// How many row errors to print.
+    #[arg(long, default_value_t = 20)]
+    pub errors: usize,
+    #[arg(long)]
+    pub json: bool,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    pub integration: Option<String>,
+    /// How many runs to list.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The run's execution id, or a unique part of it.
+    pub execution_id: String,
+    /// How many rejected rows to list.
+    #[arg(long, default_value_t = 20)]
+    pub errors: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Unsubscribed records, as CSV.
+    Unsubscribes(UnsubscribesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnsubscribesArgs {
+    /// Only these lists.
+    #[arg(long = "list")]
+    pub lists: Vec<String>,
+    /// Never these lists.
+    #[arg(long = "exclude-list")]
+    pub exclude_lists: Vec<String>,
+    /// Unsubscribed on or after this date.
+    #[arg(long, value_parser = pipeline::parse_date, conflicts_with = "previous_day")]
+    pub since: Option<NaiveDate>,
+    /// Unsubscribed on or before this date.
+    #[arg(long, value_parser = pipeline::parse_date, conflicts_with = "previous_day")]
+    pub until: Option<NaiveDate>,
+    /// Only those who unsubscribed yesterday (UTC).
+    #[arg(long)]
+    pub previous_day: bool,
+    /// Only these reasons.
+    #[arg(long = "reason")]
+    pub reasons: Vec<String>,
+    /// Never these reasons.
+    #[arg(long = "exclude-reason")]
+    pub exclude_reasons: Vec<String>,
+    /// The table holding subscribers. Default: `subscribers`.
+    #[arg(long, default_value = "subscribers")]
+    pub table: String,
+    /// Write here instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// Carries out a parsed command line.
+pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
+    let out = &mut std::io::stdout().lock();
+    match cli.command {
+        Command::Run(args) => run(&cli.config, args, out),
+        Command::Ingest(args) => ingest(&cli.config, args, out),
+        Command::Validate(args) => validate(&cli.config, args, out),
+        Command::History(args) => {
+            let config = load_config(&cli.config)?;
+            let store = Store::open_read_only(&config.store.path)?;
+            let runs = store.runs(args.integration.as_deref(), args.limit)?;
+            if args.json {
+                output::json(out, &runs)?;
+            } else {
+                output::history(out, &runs)?;
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Show(args) => {
+            let config = load_config(&cli.config)?;
+            let store = Store::open_read_only(&config.store.path)?;
+            let run = store.run(&args.execution_id)?;
+            let errors = store.row_errors(&run.execution_id, args.errors)?;
+            if args.json {
+                output::json(out, &serde_json::json!({"run": run, "errors": errors}))?;
+            } else {
+                output::show(out, &run, &errors)?;
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Export(ExportCommand::Unsubscribes(args)) => {
+            let config = load_config(&cli.config)?;
+            let store = Store::open_read_only(&config.store.path)?;
+            let (since, until) = if args.previous_day {
+                let yesterday = chrono::Utc::now().date_naive() - chrono::Days::new(1);
+                (Some(yesterday), Some(yesterday))
+            } else {
+                (args.since, args.until)
+            };
+            let filter = UnsubscribeFilter {
+                lists: args.lists,
+                exclude_lists: args.exclude_lists,
+                since,
+                until,
+                reasons: args.reasons,
+                exclude_reasons: args.exclude_reasons,
+            };
+            let n = match &args.output {
+                Some(path) => {
+                    let mut buf = Vec::new();
+                    let n = store.export_unsubscribes(&args.table, &filter, &mut buf)?;
+                    write_atomic(path, &buf)?;
+                    n
+                }
+                None => store.export_unsubscribes(&args.table, &filter, out)?,
+            };
+            tracing::info!(records = n, "unsubscribes exported");
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config, CliError> {
+    Config::load(path).map_err(|e| CliError {
+        outcome: Outcome::Usage,
+        error: e.into(),
+    })
+}
+
+fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let config = load_config(config_path)?;
+    for name in &args.integrations {
+        config.integration(name).map_err(usage)?;
+    }
+    let store = Store::open(&config.store.path)?;
+    let selection = Selection {
+        integrations: args.integrations,
+        date: args.date,
+    };
+    let opts = RunOptions {
+        force: args.force,
+        dry_run: args.dry_run,
+        trigger: Trigger::Manual,
+        explicit: false,
+    };
+    let json = args.json;
+    let mut print_error = None;
+    let outcomes = sync::run(&store, &config, &selection, opts, |outcome| {
+        if !json && let Err(e) = output::file_outcome(out, outcome) {
+            print_error.get_or_insert(e);
+        }
+    })
+    .map_err(|e| CliError {
+        outcome: Outcome::Usage,
+        error: e.into(),
+    })?;
+    if let Some(e) = print_error {
+        return Err(e.into());
+    }
+    if json {
+        output::json(out, &output::outcomes_json(&outcomes))?;
+    } else if outcomes.is_empty() {
+        writeln!(out, "nothing new to sync")?;
+    }
+    Ok(overall(&outcomes))
+}
+
+fn ingest(config_path: &Path, args: IngestArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+    let config = load_config(config_path)?;
+    config.integration(&args.integration).map_err(usage)?;
+    let store = Store::open(&config.store.path)?;
+    let opts = RunOptions {
+        force: args.force,
+        dry_run: args.dry_run,
+        trigger: Trigger::Ingest,
+        explicit: true,
+    };
+    let outcome = sync::ingest(&store, &config, &args.integration, &args.file, opts)?;
+    if args.json {
+        output::json(out, &output::outcomes_json(std::slice::from_ref(&outcome)))?;
+    } else {
+        output::file_outcome(out, &outcome)?;
+    }
+    Ok(overall(std::slice::from_ref(&outcome)))
+}
+
+/// The exit outcome of a set of file outcomes: the worst of them.
+fn overall(outcomes: &[FileOutcome]) -> Outcome {
+    let mut result = Outcome::Success;
+    for o in outcomes {
+        let this = match o {
+            FileOutcome::Ran(report) => match report.record.status {
+                RunStatus::Success | RunStatus::Skipped | RunStatus::Running => Outcome::Success,
+                RunStatus::Partial => Outcome::Partial,
+                RunStatus::Failed | RunStatus::Interrupted => Outcome::Failed,
+            },
+            FileOutcome::Error { .. } => Outcome::Failed,
+        };
+        result = match (result, this) {
+            (Outcome::Failed, _) | (_, Outcome::Failed) => Outcome::Failed,
+            (Outcome::Partial, _) | (_, Outcome::Partial) => Outcome::Partial,
+            _ => Outcome::Success,
+        };
+    }
+    result
+}
+
+fn validate(
+    config_path: &Path,
+    args: ValidateArgs,
+    out: &mut dyn Write,
+) -> Result<Outcome, CliError> {
+    let (integration, mut dialect, columns) = match &args.integration {
+        Some(name) => {
+            let config = load_config(config_path)?;
+            let integration =
+                Integration::resolve(&config, name).map_err(|e| usage(e.to_string()))?;
+            let dialect = integration.config.csv.clone();
+            let columns = integration.config.columns.clone();
+            (integration, dialect, columns)
+        }
+        None => {
+            let name = args.dataset.as_deref().unwrap_or_default();
+            let dataset =
+                Dataset::load(name, args.schemas.as_deref()).map_err(|e| usage(e.to_string()))?;
+            let text = format!(
+                "dataset = \"{name}\"\npattern = \"*\"\nsource = {{ type = \"folder\", path = \".\" }}\n"
+            );
+            let config: crate::config::IntegrationConfig =
+                toml::from_str(&text).map_err(|e| usage(e.to_string()))?;
+            let integration =
+                Integration::from_config(&dataset.name, &config, args.schemas.as_deref())
+                    .map_err(|e| usage(e.to_string()))?;
+            (integration, CsvDialect::default(), Default::default())
+        }
+    };
+    if let Some(d) = args.delimiter {
+        dialect.delimiter = d;
+    }
+    if let Some(e) = &args.encoding {
+        dialect.encoding = if e == "latin-1" {
+            Encoding::Latin1
+        } else {
+            Encoding::Utf8
+        };
+    }
+    if args.no_header {
+        dialect.header = false;
+    }
+    let name = args.file.display().to_string();
+    let raw = match schema::read_table(
+        &args.file,
+        &name,
+        &dialect,
+        &columns,
+        &integration.file_schema,
+    ) {
+        Ok(raw) => raw,
+        Err(e) => {
+            if args.json {
+                output::json(
+                    out,
+                    &serde_json::json!({"file": name, "valid": false, "error": e.to_string()}),
+                )?;
+                return Ok(Outcome::Failed);
+            }
+            return Err(e.into());
+        }
+    };
+    // References to other datasets need the store; only the file is checked here.
+    let ctx = schema::validate::Context {
+        references: Default::default(),
+        repeats_are_duplicates: integration.mode == crate::config::Mode::Append,
+    };
+    let mut file_schema = integration.file_schema.clone();
+    let unchecked: Vec<String> = file_schema
+        .foreign_keys
+        .iter()
+        .filter(|fk| !fk.reference.resource.is_empty())
+        .map(|fk| fk.reference.resource.clone())
+        .collect();
+    file_schema
+        .foreign_keys
+        .retain(|fk| fk.reference.resource.is_empty());
+    let mut valid = schema::validate(&raw, &file_schema, &ctx);
+    if let Some(spec) = &integration.metrics {
+        valid = spec.to_long(valid, &raw, chrono::Utc::now().date_naive());
+    }
+    output::validation(out, &name, &valid, &unchecked, args.errors, args.json)?;
+    Ok(if valid.error_rows > 0 {
+        Outcome::Failed
+    } else {
+        Outcome::Success
+    })
+}
+
+/// Writes `bytes` to `path` so that a reader sees the old file or the whole
+/// new one: a temporary file beside it, synced, then renamed.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

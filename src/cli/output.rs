@@ -1,0 +1,286 @@
+//! What the commands print: short human summaries, or JSON for scripts.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::schema::{RowError, ValidRows};
+use crate::store::RunRecord;
+use crate::sync::FileOutcome;
+
+pub fn json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)
+}
+
+pub fn outcomes_json(outcomes: &[FileOutcome]) -> serde_json::Value {
+    serde_json::Value::Array(
+        outcomes
+            .iter()
+            .map(|o| match o {
+                FileOutcome::Ran(r) => serde_json::json!({
+                    "run": r.record,
+                    "changes": r.changes,
+                    "dry_run": r.dry_run,
+                    "errors": r.errors,
+                }),
+                FileOutcome::Error {
+                    integration,
+                    file,
+                    error,
+                } => serde_json::json!({
+                    "integration": integration, "file": file, "error": error,
+                }),
+            })
+            .collect(),
+    )
+}
+
+/// One line (and a few more for problems) per file synced.
+pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()> {
+    let report = match outcome {
+        FileOutcome::Ran(report) => report,
+        FileOutcome::Error {
+            integration,
+            file,
+            error,
+        } => {
+            return writeln!(
+                out,
+                "{integration}  {}  error: {error}",
+                file.as_deref().unwrap_or("-")
+            );
+        }
+    };
+    let r = &report.record;
+    let date = r.business_date.map(|d| d.to_string()).unwrap_or_default();
+    let status = if report.dry_run {
+        format!("{} (dry run)", r.status)
+    } else {
+        r.status.to_string()
+    };
+    write!(
+        out,
+        "{}  {}  {}  {status}",
+        r.integration,
+        date,
+        r.file_name.as_deref().unwrap_or("-")
+    )?;
+    if let Some(c) = &report.changes {
+        write!(
+            out,
+            "  rows {} ok {} rejected {} skipped {}  +{} ~{} -{}",
+            r.input_rows,
+            r.success_rows,
+            r.error_rows,
+            r.skipped_rows,
+            c.inserted,
+            c.updated,
+            c.deleted
+        )?;
+        if c.subscribed + c.unsubscribed > 0 {
+            write!(
+                out,
+                "  subscribed {} unsubscribed {}",
+                c.subscribed, c.unsubscribed
+            )?;
+        }
+    } else if r.input_rows > 0 {
+        write!(out, "  rows {} rejected {}", r.input_rows, r.error_rows)?;
+    }
+    writeln!(out)?;
+    if !report.dry_run {
+        writeln!(out, "    run {}", r.execution_id)?;
+    }
+    if let Some(m) = &r.message {
+        writeln!(out, "    {m}")?;
+    }
+    for e in &report.errors {
+        writeln!(out, "    {}", row_error(e))?;
+    }
+    if r.error_rows as usize > report.errors.len() && !report.dry_run {
+        writeln!(
+            out,
+            "    (all rejected rows: dropsync show {} --errors {})",
+            r.execution_id, r.error_rows
+        )?;
+    }
+    if let Some(c) = report.changes.as_ref().filter(|_| report.dry_run) {
+        for (kind, key) in &c.samples {
+            writeln!(out, "    would {kind} {key}")?;
+        }
+    }
+    Ok(())
+}
+
+fn row_error(e: &RowError) -> String {
+    let mut s = format!("line {}", e.line);
+    if let Some(k) = &e.key {
+        s.push_str(&format!(" [{k}]"));
+    }
+    if let Some(f) = &e.field {
+        s.push_str(&format!(" {f}"));
+    }
+    s.push_str(&format!(": {}", e.message));
+    s
+}
+
+pub fn history(out: &mut dyn Write, runs: &[RunRecord]) -> io::Result<()> {
+    if runs.is_empty() {
+        return writeln!(out, "no runs yet");
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<20}  {:<10}  {:<11}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {:<19}  FILE",
+        "EXECUTION ID",
+        "INTEGRATION",
+        "DATE",
+        "STATUS",
+        "ROWS",
+        "REJECTED",
+        "INSERTED",
+        "UPDATED",
+        "DELETED",
+        "STARTED (UTC)"
+    )?;
+    for r in runs {
+        writeln!(
+            out,
+            "{:<36}  {:<20}  {:<10}  {:<11}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {:<19}  {}",
+            r.execution_id,
+            r.integration,
+            r.business_date.map(|d| d.to_string()).unwrap_or_default(),
+            r.status.as_str(),
+            r.input_rows,
+            r.error_rows,
+            r.inserted,
+            r.updated,
+            r.deleted,
+            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+            r.file_name.as_deref().unwrap_or("-")
+        )?;
+    }
+    Ok(())
+}
+
+pub fn show(out: &mut dyn Write, r: &RunRecord, errors: &[RowError]) -> io::Result<()> {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    writeln!(out, "execution id   {}", r.execution_id)?;
+    writeln!(
+        out,
+        "integration    {} (dataset {}, mode {})",
+        r.integration, r.dataset, r.mode
+    )?;
+    writeln!(out, "status         {}", r.status)?;
+    if let Some(m) = &r.message {
+        writeln!(out, "message        {m}")?;
+    }
+    writeln!(out, "file           {}", opt(&r.file_name))?;
+    writeln!(
+        out,
+        "business date  {}",
+        r.business_date.map(|d| d.to_string()).unwrap_or("-".into())
+    )?;
+    writeln!(out, "content hash   {}", opt(&r.content_hash))?;
+    writeln!(out, "staged at      {}", opt(&r.staged_path))?;
+    writeln!(
+        out,
+        "trigger        {}{}",
+        r.trigger,
+        if r.forced { " (forced)" } else { "" }
+    )?;
+    writeln!(
+        out,
+        "started        {}",
+        r.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+    )?;
+    if let Some(c) = r.completed_at {
+        writeln!(out, "completed      {}", c.format("%Y-%m-%d %H:%M:%S UTC"))?;
+    }
+    writeln!(
+        out,
+        "rows           {} in, {} ok, {} rejected, {} skipped",
+        r.input_rows, r.success_rows, r.error_rows, r.skipped_rows
+    )?;
+    writeln!(
+        out,
+        "changes        {} inserted, {} updated, {} deleted, {} unchanged",
+        r.inserted, r.updated, r.deleted, r.unchanged
+    )?;
+    if r.subscribed + r.unsubscribed > 0 {
+        writeln!(
+            out,
+            "subscriptions  {} subscribed, {} unsubscribed",
+            r.subscribed, r.unsubscribed
+        )?;
+    }
+    if !errors.is_empty() {
+        writeln!(out, "rejected rows:")?;
+        for e in errors {
+            writeln!(out, "  {}", row_error(e))?;
+            writeln!(out, "      {}", e.raw)?;
+        }
+        if (errors.len() as i64) < r.error_rows {
+            writeln!(out, "  ... (more with --errors N)")?;
+        }
+    }
+    Ok(())
+}
+
+pub fn validation(
+    out: &mut dyn Write,
+    file: &str,
+    valid: &ValidRows,
+    unchecked: &[String],
+    limit: usize,
+    as_json: bool,
+) -> io::Result<()> {
+    if as_json {
+        return json(
+            out,
+            &serde_json::json!({
+                "file": file,
+                "valid": valid.error_rows == 0,
+                "rows": valid.input_rows,
+                "rejected": valid.error_rows,
+                "skipped": valid.skipped_rows,
+                "ignored_columns": valid.ignored_columns,
+                "unchecked_references": unchecked,
+                "errors": valid.errors.iter().take(limit).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    writeln!(
+        out,
+        "{file}: {} rows, {} valid, {} rejected, {} duplicates skipped",
+        valid.input_rows,
+        valid.input_rows - valid.error_rows - valid.skipped_rows,
+        valid.error_rows,
+        valid.skipped_rows
+    )?;
+    for e in valid.errors.iter().take(limit) {
+        writeln!(out, "  {}", row_error(e))?;
+    }
+    if valid.errors.len() > limit {
+        writeln!(
+            out,
+            "  ... {} more errors (--errors N)",
+            valid.errors.len() - limit
+        )?;
+    }
+    if !valid.ignored_columns.is_empty() {
+        writeln!(
+            out,
+            "  columns not in the schema: {}",
+            valid.ignored_columns.join(", ")
+        )?;
+    }
+    if !unchecked.is_empty() {
+        writeln!(
+            out,
+            "  references to {} are checked when syncing, not here",
+            unchecked.join(", ")
+        )?;
+    }
+    Ok(())
+}

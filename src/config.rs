@@ -1,0 +1,436 @@
+//! `dropsync.toml`: the store, and one entry per integration. The config
+//! describes the pipeline; CLI flags describe one invocation. Every struct
+//! denies unknown keys so a typo is an error that names the key and its line,
+//! never a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::source::FilePattern;
+
+/// What went wrong reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}: integration `{integration}`: {message}")]
+    Integration {
+        path: PathBuf,
+        integration: String,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where dropsync keeps its database and staged files.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The configured feeds, by name: `[integrations.crm_accounts]`.
+    #[serde(default)]
+    pub integrations: BTreeMap<String, IntegrationConfig>,
+    /// The file this was read from; relative paths inside it are resolved
+    /// against its directory.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The DuckDB database file. Default: `dropsync.duckdb` beside the config.
+    #[serde(default = "default_db")]
+    pub path: PathBuf,
+    /// Where fetched files are kept, content-addressed, for replays.
+    /// Default: `staging` beside the config.
+    #[serde(default = "default_staging")]
+    pub staging: PathBuf,
+    /// A directory of extra Table Schema files (`NAME.json` defines dataset
+    /// NAME). Built-in datasets can be overridden the same way.
+    #[serde(default)]
+    pub schemas: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_db(),
+            staging: default_staging(),
+            schemas: None,
+        }
+    }
+}
+
+fn default_db() -> PathBuf {
+    PathBuf::from("dropsync.duckdb")
+}
+
+fn default_staging() -> PathBuf {
+    PathBuf::from("staging")
+}
+
+/// `[integrations.NAME]`: one feed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationConfig {
+    /// The dataset (schema) its files hold: `accounts`, `users`, `usage`,
+    /// `subscribers`, `results`, or one defined in the schemas directory.
+    pub dataset: String,
+    /// Where its files come from.
+    pub source: SourceConfig,
+    /// File name pattern, with globs and an optional business-date template:
+    /// `accounts_{date:%Y%m%d}.csv`, `*_{date:%Y-%m-%d}_export.csv`.
+    pub pattern: String,
+    /// `snapshot`, `delta` or `append`. Default: the dataset's own.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// The table the changes are applied to. Default: the dataset's name.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// When the daemon syncs it (`daily 02:00`, `weekly mon 06:00`,
+    /// `monthly 1 03:00`, or a cron expression).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// How its files are written.
+    #[serde(default)]
+    pub csv: CsvDialect,
+    /// Source header -> schema field, for exports whose headers differ:
+    /// `"Account Id" = "AccountID"`.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// What to do with rows that fail validation.
+    #[serde(default)]
+    pub on_error: ErrorPolicy,
+    /// A snapshot that would delete more than this share of the rows the
+    /// integration holds is refused unless forced. Default 0.2.
+    #[serde(default = "default_max_delete_ratio")]
+    pub max_delete_ratio: f64,
+    /// For `results`: `long` (entity, metric, value rows) or `wide` (one
+    /// column per metric). Default `long`.
+    #[serde(default)]
+    pub layout: ResultsLayout,
+    /// For `results`: each metric's type: `text`, `number`, `currency`,
+    /// `percentage` or `date`. In a wide report these name the metric columns.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, MetricType>,
+}
+
+fn default_max_delete_ratio() -> f64 {
+    0.2
+}
+
+/// Where an integration's files come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A local (or mounted) directory.
+    Folder {
+        /// The directory to scan; relative to the config file.
+        path: PathBuf,
+    },
+}
+
+/// How absent, changed and unchanged keys are treated (see DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Full export: absent keys are deleted.
+    Snapshot,
+    /// Changed records only: absent keys are left alone.
+    Delta,
+    /// Events: new ones are added, repeats skipped, nothing updated.
+    Append,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Snapshot => "snapshot",
+            Mode::Delta => "delta",
+            Mode::Append => "append",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "snapshot" => Ok(Mode::Snapshot),
+            "delta" => Ok(Mode::Delta),
+            "append" => Ok(Mode::Append),
+            other => Err(format!(
+                "unknown mode `{other}` (expected snapshot, delta or append)"
+            )),
+        }
+    }
+}
+
+/// `[integrations.NAME.csv]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvDialect {
+    /// Field separator, one byte. Default `,`.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Quote character, one byte. Default `"`.
+    #[serde(default = "default_quote")]
+    pub quote: char,
+    /// Whether the first row names the columns. Without a header, columns
+    /// are taken in the schema's field order. Default true.
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// `utf-8` (a BOM is stripped) or `latin-1`. Default `utf-8`.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// Longest field accepted, in bytes; a longer one is a row error (it is
+    /// most often a runaway quote). Default 16 MiB.
+    #[serde(default = "default_max_field_bytes")]
+    pub max_field_bytes: usize,
+}
+
+impl Default for CsvDialect {
+    fn default() -> Self {
+        CsvDialect {
+            delimiter: default_delimiter(),
+            quote: default_quote(),
+            header: true,
+            encoding: Encoding::default(),
+            max_field_bytes: default_max_field_bytes(),
+        }
+    }
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+fn default_quote() -> char {
+    '"'
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_field_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
+/// Text encoding of a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Encoding {
+    #[default]
+    #[serde(rename = "utf-8", alias = "utf8", alias = "UTF-8")]
+    Utf8,
+    #[serde(
+        rename = "latin-1",
+        alias = "latin1",
+        alias = "iso-8859-1",
+        alias = "ISO-8859-1"
+    )]
+    Latin1,
+}
+
+/// `[integrations.NAME.on_error]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorPolicy {
+    /// `reject`: any bad row fails the whole file. `skip`: bad rows are
+    /// recorded and left out, the rest applied (status `partial`), as long as
+    /// they stay within the limits below. Default `skip`.
+    #[serde(default)]
+    pub policy: OnError,
+    /// Most bad rows tolerated under `skip`. Default: no count limit.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
+    /// Largest share of bad rows tolerated under `skip` (0.05 = 5%).
+    /// Default 0.1.
+    #[serde(default = "default_max_ratio")]
+    pub max_ratio: f64,
+}
+
+impl Default for ErrorPolicy {
+    fn default() -> Self {
+        ErrorPolicy {
+            policy: OnError::default(),
+            max_rows: None,
+            max_ratio: default_max_ratio(),
+        }
+    }
+}
+
+fn default_max_ratio() -> f64 {
+    0.1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    Reject,
+    #[default]
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultsLayout {
+    #[default]
+    Long,
+    Wide,
+}
+
+/// The type of one campaign or activity metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricType {
+    Text,
+    Number,
+    Currency,
+    Percentage,
+    Date,
+}
+
+impl MetricType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Text => "text",
+            MetricType::Number => "number",
+            MetricType::Currency => "currency",
+            MetricType::Percentage => "percentage",
+            MetricType::Date => "date",
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.path = path.to_path_buf();
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.store.path);
+        resolve(&mut config.store.staging);
+        if let Some(dir) = config.store.schemas.as_mut() {
+            resolve(dir);
+        }
+        for (name, integration) in config.integrations.iter_mut() {
+            let fail = |message: String| ConfigError::Integration {
+                path: path.to_path_buf(),
+                integration: name.clone(),
+                message,
+            };
+            if !is_identifier(name) {
+                return Err(fail(
+                    "names may hold only letters, digits, `_` and `-`".into(),
+                ));
+            }
+            match &mut integration.source {
+                SourceConfig::Folder { path } => resolve(path),
+            }
+            FilePattern::parse(&integration.pattern).map_err(|e| fail(e.to_string()))?;
+            let table = integration.table_name();
+            if !is_identifier(table) || table.starts_with("dropsync_") {
+                return Err(fail(format!(
+                    "table `{table}`: names may hold only letters, digits, `_` and `-`, and not start with `dropsync_`"
+                )));
+            }
+            if !(0.0..=1.0).contains(&integration.max_delete_ratio) {
+                return Err(fail("max_delete_ratio must be between 0 and 1".into()));
+            }
+            if !(0.0..=1.0).contains(&integration.on_error.max_ratio) {
+                return Err(fail("on_error.max_ratio must be between 0 and 1".into()));
+            }
+            let csv = &integration.csv;
+            for (what, c) in [("delimiter", csv.delimiter), ("quote", csv.quote)] {
+                if !c.is_ascii() {
+                    return Err(fail(format!("csv.{what} must be a single ASCII character")));
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The integration called `name`, or an error listing the known ones.
+    pub fn integration(&self, name: &str) -> Result<&IntegrationConfig, String> {
+        self.integrations.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.integrations.keys().map(String::as_str).collect();
+            format!(
+                "no integration named `{name}` in {} (known: {})",
+                self.path.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+}
+
+impl IntegrationConfig {
+    /// The table its changes land in.
+    pub fn table_name(&self) -> &str {
+        self.table.as_deref().unwrap_or(&self.dataset)
+    }
+}
+
+/// Names that are safe as DuckDB identifiers and file names.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let text = "[store]\npath = \"x.duckdb\"\n\n[integrations.a]\ndataset = \"accounts\"\npattern = \"a.csv\"\nsource = { type = \"folder\", path = \"in\" }\nmax_delete_ration = 0.5\n";
+        let err = Config::parse(text, Path::new("/etc/dropsync.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_delete_ration"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
+        assert!(err.contains("/etc/dropsync.toml"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let text = "[integrations.a]\ndataset = \"accounts\"\npattern = \"a_{date:%Y%m%d}.csv\"\nsource = { type = \"folder\", path = \"in\" }\n";
+        let config = Config::parse(text, Path::new("/srv/sync/dropsync.toml")).unwrap();
+        assert_eq!(
+            config.store.path,
+            PathBuf::from("/srv/sync/dropsync.duckdb")
+        );
+        let SourceConfig::Folder { path } = &config.integrations["a"].source;
+        assert_eq!(path, &PathBuf::from("/srv/sync/in"));
+    }
+}

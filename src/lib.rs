@@ -1,0 +1,16 @@
+//! dropsync: receives the files partner and SaaS systems drop (CSV exports
+//! on FTP/SFTP servers or in folders), validates each against its dataset's
+//! schema, diffs it against the last accepted snapshot and applies the
+//! changes in one atomic batch, with a history of every run.
+//!
+//! The modules follow the data flow: `source` (list, fetch, stage) ->
+//! `schema` (parse, validate) -> `store` (diff, apply, history), tied
+//! together per file by `pipeline` and per invocation by `sync`.
+
+pub mod cli;
+pub mod config;
+pub mod pipeline;
+pub mod schema;
+pub mod source;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,46 @@
+//! The `dropsync` binary: parse the command line, run it, print the whole
+//! cause chain of a failure once, and map the outcome to the exit code.
+
+use clap::Parser;
+use dropsync::cli::{self, Cli, Outcome};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                Outcome::Usage as i32
+            } else {
+                0
+            });
+        }
+    };
+    init_logging(&cli.log_format, cli.verbose);
+    let code = match cli::execute(cli) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("dropsync: {:#}", e.error);
+            e.outcome
+        }
+    };
+    std::process::exit(code as i32);
+}
+
+fn init_logging(format: &str, verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DROPSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

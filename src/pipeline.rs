@@ -1,0 +1,483 @@
+//! One file through every stage: staged file -> parse -> validate (polars)
+//! -> diff and apply (DuckDB) -> run record. Each stage hands the next a
+//! value; this module only decides what happens between them (duplicates,
+//! the error policy, recording failures).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use chrono::NaiveDate;
+use polars::prelude::{ParquetCompression, ParquetWriter};
+
+use crate::config::{Config, IntegrationConfig, Mode, OnError};
+use crate::schema::{self, Dataset, MetricsSpec, RowError, StoredColumn, ValidRows};
+use crate::source::StagedFile;
+use crate::store::{
+    ApplyRequest, ChangeSet, Outcome, RunRecord, RunStatus, Store, StoreError, TargetTable,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
+    #[error("integration `{integration}`: {message}")]
+    Integration {
+        integration: String,
+        message: String,
+    },
+}
+
+/// An integration with everything resolved: its dataset, mode and table.
+#[derive(Debug, Clone)]
+pub struct Integration {
+    pub name: String,
+    pub config: IntegrationConfig,
+    pub dataset: Dataset,
+    pub mode: Mode,
+    /// The schema its files are read with (for wide results, one column per metric).
+    pub file_schema: schema::TableSchema,
+    pub metrics: Option<MetricsSpec>,
+    pub target: TargetTable,
+}
+
+impl Integration {
+    pub fn resolve(config: &Config, name: &str) -> Result<Integration, PipelineError> {
+        let integration =
+            config
+                .integration(name)
+                .map_err(|message| PipelineError::Integration {
+                    integration: name.to_string(),
+                    message,
+                })?;
+        Integration::from_config(name, integration, config.store.schemas.as_deref())
+    }
+
+    pub fn from_config(
+        name: &str,
+        config: &IntegrationConfig,
+        schemas: Option<&std::path::Path>,
+    ) -> Result<Integration, PipelineError> {
+        let dataset = Dataset::load(&config.dataset, schemas)?;
+        let mode = config.mode.unwrap_or_else(|| dataset.default_mode());
+        let fail = |message: String| PipelineError::Integration {
+            integration: name.to_string(),
+            message,
+        };
+        let metrics = dataset.schema.dropsync.metrics.then(|| MetricsSpec {
+            layout: config.layout,
+            metrics: config.metrics.clone(),
+        });
+        if let Some(spec) = &metrics
+            && spec.layout == crate::config::ResultsLayout::Wide
+            && spec.metrics.is_empty()
+        {
+            return Err(fail(
+                "a wide results report needs its metrics declared in [integrations.NAME.metrics]"
+                    .into(),
+            ));
+        }
+        if metrics.is_none() && !config.metrics.is_empty() {
+            return Err(fail(format!(
+                "`metrics` applies to results datasets only, not `{}`",
+                dataset.name
+            )));
+        }
+        let (columns, key) = match &metrics {
+            Some(_) => (schema::results::stored_columns(), schema::results::key()),
+            None => (
+                dataset
+                    .schema
+                    .fields
+                    .iter()
+                    .map(|f| StoredColumn {
+                        name: f.name.clone(),
+                        sql_type: f.kind.sql_type(),
+                    })
+                    .collect(),
+                dataset.schema.primary_key(),
+            ),
+        };
+        if key.is_empty() {
+            return Err(fail(format!(
+                "dataset `{}` has no primaryKey: dropsync needs one to tell rows apart",
+                dataset.name
+            )));
+        }
+        let file_schema = match &metrics {
+            Some(spec) => spec.file_schema(&dataset.schema),
+            None => dataset.schema.clone(),
+        };
+        Ok(Integration {
+            name: name.to_string(),
+            target: TargetTable {
+                name: config.table_name().to_string(),
+                columns,
+                key,
+            },
+            config: config.clone(),
+            dataset,
+            mode,
+            file_schema,
+            metrics,
+        })
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Manual,
+    Ingest,
+    Schedule,
+    Watch,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Ingest => "ingest",
+            Trigger::Schedule => "schedule",
+            Trigger::Watch => "watch",
+        }
+    }
+}
+
+/// How one invocation runs files.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub force: bool,
+    pub dry_run: bool,
+    pub trigger: Trigger,
+    /// Whether the file was asked for by name or date (a repeat is then
+    /// recorded as skipped rather than passed over).
+    pub explicit: bool,
+}
+
+/// What happened to one file.
+#[derive(Debug)]
+pub struct RunReport {
+    pub record: RunRecord,
+    pub changes: Option<ChangeSet>,
+    /// The first row errors, for a summary.
+    pub errors: Vec<RowError>,
+    pub ignored_columns: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// How many row errors a report carries for printing.
+const REPORT_ERRORS: usize = 5;
+
+/// Syncs one staged file. `None`: the content was already applied and the
+/// file was not asked for explicitly, so nothing is recorded.
+pub fn sync_file(
+    store: &Store,
+    config: &Config,
+    integration: &Integration,
+    file: &StagedFile,
+    opts: RunOptions,
+) -> Result<Option<RunReport>, PipelineError> {
+    let mut run = RunRecord::new(
+        &integration.name,
+        &integration.dataset.name,
+        integration.mode.as_str(),
+        opts.trigger.as_str(),
+    );
+    run.file_name = Some(file.name.clone());
+    run.staged_path = Some(file.path.display().to_string());
+    run.content_hash = Some(file.content_hash.clone());
+    run.file_size = Some(file.size as i64);
+    run.business_date = Some(file.business_date);
+    run.forced = opts.force;
+    let report = |run: RunRecord, changes, errors: Vec<RowError>, ignored| RunReport {
+        record: run,
+        changes,
+        errors: errors.into_iter().take(REPORT_ERRORS).collect(),
+        ignored_columns: ignored,
+        dry_run: opts.dry_run,
+    };
+
+    if !opts.force
+        && let Some(previous) = store.run_with_content(&integration.name, &file.content_hash)?
+    {
+        let applied = matches!(previous.status, RunStatus::Success | RunStatus::Partial);
+        if applied || !opts.explicit {
+            if !opts.explicit {
+                return Ok(None);
+            }
+            run.status = RunStatus::Skipped;
+            run.message = Some(format!(
+                "the same content was already applied by run {} ({}); use --force to apply it again",
+                previous.execution_id,
+                previous.file_name.as_deref().unwrap_or("?")
+            ));
+            run.completed_at = Some(crate::store::now());
+            if !opts.dry_run {
+                store.finish_run(&run, &[])?;
+            }
+            return Ok(Some(report(run, None, Vec::new(), Vec::new())));
+        }
+    }
+    if integration.mode == Mode::Snapshot
+        && !opts.force
+        && let Some(latest) = store.latest_applied_date(&integration.name)?
+        && latest > file.business_date
+    {
+        run.status = RunStatus::Skipped;
+        run.message = Some(format!(
+            "a newer snapshot ({latest}) is already applied; applying {} would roll the data back. Use --force to apply it anyway",
+            file.business_date
+        ));
+        run.completed_at = Some(crate::store::now());
+        if !opts.dry_run {
+            store.finish_run(&run, &[])?;
+        }
+        return Ok(Some(report(run, None, Vec::new(), Vec::new())));
+    }
+
+    if !opts.dry_run {
+        store.insert_run(&run)?;
+    }
+    let result = validate_and_apply(store, config, integration, file, opts, &mut run);
+    match result {
+        Ok((changes, errors, ignored)) => Ok(Some(report(run, changes, errors, ignored))),
+        Err(e) => {
+            // The batch rolled back; say so in the history.
+            run.status = RunStatus::Failed;
+            run.message = Some(e.to_string());
+            run.completed_at = Some(crate::store::now());
+            if !opts.dry_run {
+                store.finish_run(&run, &[])?;
+            }
+            Err(e)
+        }
+    }
+}
+
+type Applied = (Option<ChangeSet>, Vec<RowError>, Vec<String>);
+
+fn validate_and_apply(
+    store: &Store,
+    config: &Config,
+    integration: &Integration,
+    file: &StagedFile,
+    opts: RunOptions,
+    run: &mut RunRecord,
+) -> Result<Applied, PipelineError> {
+    let fail = |run: &mut RunRecord,
+                message: String,
+                errors: Vec<RowError>|
+     -> Result<Applied, PipelineError> {
+        run.status = RunStatus::Failed;
+        run.message = Some(message);
+        run.completed_at = Some(crate::store::now());
+        if !opts.dry_run {
+            store.finish_run(run, &errors)?;
+        }
+        Ok((None, errors, Vec::new()))
+    };
+    let raw = match schema::read_table(
+        &file.path,
+        &file.name,
+        &integration.config.csv,
+        &integration.config.columns,
+        &integration.file_schema,
+    ) {
+        Ok(raw) => raw,
+        Err(e) => return fail(run, e.to_string(), Vec::new()),
+    };
+    let ctx = schema::validate::Context {
+        references: references(store, config, &integration.file_schema)?,
+        repeats_are_duplicates: integration.mode == Mode::Append,
+    };
+    let mut valid = schema::validate(&raw, &integration.file_schema, &ctx);
+    if let Some(spec) = &integration.metrics {
+        valid = spec.to_long(valid, &raw, file.business_date);
+    }
+    drop(raw);
+    run.input_rows = valid.input_rows as i64;
+    run.error_rows = valid.error_rows as i64;
+    run.skipped_rows = valid.skipped_rows as i64;
+    run.success_rows = (valid.input_rows - valid.error_rows - valid.skipped_rows) as i64;
+    if let Some(message) = policy_breach(&integration.config, &valid) {
+        run.success_rows = 0;
+        let ValidRows {
+            errors,
+            ignored_columns,
+            ..
+        } = valid;
+        let (changes, errors, _) = fail(run, message, errors)?;
+        return Ok((changes, errors, ignored_columns));
+    }
+
+    let parquet = handoff_path(&config.store.staging, &run.execution_id);
+    write_parquet(&mut valid, &parquet).map_err(|message| PipelineError::Integration {
+        integration: integration.name.clone(),
+        message,
+    })?;
+    let req = ApplyRequest {
+        integration: &integration.name,
+        table: &integration.target,
+        mode: integration.mode,
+        status: integration.dataset.schema.dropsync.status.as_ref(),
+        rows: &parquet,
+        protected_keys: &valid.rejected_keys,
+        max_delete_ratio: integration.config.max_delete_ratio,
+        force: opts.force,
+        dry_run: opts.dry_run,
+        sample: if opts.dry_run { 5 } else { 0 },
+    };
+    run.status = if valid.error_rows > 0 {
+        RunStatus::Partial
+    } else {
+        RunStatus::Success
+    };
+    if valid.error_rows > 0 {
+        run.message = Some(match valid.error_rows {
+            1 => "1 row rejected".to_string(),
+            n => format!("{n} rows rejected"),
+        });
+    }
+    if !valid.ignored_columns.is_empty() {
+        let note = format!(
+            "columns not in the schema, not stored: {}",
+            valid.ignored_columns.join(", ")
+        );
+        run.message = Some(match run.message.take() {
+            Some(m) => format!("{m}; {note}"),
+            None => note,
+        });
+    }
+    let outcome = store.apply(&req, run, &valid.errors);
+    let _ = std::fs::remove_file(&parquet);
+    let ValidRows {
+        errors,
+        ignored_columns,
+        ..
+    } = valid;
+    match outcome? {
+        Outcome::Applied(changes) => Ok((Some(changes), errors, ignored_columns)),
+        Outcome::DryRun(changes) => Ok((Some(changes), errors, ignored_columns)),
+        Outcome::Refused { changes, reason } => {
+            run.success_rows = 0;
+            let (_, errors, _) = fail(run, reason, errors)?;
+            Ok((Some(changes), errors, ignored_columns))
+        }
+    }
+}
+
+/// Why the rejected rows fail the whole file under the integration's policy.
+fn policy_breach(config: &IntegrationConfig, valid: &ValidRows) -> Option<String> {
+    let errors = valid.error_rows;
+    if errors == 0 {
+        return None;
+    }
+    let policy = &config.on_error;
+    if policy.policy == OnError::Reject {
+        return Some(format!(
+            "{errors} of {} rows failed validation; on_error.policy = \"reject\" refuses the file",
+            valid.input_rows
+        ));
+    }
+    if let Some(max) = policy.max_rows
+        && errors > max
+    {
+        return Some(format!(
+            "{errors} of {} rows failed validation, more than on_error.max_rows ({max}); nothing applied",
+            valid.input_rows
+        ));
+    }
+    let share = errors as f64 / valid.input_rows.max(1) as f64;
+    if share > policy.max_ratio {
+        return Some(format!(
+            "{errors} of {} rows failed validation ({:.1}%, more than on_error.max_ratio {:.1}%); nothing applied",
+            valid.input_rows,
+            share * 100.0,
+            policy.max_ratio * 100.0
+        ));
+    }
+    None
+}
+
+/// Known key values for the schema's references to other datasets.
+fn references(
+    store: &Store,
+    config: &Config,
+    schema: &schema::TableSchema,
+) -> Result<HashMap<String, HashSet<String>>, PipelineError> {
+    let mut out = HashMap::new();
+    for fk in &schema.foreign_keys {
+        let resource = &fk.reference.resource;
+        if resource.is_empty() || out.contains_key(resource) {
+            continue;
+        }
+        let mut tables: Vec<&str> = config
+            .integrations
+            .values()
+            .filter(|i| &i.dataset == resource)
+            .map(|i| i.table_name())
+            .collect();
+        if tables.is_empty() {
+            tables.push(resource);
+        }
+        tables.sort();
+        tables.dedup();
+        let mut known = HashSet::new();
+        for table in tables {
+            known.extend(store.key_values(table, &fk.reference.fields.to_vec())?);
+        }
+        out.insert(resource.clone(), known);
+    }
+    Ok(out)
+}
+
+fn handoff_path(staging: &std::path::Path, execution_id: &str) -> PathBuf {
+    staging
+        .join(".work")
+        .join(format!("{execution_id}.parquet"))
+}
+
+fn write_parquet(valid: &mut ValidRows, path: &std::path::Path) -> Result<(), String> {
+    let dir = path.parent().expect("hand-off files live in a directory");
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let file =
+        std::fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Uncompressed)
+        .finish(&mut valid.frame)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// The order integrations must be synced in on one date: a dataset whose
+/// rows refer to another's comes after it.
+pub fn dependency_rank(integration: &Integration, all: &[Integration]) -> usize {
+    fn rank(dataset: &Dataset, all: &[Integration], depth: usize) -> usize {
+        if depth > 8 {
+            return depth;
+        }
+        dataset
+            .schema
+            .foreign_keys
+            .iter()
+            .filter(|fk| !fk.reference.resource.is_empty())
+            .map(|fk| {
+                all.iter()
+                    .filter(|i| i.dataset.name == fk.reference.resource)
+                    .map(|i| 1 + rank(&i.dataset, all, depth + 1))
+                    .max()
+                    .unwrap_or(1)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+    rank(&integration.dataset, all, 0)
+}
+
+/// Business dates a file may be asked for by.
+pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("`{s}` is not a date (expected YYYY-MM-DD)"))
+}

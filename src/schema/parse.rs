@@ -1,0 +1,370 @@
+//! CSV -> columns of text, one per schema field. The csv crate does the
+//! parsing because it knows where every record starts (line and byte), which
+//! is what a row error must name; values land straight in polars string
+//! columns. Problems with the file as a whole (empty, no usable header) are a
+//! `ParseError`; problems with one record (ragged, invalid UTF-8, a runaway
+//! field) are a `RowError` and the record is left out.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use polars::prelude::*;
+
+use super::validate::RowError;
+use super::{FieldsMatch, TableSchema};
+use crate::config::{CsvDialect, Encoding};
+
+/// The longest raw row kept in a row error.
+const RAW_ROW_LIMIT: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: the file is empty (no header, no rows)")]
+    Empty { file: String },
+    #[error("{file}: line {line}: {message}")]
+    Header {
+        file: String,
+        line: u64,
+        message: String,
+    },
+    #[error("{file}: line {line}: {message}")]
+    Csv {
+        file: String,
+        line: u64,
+        message: String,
+    },
+}
+
+/// A file's records as text columns, before any typing.
+#[derive(Debug)]
+pub struct RawTable {
+    /// The file's name, as errors show it.
+    pub file: String,
+    /// One string column per schema field, in schema order; a field the file
+    /// lacks is all null.
+    pub columns: Vec<StringChunked>,
+    /// Line and byte span in `text` of each kept record.
+    pub lines: Vec<u64>,
+    pub spans: Vec<(u64, u64)>,
+    /// Records that could not be read into columns.
+    pub errors: Vec<RowError>,
+    /// Data records in the file, kept or not.
+    pub records: u64,
+    /// Header names the schema does not know (kept out of the store).
+    pub ignored_columns: Vec<String>,
+    /// The file's text (Latin-1 already turned into UTF-8), for raw rows.
+    pub text: Vec<u8>,
+}
+
+impl RawTable {
+    /// The raw text of the kept record `row`, shortened if huge.
+    pub fn raw_row(&self, row: usize) -> String {
+        let (start, end) = self.spans[row];
+        raw_text(&self.text, start, end)
+    }
+}
+
+fn raw_text(text: &[u8], start: u64, end: u64) -> String {
+    let end = (end as usize).min(text.len());
+    let start = (start as usize).min(end);
+    let mut slice = &text[start..end];
+    while let [rest @ .., b'\n' | b'\r'] = slice {
+        slice = rest;
+    }
+    let shortened = slice.len() > RAW_ROW_LIMIT;
+    if shortened {
+        slice = &slice[..RAW_ROW_LIMIT];
+    }
+    let mut s = String::from_utf8_lossy(slice).into_owned();
+    if shortened {
+        s.push_str(&format!("… ({} bytes in all)", end - start));
+    }
+    s
+}
+
+/// Reads `path` into a `RawTable` for `schema`. `columns` maps source header
+/// names to schema field names.
+pub fn read_table(
+    path: &Path,
+    file: &str,
+    dialect: &CsvDialect,
+    columns: &std::collections::BTreeMap<String, String>,
+    schema: &TableSchema,
+) -> Result<RawTable, ParseError> {
+    let bytes = std::fs::read(path).map_err(|source| ParseError::Io {
+        file: file.to_string(),
+        source,
+    })?;
+    parse_bytes(bytes, file, dialect, columns, schema)
+}
+
+pub(crate) fn parse_bytes(
+    bytes: Vec<u8>,
+    file: &str,
+    dialect: &CsvDialect,
+    mapping: &std::collections::BTreeMap<String, String>,
+    schema: &TableSchema,
+) -> Result<RawTable, ParseError> {
+    let mut text = match dialect.encoding {
+        Encoding::Utf8 => bytes,
+        Encoding::Latin1 => latin1_to_utf8(&bytes),
+    };
+    // A BOM glued to the first header name is the classic CSV bug: drop it.
+    if text.starts_with(b"\xEF\xBB\xBF") {
+        text.drain(..3);
+    }
+    if text.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ParseError::Empty {
+            file: file.to_string(),
+        });
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(dialect.delimiter as u8)
+        .quote(dialect.quote as u8)
+        .from_reader(text.as_slice());
+    let mut record = csv::ByteRecord::new();
+    let csv_err = |e: csv::Error, line: u64| ParseError::Csv {
+        file: file.to_string(),
+        line,
+        message: e.to_string(),
+    };
+
+    // Which file column feeds which schema field.
+    let (layout, ignored_columns, first_line) = if dialect.header {
+        let found = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| csv_err(e, 1))?;
+        if !found {
+            return Err(ParseError::Empty {
+                file: file.to_string(),
+            });
+        }
+        let line = record.position().map_or(1, |p| p.line());
+        let header: Vec<String> = record
+            .iter()
+            .map(|h| String::from_utf8_lossy(h).trim().to_string())
+            .collect();
+        let (layout, ignored) =
+            match_header(&header, mapping, schema).map_err(|message| ParseError::Header {
+                file: file.to_string(),
+                line,
+                message,
+            })?;
+        (layout, ignored, line + 1)
+    } else {
+        let layout: Vec<Option<usize>> = (0..schema.fields.len()).map(Some).collect();
+        (layout, Vec::new(), 1)
+    };
+    let width = if dialect.header {
+        record.len()
+    } else {
+        schema.fields.len()
+    };
+    let key_fields: Vec<usize> = schema
+        .primary_key()
+        .iter()
+        .filter_map(|k| schema.fields.iter().position(|f| &f.name == k))
+        .collect();
+
+    let mut builders: Vec<StringChunkedBuilder> = schema
+        .fields
+        .iter()
+        .map(|f| StringChunkedBuilder::new(f.name.as_str().into(), 1024))
+        .collect();
+    let mut lines = Vec::new();
+    let mut spans = Vec::new();
+    let mut errors = Vec::new();
+    let mut records = 0u64;
+    let mut last_line = first_line;
+    loop {
+        let more = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| csv_err(e, last_line))?;
+        if !more {
+            break;
+        }
+        records += 1;
+        let pos = record
+            .position()
+            .cloned()
+            .unwrap_or_else(csv::Position::new);
+        let (line, start) = (pos.line(), pos.byte());
+        let end = reader.position().byte();
+        last_line = line;
+        let key = || -> Option<String> {
+            let parts: Vec<String> = key_fields
+                .iter()
+                .filter_map(|&f| layout[f].and_then(|c| record.get(c)))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            (!parts.is_empty()).then(|| parts.join("|"))
+        };
+        let reject = |field: Option<&str>, message: String| RowError {
+            line,
+            key: key(),
+            field: field.map(str::to_string),
+            message,
+            raw: raw_text(&text, start, end),
+        };
+        if record.len() != width {
+            errors.push(reject(
+                None,
+                format!(
+                    "expected {width} fields, found {} (a stray delimiter, or an unbalanced quote?)",
+                    record.len()
+                ),
+            ));
+            continue;
+        }
+        let mut values: Vec<Option<&str>> = Vec::with_capacity(layout.len());
+        let mut bad = false;
+        for (field_index, column) in layout.iter().enumerate() {
+            let Some(column) = *column else {
+                values.push(None);
+                continue;
+            };
+            let raw = record.get(column).unwrap_or_default();
+            let name = &schema.fields[field_index].name;
+            if raw.len() > dialect.max_field_bytes {
+                errors.push(reject(
+                    Some(name),
+                    format!(
+                        "value is {} bytes, more than csv.max_field_bytes ({}); an unbalanced quote?",
+                        raw.len(),
+                        dialect.max_field_bytes
+                    ),
+                ));
+                bad = true;
+                continue;
+            }
+            match std::str::from_utf8(raw) {
+                Ok(v) => values.push(Some(v)),
+                Err(e) => {
+                    errors.push(reject(
+                        Some(name),
+                        format!(
+                            "not valid UTF-8 (byte {} of the value); if the file is Latin-1, set csv.encoding = \"latin-1\"",
+                            e.valid_up_to() + 1
+                        ),
+                    ));
+                    bad = true;
+                }
+            }
+        }
+        if bad {
+            continue;
+        }
+        for (builder, value) in builders.iter_mut().zip(&values) {
+            match value {
+                Some(v) => builder.append_value(v),
+                None => builder.append_null(),
+            }
+        }
+        lines.push(line);
+        spans.push((start, end));
+    }
+    drop(reader);
+    Ok(RawTable {
+        file: file.to_string(),
+        columns: builders.into_iter().map(|b| b.finish()).collect(),
+        lines,
+        spans,
+        errors,
+        records,
+        ignored_columns,
+        text,
+    })
+}
+
+/// For each schema field, the header column that feeds it; and the header
+/// names that feed nothing. Errors say what is missing and what was found.
+fn match_header(
+    header: &[String],
+    mapping: &std::collections::BTreeMap<String, String>,
+    schema: &TableSchema,
+) -> Result<(Vec<Option<usize>>, Vec<String>), String> {
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    let mut ignored = Vec::new();
+    for (i, h) in header.iter().enumerate() {
+        let name = mapping.get(h).map(String::as_str).unwrap_or(h);
+        if let Some(first) = by_name.insert(name, i) {
+            return Err(format!(
+                "column `{name}` appears twice in the header (columns {} and {})",
+                first + 1,
+                i + 1
+            ));
+        }
+        if schema.field(name).is_none() {
+            ignored.push(h.clone());
+        }
+    }
+    let layout: Vec<Option<usize>> = schema
+        .fields
+        .iter()
+        .map(|f| by_name.get(f.name.as_str()).copied())
+        .collect();
+    let missing: Vec<&str> = schema
+        .fields
+        .iter()
+        .zip(&layout)
+        .filter(|(_, c)| c.is_none())
+        .map(|(f, _)| f.name.as_str())
+        .collect();
+    let missing_required: Vec<&str> = schema
+        .fields
+        .iter()
+        .zip(&layout)
+        .filter(|(f, c)| c.is_none() && f.is_required(schema))
+        .map(|(f, _)| f.name.as_str())
+        .collect();
+    let found = || format!("found: {}", header.join(", "));
+    let rule = schema.fields_match;
+    let fail = |what: String| {
+        Err(format!(
+            "the header does not fit the schema (fieldsMatch `{}`): {what}; {}",
+            format!("{rule:?}").to_lowercase(),
+            found()
+        ))
+    };
+    if !missing_required.is_empty() {
+        return fail(format!("missing {}", missing_required.join(", ")));
+    }
+    match rule {
+        FieldsMatch::Exact => {
+            let names: Vec<&str> = header
+                .iter()
+                .map(|h| mapping.get(h).map(String::as_str).unwrap_or(h))
+                .collect();
+            let expected: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
+            if names != expected {
+                return fail(format!("expected exactly {}", expected.join(", ")));
+            }
+        }
+        FieldsMatch::Equal | FieldsMatch::Subset if !missing.is_empty() => {
+            return fail(format!("missing {}", missing.join(", ")));
+        }
+        FieldsMatch::Partial if layout.iter().all(Option::is_none) => {
+            return fail("no column of the schema".into());
+        }
+        _ => {}
+    }
+    if matches!(rule, FieldsMatch::Equal | FieldsMatch::Superset) && !ignored.is_empty() {
+        return fail(format!("unexpected column {}", ignored.join(", ")));
+    }
+    Ok((layout, ignored))
+}
+
+fn latin1_to_utf8(bytes: &[u8]) -> Vec<u8> {
+    if bytes.is_ascii() {
+        return bytes.to_vec();
+    }
+    let s: String = bytes.iter().map(|&b| b as char).collect();
+    s.into_bytes()
+}

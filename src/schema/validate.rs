@@ -1,0 +1,714 @@
+//! Text columns -> typed polars columns, checked against the schema one
+//! column at a time. Every value that fails becomes a `RowError` naming the
+//! line, the record's key, the field and what is wrong; a row with any error
+//! is left out of `ValidRows`. Nothing is dropped without a trace: rows left
+//! out as repeats of an event are counted as skipped.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use polars::prelude::*;
+use regex::Regex;
+
+use super::{Field, FieldType, RawTable, TableSchema};
+
+/// A row that was not applied, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RowError {
+    /// Line in the file where the record starts (the header is line 1).
+    pub line: u64,
+    /// The record's key as written (parts joined with `|`), when readable.
+    pub key: Option<String>,
+    /// The field at fault; none when the record as a whole is.
+    pub field: Option<String>,
+    pub message: String,
+    /// The record as it stands in the file (shortened when huge).
+    pub raw: String,
+}
+
+/// What validation needs to know beyond the file.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// Known keys of other datasets, for foreign keys: dataset -> values
+    /// (composite keys joined with `|`).
+    pub references: HashMap<String, HashSet<String>>,
+    /// Repeated keys are the same event delivered twice (append mode):
+    /// skipped, not errors.
+    pub repeats_are_duplicates: bool,
+}
+
+/// The rows that passed, typed, with everything known about those that did not.
+#[derive(Debug)]
+pub struct ValidRows {
+    /// One column per schema field, typed; only rows that passed.
+    pub frame: DataFrame,
+    /// For each row of `frame`, its index among the raw table's kept records.
+    pub rows: Vec<u32>,
+    /// Every problem found, in line order.
+    pub errors: Vec<RowError>,
+    /// Data records in the file.
+    pub input_rows: u64,
+    /// Records rejected (a record with three bad fields counts once).
+    pub error_rows: u64,
+    /// Records left out as repeats of an earlier one (append mode).
+    pub skipped_rows: u64,
+    /// Keys (as in `RowError::key`) of rejected records: a snapshot must not
+    /// delete them just because today's copy was unreadable.
+    pub rejected_keys: Vec<String>,
+    /// Header names the schema does not know.
+    pub ignored_columns: Vec<String>,
+}
+
+/// An error found in one row of a raw table, before it gets its key and raw text.
+struct Issue {
+    row: u32,
+    field: Option<String>,
+    message: String,
+}
+
+/// Validates a raw table against `schema`.
+pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRows {
+    let n = raw.lines.len();
+    let mut issues: Vec<Issue> = Vec::new();
+    let mut columns: Vec<Column> = Vec::with_capacity(schema.fields.len());
+
+    // Values after missing-value substitution, per field.
+    let present: Vec<Vec<Option<&str>>> = schema
+        .fields
+        .iter()
+        .zip(&raw.columns)
+        .map(|(field, col)| {
+            let missing = field.missing_values(schema);
+            col.iter()
+                .map(|v| v.filter(|v| !missing.iter().any(|m| m == v)))
+                .collect()
+        })
+        .collect();
+
+    for (field, values) in schema.fields.iter().zip(&present) {
+        let required = field.is_required(schema);
+        let mut push = |row: usize, message: String| {
+            issues.push(Issue {
+                row: row as u32,
+                field: Some(field.name.clone()),
+                message,
+            })
+        };
+        if required {
+            for (row, v) in values.iter().enumerate() {
+                if v.is_none() {
+                    push(row, "a value is required".into());
+                }
+            }
+        }
+        let series = convert(field, values, &mut push);
+        check_constraints(field, values, &mut push);
+        columns.push(series.into_column());
+    }
+
+    check_required_when(schema, &present, &mut issues);
+    check_foreign_keys(schema, &present, ctx, &mut issues);
+    let duplicate_rows = check_keys(schema, &present, raw, ctx, &mut issues);
+
+    // Errors, with keys and raw text, in line order.
+    let key_fields: Vec<usize> = schema
+        .primary_key()
+        .iter()
+        .filter_map(|k| schema.fields.iter().position(|f| &f.name == k))
+        .collect();
+    let key_of = |row: usize| -> Option<String> {
+        let parts: Vec<&str> = key_fields
+            .iter()
+            .map(|&f| raw.columns[f].get(row).unwrap_or(""))
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("|"))
+    };
+    let field_order = |f: &Option<String>| {
+        f.as_ref()
+            .and_then(|f| schema.fields.iter().position(|x| &x.name == f))
+            .unwrap_or(usize::MAX)
+    };
+    issues.sort_by_key(|i| (i.row, field_order(&i.field)));
+    let mut bad = vec![false; n];
+    let mut errors: Vec<RowError> = raw.errors.clone();
+    let mut rejected_keys: Vec<String> = raw.errors.iter().filter_map(|e| e.key.clone()).collect();
+    for issue in issues {
+        let row = issue.row as usize;
+        if !bad[row] {
+            bad[row] = true;
+            rejected_keys.extend(key_of(row));
+        }
+        errors.push(RowError {
+            line: raw.lines[row],
+            key: key_of(row),
+            field: issue.field,
+            message: issue.message,
+            raw: raw.raw_row(row),
+        });
+    }
+    errors.sort_by_key(|e| e.line);
+    let error_rows = raw
+        .errors
+        .iter()
+        .map(|e| e.line)
+        .collect::<HashSet<_>>()
+        .len() as u64
+        + bad.iter().filter(|b| **b).count() as u64;
+
+    let keep: BooleanChunked = (0..n)
+        .map(|row| !bad[row] && !duplicate_rows.contains(&(row as u32)))
+        .collect();
+    let rows: Vec<u32> = (0..n as u32)
+        .filter(|&row| keep.get(row as usize) == Some(true))
+        .collect();
+    let frame = DataFrame::new(n, columns)
+        .and_then(|df| df.filter(&keep))
+        .expect("columns built with one value per row");
+    ValidRows {
+        frame,
+        rows,
+        errors,
+        input_rows: raw.records,
+        error_rows,
+        skipped_rows: duplicate_rows.len() as u64,
+        rejected_keys,
+        ignored_columns: raw.ignored_columns.clone(),
+    }
+}
+
+/// Converts a field's values to its type; each value that does not convert
+/// is reported and becomes null.
+fn convert(
+    field: &Field,
+    values: &[Option<&str>],
+    report: &mut dyn FnMut(usize, String),
+) -> Series {
+    let name: PlSmallStr = field.name.as_str().into();
+    let mut typed = |parse: &dyn Fn(&str) -> Result<(), String>| {
+        for (row, v) in values.iter().enumerate() {
+            if let Some(v) = v
+                && let Err(message) = parse(v)
+            {
+                report(row, message);
+            }
+        }
+    };
+    match field.kind {
+        FieldType::String | FieldType::Any => {
+            if let Some(format) = field.format.as_deref() {
+                typed(&|v| check_string_format(format, v));
+            }
+            Series::new(name, values)
+        }
+        FieldType::Integer => {
+            let out: Vec<Option<i64>> = values
+                .iter()
+                .enumerate()
+                .map(|(row, v)| {
+                    v.and_then(|v| match parse_integer(field, v) {
+                        Ok(i) => Some(i),
+                        Err(m) => {
+                            report(row, m);
+                            None
+                        }
+                    })
+                })
+                .collect();
+            Series::new(name, out)
+        }
+        FieldType::Number => {
+            let out: Vec<Option<f64>> = values
+                .iter()
+                .enumerate()
+                .map(|(row, v)| {
+                    v.and_then(|v| match parse_number(field, v) {
+                        Ok(x) => Some(x),
+                        Err(m) => {
+                            report(row, m);
+                            None
+                        }
+                    })
+                })
+                .collect();
+            Series::new(name, out)
+        }
+        FieldType::Boolean => {
+            let out: Vec<Option<bool>> = values
+                .iter()
+                .enumerate()
+                .map(|(row, v)| {
+                    v.and_then(|v| match parse_boolean(field, v) {
+                        Ok(b) => Some(b),
+                        Err(m) => {
+                            report(row, m);
+                            None
+                        }
+                    })
+                })
+                .collect();
+            Series::new(name, out)
+        }
+        FieldType::Date => {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+            let out: Vec<Option<i32>> = values
+                .iter()
+                .enumerate()
+                .map(|(row, v)| {
+                    v.and_then(|v| match parse_date(field.format.as_deref(), v) {
+                        Ok(d) => Some((d - epoch).num_days() as i32),
+                        Err(m) => {
+                            report(row, m);
+                            None
+                        }
+                    })
+                })
+                .collect();
+            Series::new(name, out)
+                .cast(&DataType::Date)
+                .expect("i32 casts to date")
+        }
+        FieldType::Datetime => {
+            let out: Vec<Option<i64>> = values
+                .iter()
+                .enumerate()
+                .map(|(row, v)| {
+                    v.and_then(|v| match parse_datetime(field.format.as_deref(), v) {
+                        Ok(t) => Some(t.and_utc().timestamp_micros()),
+                        Err(m) => {
+                            report(row, m);
+                            None
+                        }
+                    })
+                })
+                .collect();
+            Series::new(name, out)
+                .cast(&DataType::Datetime(TimeUnit::Microseconds, None))
+                .expect("i64 casts to datetime")
+        }
+    }
+}
+
+fn check_string_format(format: &str, v: &str) -> Result<(), String> {
+    let ok = match format {
+        "email" => is_email(v),
+        "uri" => v.split_once(':').is_some_and(|(scheme, rest)| {
+            !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                && !rest.is_empty()
+        }),
+        "uuid" => uuid::Uuid::parse_str(v).is_ok(),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{v}` is not a valid {format}"))
+    }
+}
+
+fn is_email(v: &str) -> bool {
+    let Some((local, domain)) = v.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !domain.contains('@')
+}
+
+/// Strips what a non-bare number may carry around it ("€ 1,200.50",
+/// "95 %"), then the group character; gives the text Rust can parse.
+fn numeric_text(field: &Field, v: &str) -> Option<String> {
+    let mut s = v.trim();
+    let mut negative = false;
+    if !field.bare_number {
+        let is_numeric_start = |c: char| c.is_ascii_digit() || c == '.' || c == ',';
+        let start = s.find(is_numeric_start)?;
+        negative = s[..start].contains('-');
+        let end = s
+            .rfind(|c: char| c.is_ascii_digit())
+            .map(|i| i + 1)
+            .unwrap_or(s.len());
+        s = &s[start..end.max(start)];
+    }
+    let mut out = String::with_capacity(s.len() + 1);
+    if negative {
+        out.push('-');
+    }
+    let group = field.group_char.as_deref().unwrap_or("");
+    let decimal = field.decimal_char.as_deref().unwrap_or(".");
+    let mut rest = s;
+    while let Some(c) = rest.chars().next() {
+        if !group.is_empty() && rest.starts_with(group) {
+            rest = &rest[group.len()..];
+        } else if decimal != "." && rest.starts_with(decimal) {
+            out.push('.');
+            rest = &rest[decimal.len()..];
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    Some(out)
+}
+
+fn parse_integer(field: &Field, v: &str) -> Result<i64, String> {
+    numeric_text(field, v)
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| format!("`{v}` is not an integer"))
+}
+
+pub(crate) fn parse_number(field: &Field, v: &str) -> Result<f64, String> {
+    numeric_text(field, v)
+        .and_then(|s| match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "INF" => Some(f64::INFINITY),
+            "-INF" => Some(f64::NEG_INFINITY),
+            s if s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) =>
+            {
+                s.parse().ok()
+            }
+            _ => None,
+        })
+        .ok_or_else(|| format!("`{v}` is not a number"))
+}
+
+fn parse_boolean(field: &Field, v: &str) -> Result<bool, String> {
+    const TRUE: &[&str] = &["true", "True", "TRUE", "1"];
+    const FALSE: &[&str] = &["false", "False", "FALSE", "0"];
+    let is_in = |list: &Option<Vec<String>>, default: &[&str]| match list {
+        Some(l) => l.iter().any(|x| x == v),
+        None => default.contains(&v),
+    };
+    if is_in(&field.true_values, TRUE) {
+        Ok(true)
+    } else if is_in(&field.false_values, FALSE) {
+        Ok(false)
+    } else {
+        Err(format!("`{v}` is not a boolean"))
+    }
+}
+
+/// A date: ISO (`2024-11-03`) by default, a strftime `format`, or `any` of
+/// the common forms.
+pub(crate) fn parse_date(format: Option<&str>, v: &str) -> Result<NaiveDate, String> {
+    let parsed = match format {
+        None | Some("default") => NaiveDate::parse_from_str(v, "%Y-%m-%d").ok(),
+        Some("any") => ["%Y-%m-%d", "%Y%m%d", "%d/%m/%Y", "%d.%m.%Y", "%Y/%m/%d"]
+            .iter()
+            .find_map(|f| NaiveDate::parse_from_str(v, f).ok())
+            .or_else(|| parse_datetime(Some("default"), v).ok().map(|t| t.date())),
+        Some(f) => NaiveDate::parse_from_str(v, f).ok(),
+    };
+    parsed.ok_or_else(|| match format {
+        None | Some("default") => format!("`{v}` is not a date (expected YYYY-MM-DD)"),
+        Some(f) => format!("`{v}` is not a date in the format `{f}`"),
+    })
+}
+
+/// A timestamp, in UTC: ISO 8601 by default (an offset is converted to UTC,
+/// none means UTC), or a strftime `format`.
+pub(crate) fn parse_datetime(format: Option<&str>, v: &str) -> Result<NaiveDateTime, String> {
+    let parsed = match format {
+        None | Some("default") | Some("any") => DateTime::parse_from_rfc3339(v)
+            .map(|t| t.naive_utc())
+            .ok()
+            .or_else(|| {
+                [
+                    "%Y-%m-%dT%H:%M:%S%.f",
+                    "%Y-%m-%d %H:%M:%S%.f",
+                    "%Y-%m-%dT%H:%M",
+                ]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
+            })
+            .or_else(|| {
+                DateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f%:z")
+                    .ok()
+                    .map(|t| t.naive_utc())
+            })
+            .or_else(|| {
+                (format == Some("any"))
+                    .then(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
+                    .flatten()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+            }),
+        Some(f) => NaiveDateTime::parse_from_str(v, f).ok(),
+    };
+    parsed.ok_or_else(|| match format {
+        None | Some("default") | Some("any") => {
+            format!("`{v}` is not a datetime (expected ISO 8601, like 2024-11-03T09:30:00Z)")
+        }
+        Some(f) => format!("`{v}` is not a datetime in the format `{f}`"),
+    })
+}
+
+fn check_constraints(
+    field: &Field,
+    values: &[Option<&str>],
+    report: &mut dyn FnMut(usize, String),
+) {
+    let c = &field.constraints;
+    if let Some(allowed) = &c.allowed {
+        let allowed: HashSet<String> = allowed.iter().map(json_text).collect();
+        let mut listed: Vec<&String> = allowed.iter().collect();
+        listed.sort();
+        let listed = listed
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (row, v) in values.iter().enumerate() {
+            if let Some(v) = v
+                && !allowed.contains(*v)
+            {
+                report(row, format!("`{v}` is not one of: {listed}"));
+            }
+        }
+    }
+    if let Some(pattern) = &c.pattern {
+        let re = Regex::new(&format!("^(?:{pattern})$")).expect("checked when loaded");
+        for (row, v) in values.iter().enumerate() {
+            if let Some(v) = v
+                && !re.is_match(v)
+            {
+                report(row, format!("`{v}` does not match the pattern `{pattern}`"));
+            }
+        }
+    }
+    if c.min_length.is_some() || c.max_length.is_some() {
+        for (row, v) in values.iter().enumerate() {
+            let Some(v) = v else { continue };
+            let len = v.chars().count();
+            if let Some(min) = c.min_length
+                && len < min
+            {
+                report(row, format!("is {len} characters, fewer than {min}"));
+            }
+            if let Some(max) = c.max_length
+                && len > max
+            {
+                report(row, format!("is {len} characters, more than {max}"));
+            }
+        }
+    }
+    if c.minimum.is_some() || c.maximum.is_some() {
+        check_bounds(field, values, report);
+    }
+    if c.unique {
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for (row, v) in values.iter().enumerate() {
+            if let Some(v) = v
+                && first.insert(v, row).is_some()
+            {
+                report(
+                    row,
+                    format!("`{v}` is not unique (it appears on an earlier row)"),
+                );
+            }
+        }
+    }
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn check_bounds(field: &Field, values: &[Option<&str>], report: &mut dyn FnMut(usize, String)) {
+    let c = &field.constraints;
+    // Compare in a common order: numbers as f64, dates and datetimes by value.
+    let key = |text: &str| -> Option<f64> {
+        match field.kind {
+            FieldType::Integer => parse_integer(field, text).ok().map(|i| i as f64),
+            FieldType::Number => parse_number(field, text).ok(),
+            FieldType::Date => parse_date(None, text)
+                .or_else(|_| parse_date(field.format.as_deref(), text))
+                .ok()
+                .map(|d| d.to_epoch_days() as f64),
+            FieldType::Datetime => parse_datetime(None, text)
+                .or_else(|_| parse_datetime(field.format.as_deref(), text))
+                .ok()
+                .map(|t| t.and_utc().timestamp() as f64),
+            _ => None,
+        }
+    };
+    let bound = |b: &Option<serde_json::Value>| -> Option<(f64, String)> {
+        let b = b.as_ref()?;
+        let text = json_text(b);
+        let k = b.as_f64().or_else(|| key(&text))?;
+        Some((k, text))
+    };
+    let (min, max) = (bound(&c.minimum), bound(&c.maximum));
+    for (row, v) in values.iter().enumerate() {
+        let Some(x) = v.and_then(key) else { continue };
+        if let Some((m, text)) = &min
+            && x < *m
+        {
+            report(
+                row,
+                format!("`{}` is less than the minimum {text}", v.unwrap_or("")),
+            );
+        }
+        if let Some((m, text)) = &max
+            && x > *m
+        {
+            report(
+                row,
+                format!("`{}` is more than the maximum {text}", v.unwrap_or("")),
+            );
+        }
+    }
+}
+
+fn check_required_when(
+    schema: &TableSchema,
+    present: &[Vec<Option<&str>>],
+    issues: &mut Vec<Issue>,
+) {
+    let index = |name: &str| schema.fields.iter().position(|f| f.name == name);
+    for rule in &schema.dropsync.required_when {
+        let (Some(field), Some(when)) = (index(&rule.field), index(&rule.when)) else {
+            continue;
+        };
+        for (row, (value, condition)) in present[field].iter().zip(&present[when]).enumerate() {
+            if value.is_none() && *condition == Some(rule.equals.as_str()) {
+                issues.push(Issue {
+                    row: row as u32,
+                    field: Some(rule.field.clone()),
+                    message: rule.message.clone().unwrap_or_else(|| {
+                        format!(
+                            "a value is required when {} is `{}`",
+                            rule.when, rule.equals
+                        )
+                    }),
+                });
+            }
+        }
+    }
+}
+
+/// Joins the values of `fields` in `row`; none if any is missing.
+fn composite<'a>(present: &[Vec<Option<&'a str>>], fields: &[usize], row: usize) -> Option<String> {
+    let mut parts = Vec::with_capacity(fields.len());
+    for &f in fields {
+        parts.push(present[f][row]?);
+    }
+    Some(parts.join("|"))
+}
+
+fn check_foreign_keys(
+    schema: &TableSchema,
+    present: &[Vec<Option<&str>>],
+    ctx: &Context,
+    issues: &mut Vec<Issue>,
+) {
+    let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
+    let rows = present.first().map_or(0, Vec::len);
+    for fk in &schema.foreign_keys {
+        let fields: Vec<usize> = fk.fields.to_vec().iter().filter_map(index).collect();
+        let names = fk.fields.to_vec().join(", ");
+        let target_names = fk.reference.fields.to_vec().join(", ");
+        let same_file;
+        let (known, whose): (&HashSet<String>, String) = if fk.reference.resource.is_empty() {
+            let targets: Vec<usize> = fk
+                .reference
+                .fields
+                .to_vec()
+                .iter()
+                .filter_map(index)
+                .collect();
+            same_file = (0..rows)
+                .filter_map(|row| composite(present, &targets, row))
+                .collect::<HashSet<_>>();
+            (
+                &same_file,
+                format!("no row of this file has that {target_names}"),
+            )
+        } else {
+            let empty = HashSet::new();
+            let known = ctx.references.get(&fk.reference.resource);
+            let whose = format!(
+                "no {} record has that {target_names}",
+                fk.reference.resource
+            );
+            match known {
+                Some(k) => (k, whose),
+                None => {
+                    same_file = empty;
+                    (&same_file, whose)
+                }
+            }
+        };
+        for row in 0..rows {
+            if let Some(value) = composite(present, &fields, row)
+                && !known.contains(&value)
+            {
+                issues.push(Issue {
+                    row: row as u32,
+                    field: Some(names.clone()),
+                    message: format!("`{value}` does not exist: {whose}"),
+                });
+            }
+        }
+    }
+}
+
+/// Checks the primary key is unique in the file. Repeats are errors (every
+/// copy: which one is right cannot be told), or, for events, duplicates to
+/// skip: the returned rows.
+fn check_keys(
+    schema: &TableSchema,
+    present: &[Vec<Option<&str>>],
+    raw: &RawTable,
+    ctx: &Context,
+    issues: &mut Vec<Issue>,
+) -> HashSet<u32> {
+    let key: Vec<usize> = schema
+        .primary_key()
+        .iter()
+        .filter_map(|k| schema.fields.iter().position(|f| &f.name == k))
+        .collect();
+    let mut skipped = HashSet::new();
+    if key.is_empty() {
+        return skipped;
+    }
+    let rows = present.first().map_or(0, Vec::len);
+    let mut seen: HashMap<String, Vec<u32>> = HashMap::with_capacity(rows);
+    for row in 0..rows {
+        if let Some(k) = composite(present, &key, row) {
+            seen.entry(k).or_default().push(row as u32);
+        }
+    }
+    let names = schema.primary_key().join(", ");
+    for (k, rows) in seen {
+        if rows.len() < 2 {
+            continue;
+        }
+        if ctx.repeats_are_duplicates {
+            skipped.extend(rows[1..].iter().copied());
+            continue;
+        }
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|&r| raw.lines[r as usize].to_string())
+            .collect();
+        for &row in &rows {
+            issues.push(Issue {
+                row,
+                field: Some(names.clone()),
+                message: format!("duplicate key `{k}` (lines {})", lines.join(", ")),
+            });
+        }
+    }
+    skipped
+}

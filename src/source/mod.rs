@@ -1,0 +1,192 @@
+//! Where files come from, and staging: every file is copied into the store's
+//! staging directory under its content hash before anything reads it, so a
+//! run works on an immutable local copy that is kept for replays.
+
+mod folder;
+mod pattern;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use sha2::{Digest, Sha256};
+
+use crate::config::{IntegrationConfig, SourceConfig};
+pub use folder::FolderSource;
+pub use pattern::{FilePattern, PatternError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot list {dir}: {source}")]
+    List {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot stage {path} into {staging}: {source}")]
+    Stage {
+        path: PathBuf,
+        staging: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+}
+
+/// A file a source offers, not yet fetched.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The file's name at the source.
+    pub name: String,
+    /// Where it is (a local path for folder sources).
+    pub location: PathBuf,
+    pub size: u64,
+    /// The day the file stands for: from its name, else its modification time.
+    pub business_date: NaiveDate,
+}
+
+/// A fetched file: local, immutable, identified by its content hash.
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    /// The file's original name.
+    pub name: String,
+    /// The staged copy.
+    pub path: PathBuf,
+    /// Lower-case hex SHA-256 of the content.
+    pub content_hash: String,
+    pub size: u64,
+    pub business_date: NaiveDate,
+}
+
+/// The source of one integration.
+pub trait Source {
+    /// Files matching the integration's pattern, oldest business date first.
+    fn list(&self) -> Result<Vec<Candidate>, SourceError>;
+    /// Copies a candidate into staging.
+    fn fetch(&self, candidate: &Candidate, staging: &Path) -> Result<StagedFile, SourceError>;
+}
+
+/// The source an integration is configured with.
+pub fn open(integration: &IntegrationConfig) -> Result<Box<dyn Source>, SourceError> {
+    let pattern = FilePattern::parse(&integration.pattern)?;
+    Ok(match &integration.source {
+        SourceConfig::Folder { path } => Box::new(FolderSource::new(path.clone(), pattern)),
+    })
+}
+
+/// Stages a local file given on the command line (`dropsync ingest`). Its
+/// business date comes from the pattern when the name fits it, else from
+/// its modification time.
+pub fn stage_local(
+    path: &Path,
+    pattern: &FilePattern,
+    staging: &Path,
+) -> Result<StagedFile, SourceError> {
+    let meta = std::fs::metadata(path).map_err(|source| SourceError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let business_date = pattern
+        .matches(&name)
+        .flatten()
+        .unwrap_or_else(|| mtime_date(&meta));
+    let candidate = Candidate {
+        name,
+        location: path.to_path_buf(),
+        size: meta.len(),
+        business_date,
+    };
+    stage_from_reader(&candidate, staging)
+}
+
+/// The UTC date of a file's modification time (today if the platform has none).
+pub(crate) fn mtime_date(meta: &std::fs::Metadata) -> NaiveDate {
+    let modified = meta
+        .modified()
+        .ok()
+        .map(chrono::DateTime::<chrono::Utc>::from);
+    modified.unwrap_or_else(chrono::Utc::now).date_naive()
+}
+
+/// Copies `candidate.location` into `staging/<hash>` while hashing it: written
+/// to a temporary name, synced, then renamed, so a staged file is always whole.
+pub(crate) fn stage_from_reader(
+    candidate: &Candidate,
+    staging: &Path,
+) -> Result<StagedFile, SourceError> {
+    let stage_err = |source| SourceError::Stage {
+        path: candidate.location.clone(),
+        staging: staging.to_path_buf(),
+        source,
+    };
+    let read_err = |source| SourceError::Read {
+        path: candidate.location.clone(),
+        source,
+    };
+    std::fs::create_dir_all(staging).map_err(stage_err)?;
+    let mut input = std::fs::File::open(&candidate.location).map_err(read_err)?;
+    let mut tmp = tempfile_in(staging).map_err(stage_err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = input.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        tmp.1.write_all(&buf[..n]).map_err(stage_err)?;
+        size += n as u64;
+    }
+    tmp.1.sync_all().map_err(stage_err)?;
+    drop(tmp.1);
+    let content_hash = hex(&hasher.finalize());
+    let path = staging.join(format!("{content_hash}.csv"));
+    std::fs::rename(&tmp.0, &path).map_err(stage_err)?;
+    if let Ok(dir) = std::fs::File::open(staging) {
+        let _ = dir.sync_all();
+    }
+    Ok(StagedFile {
+        name: candidate.name.clone(),
+        path,
+        content_hash,
+        size,
+        business_date: candidate.business_date,
+    })
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    for attempt in 0..100u32 {
+        let path = dir.join(format!(
+            ".incoming-{}-{}-{attempt}.partial",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("cannot create a temporary file"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

@@ -1,0 +1,372 @@
+//! Diff and apply. The validated rows arrive as a Parquet file (columnar,
+//! straight from polars); DuckDB compares them with what the integration
+//! holds in its target table, classifies every key (insert, update, delete,
+//! unchanged, duplicate) and applies the changes, the run record and its row
+//! errors in ONE transaction. Anything that fails rolls the whole batch back.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{RunRecord, Store, StoreError, ident, key_text, now};
+use crate::config::Mode;
+use crate::schema::{RowError, StatusRule, StoredColumn};
+
+/// Where an integration's rows live.
+#[derive(Debug, Clone)]
+pub struct TargetTable {
+    pub name: String,
+    /// The data columns, as validated rows carry them.
+    pub columns: Vec<StoredColumn>,
+    pub key: Vec<String>,
+}
+
+/// One batch to diff and apply.
+pub struct ApplyRequest<'a> {
+    pub integration: &'a str,
+    pub table: &'a TargetTable,
+    pub mode: Mode,
+    pub status: Option<&'a StatusRule>,
+    /// The validated rows, as Parquet.
+    pub rows: &'a Path,
+    /// Keys of rows rejected today: a snapshot does not delete them.
+    pub protected_keys: &'a [String],
+    pub max_delete_ratio: f64,
+    pub force: bool,
+    pub dry_run: bool,
+    /// How many example keys of each kind of change to report.
+    pub sample: usize,
+}
+
+/// What a batch changes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChangeSet {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    /// Rows already stored (append mode), skipped.
+    pub duplicates: u64,
+    pub subscribed: u64,
+    pub unsubscribed: u64,
+    /// Rows the integration held before the batch.
+    pub existing: u64,
+    /// Example keys per kind of change.
+    pub samples: Vec<(String, String)>,
+}
+
+/// How a batch ended.
+pub enum Outcome {
+    /// Applied and committed, with the run record.
+    Applied(ChangeSet),
+    /// Not applied: the batch breaks a guard. Nothing was written.
+    Refused { changes: ChangeSet, reason: String },
+    /// Computed and rolled back.
+    DryRun(ChangeSet),
+}
+
+impl Store {
+    /// Diffs `req.rows` against the integration's rows and applies the
+    /// changes together with `run` (whose counts are filled in) and `errors`.
+    pub fn apply(
+        &self,
+        req: &ApplyRequest<'_>,
+        run: &mut RunRecord,
+        errors: &[RowError],
+    ) -> Result<Outcome, StoreError> {
+        self.conn()
+            .execute_batch("BEGIN TRANSACTION")
+            .map_err(self.query_error("starting the batch"))?;
+        let result = self.apply_in_transaction(req, run, errors);
+        let rollback = || {
+            let _ = self.conn().execute_batch("ROLLBACK");
+        };
+        let outcome = match result {
+            Ok(Outcome::Applied(changes)) => {
+                if let Err(e) = self.conn().execute_batch("COMMIT") {
+                    rollback();
+                    return Err(self.query_error("committing the batch")(e));
+                }
+                Outcome::Applied(changes)
+            }
+            Ok(other) => {
+                rollback();
+                other
+            }
+            Err(e) => {
+                rollback();
+                return Err(e);
+            }
+        };
+        let _ = self.conn().execute_batch(
+            "DROP TABLE IF EXISTS temp.incoming; DROP TABLE IF EXISTS temp.changes; DROP TABLE IF EXISTS temp.protected;",
+        );
+        Ok(outcome)
+    }
+
+    fn apply_in_transaction(
+        &self,
+        req: &ApplyRequest<'_>,
+        run: &mut RunRecord,
+        errors: &[RowError],
+    ) -> Result<Outcome, StoreError> {
+        let conn = self.conn();
+        let table = ident(&req.table.name);
+        self.ensure_table(req.table)?;
+        let path = req.rows.display().to_string().replace('\'', "''");
+        conn.execute_batch(&format!(
+            "CREATE OR REPLACE TEMP TABLE incoming AS SELECT * FROM read_parquet('{path}');
+             CREATE OR REPLACE TEMP TABLE protected (k VARCHAR);"
+        ))
+        .map_err(self.query_error("loading the validated rows"))?;
+        {
+            let mut appender = conn
+                .appender_to_catalog_and_db("protected", "temp", "main")
+                .map_err(self.query_error("loading rejected keys"))?;
+            for k in req.protected_keys {
+                appender
+                    .append_row([k])
+                    .map_err(self.query_error("loading rejected keys"))?;
+            }
+            appender
+                .flush()
+                .map_err(self.query_error("loading rejected keys"))?;
+        }
+
+        let key_cols: Vec<String> = req.table.key.iter().map(|k| ident(k)).collect();
+        let join = req
+            .table
+            .key
+            .iter()
+            .map(|k| format!("t.{0} = i.{0}", ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let differs = req
+            .table
+            .columns
+            .iter()
+            .filter(|c| !req.table.key.contains(&c.name))
+            .map(|c| format!("t.{0} IS DISTINCT FROM i.{0}", ident(&c.name)))
+            .collect::<Vec<_>>();
+        let differs = if differs.is_empty() {
+            "false".to_string()
+        } else {
+            differs.join(" OR ")
+        };
+        let (old_status, new_status) = match req.status {
+            Some(s) => (
+                format!("t.{}", ident(&s.field)),
+                format!("i.{}", ident(&s.field)),
+            ),
+            None => ("NULL".to_string(), "NULL".to_string()),
+        };
+        let present_kind = if req.mode == Mode::Append {
+            "'duplicate'".to_string()
+        } else {
+            format!("CASE WHEN {differs} THEN 'update' ELSE 'unchanged' END")
+        };
+        let i_keys = key_cols
+            .iter()
+            .map(|k| format!("i.{k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let t_keys = key_cols
+            .iter()
+            .map(|k| format!("t.{k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let integration = req.integration.replace('\'', "''");
+        let mine = format!("(SELECT * FROM {table} WHERE _integration = '{integration}')");
+        let mut sql = format!(
+            "CREATE OR REPLACE TEMP TABLE changes AS
+             SELECT {i_keys},
+                    CASE WHEN t._integration IS NULL THEN 'insert' ELSE {present_kind} END AS kind,
+                    CAST({old_status} AS VARCHAR) AS old_status,
+                    CAST({new_status} AS VARCHAR) AS new_status
+             FROM incoming i LEFT JOIN {mine} t ON {join}"
+        );
+        if req.mode == Mode::Snapshot {
+            sql.push_str(&format!(
+                " UNION ALL
+                 SELECT {t_keys}, 'delete', NULL, NULL FROM {mine} t
+                 WHERE NOT EXISTS (SELECT 1 FROM incoming i WHERE {join})
+                   AND {} NOT IN (SELECT k FROM protected)",
+                key_text(&req.table.key, Some("t"))
+            ));
+        }
+        conn.execute_batch(&sql)
+            .map_err(self.query_error("comparing with the last snapshot"))?;
+
+        let mut changes = ChangeSet::default();
+        {
+            let mut stmt = conn
+                .prepare("SELECT kind, count(*) FROM changes GROUP BY kind")
+                .map_err(self.query_error("counting changes"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(self.query_error("counting changes"))?;
+            for row in rows {
+                let (kind, n) = row.map_err(self.query_error("counting changes"))?;
+                match kind.as_str() {
+                    "insert" => changes.inserted = n,
+                    "update" => changes.updated = n,
+                    "delete" => changes.deleted = n,
+                    "unchanged" => changes.unchanged = n,
+                    _ => changes.duplicates = n,
+                }
+            }
+        }
+        changes.existing = conn
+            .query_row(&format!("SELECT count(*) FROM {mine}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(self.query_error("counting rows"))? as u64;
+        if let Some(status) = req.status {
+            for (value, change) in &status.changes {
+                let n: i64 = conn
+                    .query_row(
+                        "SELECT count(*) FROM changes WHERE kind IN ('insert', 'update')
+                         AND new_status = ? AND old_status IS DISTINCT FROM new_status",
+                        [value],
+                        |r| r.get(0),
+                    )
+                    .map_err(self.query_error("counting status changes"))?;
+                match change.as_str() {
+                    "subscribe" => changes.subscribed += n as u64,
+                    "unsubscribe" => changes.unsubscribed += n as u64,
+                    _ => {}
+                }
+            }
+        }
+        if req.sample > 0 {
+            let sql = format!(
+                "SELECT kind, {} FROM changes WHERE kind IN ('insert', 'update', 'delete')
+                 QUALIFY row_number() OVER (PARTITION BY kind ORDER BY {}) <= {}
+                 ORDER BY kind, 2",
+                key_text(&req.table.key, None),
+                key_cols.join(", "),
+                req.sample
+            );
+            let mut stmt = conn
+                .prepare(&sql)
+                .map_err(self.query_error("sampling changes"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(self.query_error("sampling changes"))?;
+            for row in rows {
+                changes
+                    .samples
+                    .push(row.map_err(self.query_error("sampling changes"))?);
+            }
+        }
+
+        if req.mode == Mode::Snapshot && !req.force && changes.existing > 0 {
+            let share = changes.deleted as f64 / changes.existing as f64;
+            if share > req.max_delete_ratio {
+                let reason = format!(
+                    "refused: the file would delete {} of the {} rows held ({:.1}%, more than max_delete_ratio {:.1}%); a truncated export? Re-run with --force if the deletes are meant",
+                    changes.deleted,
+                    changes.existing,
+                    share * 100.0,
+                    req.max_delete_ratio * 100.0
+                );
+                return Ok(Outcome::Refused { changes, reason });
+            }
+        }
+        if req.dry_run {
+            return Ok(Outcome::DryRun(changes));
+        }
+
+        let c_join = req
+            .table
+            .key
+            .iter()
+            .map(|k| format!("c.{0} = x.{0}", ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let data_cols: Vec<String> = req.table.columns.iter().map(|c| ident(&c.name)).collect();
+        let x_cols = data_cols
+            .iter()
+            .map(|c| format!("x.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let business_date = run
+            .business_date
+            .map(|d| format!("DATE '{d}'"))
+            .unwrap_or_else(|| "NULL".into());
+        let execution_id = run.execution_id.replace('\'', "''");
+        conn.execute_batch(&format!(
+            "DELETE FROM {table} x WHERE x._integration = '{integration}' AND EXISTS
+                (SELECT 1 FROM changes c WHERE c.kind IN ('update', 'delete') AND {c_join});
+             INSERT INTO {table} ({}, _integration, _execution_id, _business_date, _updated_at)
+                SELECT {x_cols}, '{integration}', '{execution_id}', {business_date}, now()::TIMESTAMP
+                FROM incoming x WHERE EXISTS
+                (SELECT 1 FROM changes c WHERE c.kind IN ('insert', 'update') AND {c_join});",
+            data_cols.join(", ")
+        ))
+        .map_err(self.query_error(format!("applying changes to {}", req.table.name)))?;
+
+        run.inserted = changes.inserted as i64;
+        run.updated = changes.updated as i64;
+        run.deleted = changes.deleted as i64;
+        run.unchanged = changes.unchanged as i64;
+        run.subscribed = changes.subscribed as i64;
+        run.unsubscribed = changes.unsubscribed as i64;
+        run.skipped_rows += changes.duplicates as i64;
+        run.completed_at = Some(now());
+        Store::finish_run_in(conn, run, errors).map_err(self.query_error("recording the run"))?;
+        Ok(Outcome::Applied(changes))
+    }
+
+    /// Creates the target table, or adds the columns a grown schema brings.
+    fn ensure_table(&self, target: &TargetTable) -> Result<(), StoreError> {
+        let table = ident(&target.name);
+        let mut columns: Vec<String> = target
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", ident(&c.name), c.sql_type))
+            .collect();
+        columns.extend([
+            "_integration VARCHAR NOT NULL".to_string(),
+            "_execution_id VARCHAR NOT NULL".to_string(),
+            "_business_date DATE".to_string(),
+            "_updated_at TIMESTAMP NOT NULL".to_string(),
+        ]);
+        self.conn()
+            .execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {table} ({})",
+                columns.join(", ")
+            ))
+            .map_err(self.query_error(format!("creating table {}", target.name)))?;
+        let existing: Vec<String> = {
+            let mut stmt = self
+                .conn()
+                .prepare(
+                    "SELECT column_name FROM information_schema.columns
+                     WHERE table_schema = 'main' AND table_name = ?",
+                )
+                .map_err(self.query_error("reading columns"))?;
+            let rows = stmt
+                .query_map([&target.name], |r| r.get::<_, String>(0))
+                .map_err(self.query_error("reading columns"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(self.query_error("reading columns"))?
+        };
+        for c in &target.columns {
+            if !existing.contains(&c.name) {
+                self.conn()
+                    .execute_batch(&format!(
+                        "ALTER TABLE {table} ADD COLUMN {} {}",
+                        ident(&c.name),
+                        c.sql_type
+                    ))
+                    .map_err(
+                        self.query_error(format!("adding column {} to {}", c.name, target.name)),
+                    )?;
+            }
+        }
+        Ok(())
+    }
+}

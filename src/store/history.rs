@@ -1,0 +1,352 @@
+//! The history of runs: one record per attempt to sync one file, with its
+//! status, counts and row errors.
+
+use chrono::{NaiveDate, NaiveDateTime};
+use duckdb::params;
+use serde::Serialize;
+
+use super::{Store, StoreError, now};
+use crate::schema::RowError;
+
+/// How a run ended (or that it has not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Success,
+    Partial,
+    Failed,
+    Skipped,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Success => "success",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(s: &str) -> RunStatus {
+        match s {
+            "running" => RunStatus::Running,
+            "success" => RunStatus::Success,
+            "partial" => RunStatus::Partial,
+            "skipped" => RunStatus::Skipped,
+            "interrupted" => RunStatus::Interrupted,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One run, as the history keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub execution_id: String,
+    pub integration: String,
+    pub dataset: String,
+    pub mode: String,
+    pub trigger: String,
+    pub status: RunStatus,
+    pub message: Option<String>,
+    pub file_name: Option<String>,
+    pub source: Option<String>,
+    pub staged_path: Option<String>,
+    pub content_hash: Option<String>,
+    pub file_size: Option<i64>,
+    pub business_date: Option<NaiveDate>,
+    pub forced: bool,
+    pub input_rows: i64,
+    pub success_rows: i64,
+    pub error_rows: i64,
+    pub skipped_rows: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub unchanged: i64,
+    pub subscribed: i64,
+    pub unsubscribed: i64,
+    pub started_at: NaiveDateTime,
+    pub completed_at: Option<NaiveDateTime>,
+}
+
+impl RunRecord {
+    /// A new run, not yet started in the store.
+    pub fn new(integration: &str, dataset: &str, mode: &str, trigger: &str) -> RunRecord {
+        RunRecord {
+            execution_id: uuid::Uuid::now_v7().to_string(),
+            integration: integration.to_string(),
+            dataset: dataset.to_string(),
+            mode: mode.to_string(),
+            trigger: trigger.to_string(),
+            status: RunStatus::Running,
+            message: None,
+            file_name: None,
+            source: None,
+            staged_path: None,
+            content_hash: None,
+            file_size: None,
+            business_date: None,
+            forced: false,
+            input_rows: 0,
+            success_rows: 0,
+            error_rows: 0,
+            skipped_rows: 0,
+            inserted: 0,
+            updated: 0,
+            deleted: 0,
+            unchanged: 0,
+            subscribed: 0,
+            unsubscribed: 0,
+            started_at: now(),
+            completed_at: None,
+        }
+    }
+}
+
+const COLUMNS: &str = "execution_id, integration, dataset, mode, trigger, status, message, file_name, source,
+    staged_path, content_hash, file_size, business_date, forced, input_rows, success_rows, error_rows,
+    skipped_rows, inserted, updated, deleted, unchanged, subscribed, unsubscribed, started_at, completed_at";
+
+fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
+    Ok(RunRecord {
+        execution_id: r.get(0)?,
+        integration: r.get(1)?,
+        dataset: r.get(2)?,
+        mode: r.get(3)?,
+        trigger: r.get(4)?,
+        status: RunStatus::parse(&r.get::<_, String>(5)?),
+        message: r.get(6)?,
+        file_name: r.get(7)?,
+        source: r.get(8)?,
+        staged_path: r.get(9)?,
+        content_hash: r.get(10)?,
+        file_size: r.get(11)?,
+        business_date: r.get(12)?,
+        forced: r.get(13)?,
+        input_rows: r.get(14)?,
+        success_rows: r.get(15)?,
+        error_rows: r.get(16)?,
+        skipped_rows: r.get(17)?,
+        inserted: r.get(18)?,
+        updated: r.get(19)?,
+        deleted: r.get(20)?,
+        unchanged: r.get(21)?,
+        subscribed: r.get(22)?,
+        unsubscribed: r.get(23)?,
+        started_at: r.get(24)?,
+        completed_at: r.get(25)?,
+    })
+}
+
+impl Store {
+    /// Records a run. A run recorded `running` that never finishes is marked
+    /// `interrupted` the next time the store is opened.
+    pub fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        insert_run(self.conn(), run)
+            .map(drop)
+            .map_err(self.query_error("recording a run"))
+    }
+
+    /// Writes a run's final state and its row errors.
+    pub(crate) fn finish_run_in(
+        conn: &duckdb::Connection,
+        run: &RunRecord,
+        errors: &[RowError],
+    ) -> duckdb::Result<()> {
+        conn.execute(
+            "DELETE FROM dropsync_runs WHERE execution_id = ?",
+            [&run.execution_id],
+        )?;
+        insert_run(conn, run)?;
+        let mut appender = conn.appender("dropsync_row_errors")?;
+        for e in errors {
+            appender.append_row(params![
+                run.execution_id,
+                e.line as i64,
+                e.key,
+                e.field,
+                e.message,
+                e.raw
+            ])?;
+        }
+        appender.flush()
+    }
+
+    /// Records a run that ends without touching any target table (skipped,
+    /// or failed before applying), with its row errors, in one transaction.
+    pub fn finish_run(&self, run: &RunRecord, errors: &[RowError]) -> Result<(), StoreError> {
+        let result = self
+            .conn()
+            .execute_batch("BEGIN TRANSACTION")
+            .and_then(|_| Store::finish_run_in(self.conn(), run, errors))
+            .and_then(|_| self.conn().execute_batch("COMMIT"));
+        if let Err(e) = result {
+            let _ = self.conn().execute_batch("ROLLBACK");
+            return Err(self.query_error("recording a run")(e));
+        }
+        Ok(())
+    }
+
+    /// Runs, newest first.
+    pub fn runs(
+        &self,
+        integration: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM dropsync_runs WHERE (? IS NULL OR integration = ?)
+             ORDER BY started_at DESC, execution_id DESC LIMIT {limit}"
+        );
+        let mut stmt = self
+            .conn()
+            .prepare(&sql)
+            .map_err(self.query_error("reading history"))?;
+        let rows = stmt
+            .query_map(params![integration, integration], from_row)
+            .map_err(self.query_error("reading history"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.query_error("reading history"))
+    }
+
+    /// The run whose execution id is, or uniquely contains, `id`.
+    pub fn run(&self, id: &str) -> Result<RunRecord, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM dropsync_runs WHERE execution_id = ? OR contains(execution_id, ?)
+             ORDER BY (execution_id = ?) DESC LIMIT 2"
+        );
+        let mut stmt = self
+            .conn()
+            .prepare(&sql)
+            .map_err(self.query_error("reading a run"))?;
+        let found: Vec<RunRecord> = stmt
+            .query_map(params![id, id, id], from_row)
+            .map_err(self.query_error("reading a run"))?
+            .collect::<Result<_, _>>()
+            .map_err(self.query_error("reading a run"))?;
+        let other = |message: String| StoreError::Other {
+            path: self.path().to_path_buf(),
+            message,
+        };
+        match found.as_slice() {
+            [] => Err(other(format!(
+                "no run has the execution id `{id}` (see `dropsync history`)"
+            ))),
+            [one] => Ok(one.clone()),
+            [first, ..] if first.execution_id == id => Ok(first.clone()),
+            _ => Err(other(format!(
+                "`{id}` matches several runs; give more of the execution id"
+            ))),
+        }
+    }
+
+    /// A run's row errors, in line order; at most `limit`.
+    pub fn row_errors(
+        &self,
+        execution_id: &str,
+        limit: usize,
+    ) -> Result<Vec<RowError>, StoreError> {
+        let sql = format!(
+            "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
+             WHERE execution_id = ? ORDER BY line LIMIT {limit}"
+        );
+        let mut stmt = self
+            .conn()
+            .prepare(&sql)
+            .map_err(self.query_error("reading row errors"))?;
+        let rows = stmt
+            .query_map([execution_id], |r| {
+                Ok(RowError {
+                    line: r.get::<_, i64>(0)? as u64,
+                    key: r.get(1)?,
+                    field: r.get(2)?,
+                    message: r.get(3)?,
+                    raw: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                })
+            })
+            .map_err(self.query_error("reading row errors"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.query_error("reading row errors"))
+    }
+
+    /// The latest run of `integration` that ended with `content_hash`, any status but running.
+    pub fn run_with_content(
+        &self,
+        integration: &str,
+        content_hash: &str,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM dropsync_runs WHERE integration = ? AND content_hash = ?
+               AND status NOT IN ('running', 'skipped')
+             ORDER BY (status IN ('success', 'partial')) DESC, started_at DESC LIMIT 1"
+        );
+        let mut stmt = self
+            .conn()
+            .prepare(&sql)
+            .map_err(self.query_error("looking up content"))?;
+        let mut rows = stmt
+            .query_map(params![integration, content_hash], from_row)
+            .map_err(self.query_error("looking up content"))?;
+        rows.next()
+            .transpose()
+            .map_err(self.query_error("looking up content"))
+    }
+
+    /// The newest business date applied for `integration`.
+    pub fn latest_applied_date(&self, integration: &str) -> Result<Option<NaiveDate>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT max(business_date) FROM dropsync_runs
+                 WHERE integration = ? AND status IN ('success', 'partial')",
+                [integration],
+                |r| r.get(0),
+            )
+            .map_err(self.query_error("reading the latest applied date"))
+    }
+}
+
+fn insert_run(conn: &duckdb::Connection, run: &RunRecord) -> duckdb::Result<usize> {
+    let placeholders = vec!["?"; 26].join(", ");
+    conn.execute(
+        &format!("INSERT INTO dropsync_runs ({COLUMNS}) VALUES ({placeholders})"),
+        params![
+            run.execution_id,
+            run.integration,
+            run.dataset,
+            run.mode,
+            run.trigger,
+            run.status.as_str(),
+            run.message,
+            run.file_name,
+            run.source,
+            run.staged_path,
+            run.content_hash,
+            run.file_size,
+            run.business_date,
+            run.forced,
+            run.input_rows,
+            run.success_rows,
+            run.error_rows,
+            run.skipped_rows,
+            run.inserted,
+            run.updated,
+            run.deleted,
+            run.unchanged,
+            run.subscribed,
+            run.unsubscribed,
+            run.started_at,
+            run.completed_at,
+        ],
+    )
+}

@@ -1,0 +1,266 @@
+//! The DuckDB store: the integrations' target tables, which double as their
+//! snapshots (every row carries the integration it came from), and the
+//! history of every run with its row errors. One file, one writer.
+
+mod apply;
+mod history;
+mod unsubscribes;
+
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDateTime;
+use duckdb::Connection;
+
+pub use apply::{ApplyRequest, ChangeSet, Outcome, TargetTable};
+pub use history::{RunRecord, RunStatus};
+pub use unsubscribes::UnsubscribeFilter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the store {path} is in use by another dropsync process (a daemon or a run still going); wait for it or stop it. ({detail})"
+    )]
+    Locked { path: PathBuf, detail: String },
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: duckdb::Error,
+    },
+    #[error("store {path}: {context}: {source}")]
+    Query {
+        path: PathBuf,
+        context: String,
+        source: duckdb::Error,
+    },
+    #[error("store {path}: {message}")]
+    Other { path: PathBuf, message: String },
+}
+
+/// An open store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: run history and row errors.
+    "
+     CREATE TABLE dropsync_runs (
+        execution_id VARCHAR NOT NULL,
+        integration VARCHAR NOT NULL,
+        dataset VARCHAR NOT NULL,
+        mode VARCHAR NOT NULL,
+        trigger VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        message VARCHAR,
+        file_name VARCHAR,
+        source VARCHAR,
+        staged_path VARCHAR,
+        content_hash VARCHAR,
+        file_size BIGINT,
+        business_date DATE,
+        forced BOOLEAN NOT NULL DEFAULT false,
+        input_rows BIGINT NOT NULL DEFAULT 0,
+        success_rows BIGINT NOT NULL DEFAULT 0,
+        error_rows BIGINT NOT NULL DEFAULT 0,
+        skipped_rows BIGINT NOT NULL DEFAULT 0,
+        inserted BIGINT NOT NULL DEFAULT 0,
+        updated BIGINT NOT NULL DEFAULT 0,
+        deleted BIGINT NOT NULL DEFAULT 0,
+        unchanged BIGINT NOT NULL DEFAULT 0,
+        subscribed BIGINT NOT NULL DEFAULT 0,
+        unsubscribed BIGINT NOT NULL DEFAULT 0,
+        started_at TIMESTAMP NOT NULL,
+        completed_at TIMESTAMP
+     );
+     CREATE TABLE dropsync_row_errors (
+        execution_id VARCHAR NOT NULL,
+        line BIGINT NOT NULL,
+        record_key VARCHAR,
+        field VARCHAR,
+        message VARCHAR NOT NULL,
+        raw VARCHAR
+     );",
+];
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`, brings its tables up
+    /// to date, and marks runs a crash left `running` as `interrupted`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Other {
+                path: path.to_path_buf(),
+                message: format!("cannot create {}: {e}", dir.display()),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|source| open_error(path, source))?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.migrate()?;
+        store.mark_interrupted()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only (history, show, export). Fails with
+    /// a clear message if another process holds it for writing.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Other {
+                path: path.to_path_buf(),
+                message: "no store yet: nothing has been synced (run `dropsync run` first)".into(),
+            });
+        }
+        let config = duckdb::Config::default()
+            .access_mode(duckdb::AccessMode::ReadOnly)
+            .map_err(|source| open_error(path, source))?;
+        let conn =
+            Connection::open_with_flags(path, config).map_err(|source| open_error(path, source))?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn query_error(
+        &self,
+        context: impl Into<String>,
+    ) -> impl FnOnce(duckdb::Error) -> StoreError + '_ {
+        let context = context.into();
+        move |source| StoreError::Query {
+            path: self.path.clone(),
+            context,
+            source,
+        }
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("CREATE TABLE IF NOT EXISTS dropsync_meta (version INTEGER NOT NULL);")
+            .map_err(self.query_error("creating the metadata table"))?;
+        let version: i64 = self
+            .conn
+            .query_row(
+                "SELECT coalesce(max(version), 0) FROM dropsync_meta",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.query_error("reading the schema version"))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let step = i + 1;
+            let batch = format!(
+                "BEGIN TRANSACTION; {sql}; DELETE FROM dropsync_meta; INSERT INTO dropsync_meta VALUES ({step}); COMMIT;"
+            );
+            if let Err(e) = self.conn.execute_batch(&batch) {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(self.query_error(format!("migration {step}"))(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_interrupted(&self) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE dropsync_runs SET status = 'interrupted', completed_at = ?,
+                    message = 'the process stopped before the run finished; nothing of it was applied'
+                 WHERE status = 'running'",
+                duckdb::params![now()],
+            )
+            .map_err(self.query_error("marking interrupted runs"))?;
+        if n > 0 {
+            tracing::warn!(
+                runs = n,
+                "runs left running by a stopped process are now marked interrupted"
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Values of `columns` (joined with `|`) present in `table`, for foreign
+    /// keys. An absent table has none.
+    pub fn key_values(
+        &self,
+        table: &str,
+        columns: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        if !self.table_exists(table)? {
+            return Ok(Default::default());
+        }
+        let expr = key_text(columns, None);
+        let sql = format!("SELECT DISTINCT {expr} FROM {}", ident(table));
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(self.query_error(format!("reading keys of {table}")))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Option<String>>(0))
+            .map_err(self.query_error(format!("reading keys of {table}")))?;
+        let mut out = std::collections::HashSet::new();
+        for v in rows {
+            if let Some(v) = v.map_err(self.query_error(format!("reading keys of {table}")))? {
+                out.insert(v);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn table_exists(&self, table: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
+                [table],
+                |r| r.get(0),
+            )
+            .map_err(self.query_error("looking up a table"))?;
+        Ok(n > 0)
+    }
+}
+
+fn open_error(path: &Path, source: duckdb::Error) -> StoreError {
+    let text = source.to_string();
+    if text.contains("Could not set lock") || text.contains("Conflicting lock") {
+        StoreError::Locked {
+            path: path.to_path_buf(),
+            detail: text.lines().next().unwrap_or_default().to_string(),
+        }
+    } else {
+        StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A quoted SQL identifier.
+pub(crate) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// SQL for a key as text, parts joined with `|` (as row errors show keys).
+pub(crate) fn key_text(columns: &[String], alias: Option<&str>) -> String {
+    let parts: Vec<String> = columns
+        .iter()
+        .map(|c| match alias {
+            Some(a) => format!("CAST({a}.{} AS VARCHAR)", ident(c)),
+            None => format!("CAST({} AS VARCHAR)", ident(c)),
+        })
+        .collect();
+    format!("concat_ws('|', {})", parts.join(", "))
+}
+
+/// Now, in UTC, as the store keeps times.
+pub(crate) fn now() -> NaiveDateTime {
+    chrono::Utc::now().naive_utc()
+}

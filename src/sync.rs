@@ -1,0 +1,157 @@
+//! Which files a `run` syncs, and in what order: every integration's new
+//! files (or those of one business date), oldest date first, and on each
+//! date a dataset before the datasets that refer to it.
+
+use chrono::NaiveDate;
+
+use crate::config::Config;
+use crate::pipeline::{self, Integration, PipelineError, RunOptions, RunReport};
+use crate::source::{self, Candidate, SourceError};
+use crate::store::Store;
+
+/// What to sync.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Integrations by name; all when empty.
+    pub integrations: Vec<String>,
+    /// Only files of this business date (asked for explicitly: a repeat is
+    /// recorded as skipped).
+    pub date: Option<NaiveDate>,
+}
+
+/// One file's outcome, or why it could not be synced at all.
+pub enum FileOutcome {
+    Ran(Box<RunReport>),
+    Error {
+        integration: String,
+        file: Option<String>,
+        error: String,
+    },
+}
+
+/// Runs the selection, one file at a time. A failure in one file is
+/// reported and the run goes on.
+pub fn run(
+    store: &Store,
+    config: &Config,
+    selection: &Selection,
+    opts: RunOptions,
+    mut on_file: impl FnMut(&FileOutcome),
+) -> Result<Vec<FileOutcome>, PipelineError> {
+    let names: Vec<String> = if selection.integrations.is_empty() {
+        config.integrations.keys().cloned().collect()
+    } else {
+        selection.integrations.clone()
+    };
+    let all: Vec<Integration> = config
+        .integrations
+        .keys()
+        .map(|n| Integration::resolve(config, n))
+        .collect::<Result<_, _>>()?;
+    let mut chosen = Vec::new();
+    for name in &names {
+        chosen.push(Integration::resolve(config, name)?);
+    }
+
+    let mut outcomes = Vec::new();
+    let mut queue: Vec<(NaiveDate, usize, String, usize, Candidate)> = Vec::new();
+    for (index, integration) in chosen.iter().enumerate() {
+        let listed = source::open(&integration.config).and_then(|s| s.list());
+        match listed {
+            Ok(candidates) => {
+                let rank = pipeline::dependency_rank(integration, &all);
+                for c in candidates {
+                    if selection.date.is_some_and(|d| d != c.business_date) {
+                        continue;
+                    }
+                    queue.push((c.business_date, rank, integration.name.clone(), index, c));
+                }
+            }
+            Err(e) => {
+                let outcome = FileOutcome::Error {
+                    integration: integration.name.clone(),
+                    file: None,
+                    error: e.to_string(),
+                };
+                on_file(&outcome);
+                outcomes.push(outcome);
+            }
+        }
+    }
+    queue.sort_by(|a, b| (a.0, a.1, &a.2, &a.4.name).cmp(&(b.0, b.1, &b.2, &b.4.name)));
+    let opts = RunOptions {
+        explicit: opts.explicit || selection.date.is_some(),
+        ..opts
+    };
+    for (_, _, _, index, candidate) in queue {
+        let integration = &chosen[index];
+        let outcome = sync_candidate(store, config, integration, &candidate, opts);
+        if let Some(outcome) = outcome {
+            on_file(&outcome);
+            outcomes.push(outcome);
+        }
+    }
+    Ok(outcomes)
+}
+
+fn sync_candidate(
+    store: &Store,
+    config: &Config,
+    integration: &Integration,
+    candidate: &Candidate,
+    opts: RunOptions,
+) -> Option<FileOutcome> {
+    let error = |e: String| {
+        Some(FileOutcome::Error {
+            integration: integration.name.clone(),
+            file: Some(candidate.name.clone()),
+            error: e,
+        })
+    };
+    let staging = config.store.staging.join(&integration.name);
+    let staged = match source::open(&integration.config).and_then(|s| s.fetch(candidate, &staging))
+    {
+        Ok(staged) => staged,
+        Err(e) => return error(e.to_string()),
+    };
+    match pipeline::sync_file(store, config, integration, &staged, opts) {
+        Ok(Some(report)) => Some(FileOutcome::Ran(Box::new(report))),
+        Ok(None) => None,
+        Err(e) => error(e.to_string()),
+    }
+}
+
+/// Syncs a file handed over on the command line, as if it had been dropped.
+pub fn ingest(
+    store: &Store,
+    config: &Config,
+    integration: &str,
+    path: &std::path::Path,
+    opts: RunOptions,
+) -> Result<FileOutcome, PipelineError> {
+    let integration = Integration::resolve(config, integration)?;
+    let pattern =
+        source::FilePattern::parse(&integration.config.pattern).map_err(SourceError::from);
+    let staged = pattern
+        .and_then(|p| source::stage_local(path, &p, &config.store.staging.join(&integration.name)));
+    let staged = match staged {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(FileOutcome::Error {
+                integration: integration.name.clone(),
+                file: Some(path.display().to_string()),
+                error: e.to_string(),
+            });
+        }
+    };
+    let opts = RunOptions {
+        explicit: true,
+        ..opts
+    };
+    Ok(
+        match pipeline::sync_file(store, config, &integration, &staged, opts)? {
+            Some(report) => FileOutcome::Ran(Box::new(report)),
+            None => unreachable!("explicit runs always report"),
+        },
+    )
+}
