@@ -278,6 +278,7 @@ fn validate_and_apply(
         }
         Ok((None, errors, Vec::new()))
     };
+    let started = std::time::Instant::now();
     let raw = match schema::read_table(
         &file.path,
         &file.name,
@@ -288,6 +289,8 @@ fn validate_and_apply(
         Ok(raw) => raw,
         Err(e) => return fail(run, e.to_string(), Vec::new()),
     };
+    stage_done("parse", started);
+    let started = std::time::Instant::now();
     let ctx = schema::validate::Context {
         references: references(store, config, &integration.file_schema)?,
         repeats_are_duplicates: integration.mode == Mode::Append,
@@ -297,6 +300,7 @@ fn validate_and_apply(
         valid = spec.to_long(valid, &raw, file.business_date);
     }
     drop(raw);
+    stage_done("validate", started);
     run.input_rows = valid.input_rows as i64;
     run.error_rows = valid.error_rows as i64;
     run.skipped_rows = valid.skipped_rows as i64;
@@ -312,11 +316,14 @@ fn validate_and_apply(
         return Ok((changes, errors, ignored_columns));
     }
 
+    let started = std::time::Instant::now();
     let parquet = handoff_path(&config.store.staging, &run.execution_id);
     write_parquet(&mut valid, &parquet).map_err(|message| PipelineError::Integration {
         integration: integration.name.clone(),
         message,
     })?;
+    stage_done("hand-off", started);
+    let started = std::time::Instant::now();
     let req = ApplyRequest {
         integration: &integration.name,
         table: &integration.target,
@@ -352,6 +359,7 @@ fn validate_and_apply(
     }
     let outcome = store.apply(&req, run, &valid.errors);
     let _ = std::fs::remove_file(&parquet);
+    stage_done("diff and apply", started);
     let ValidRows {
         errors,
         ignored_columns,
@@ -366,6 +374,14 @@ fn validate_and_apply(
             Ok((Some(changes), errors, ignored_columns))
         }
     }
+}
+
+fn stage_done(stage: &str, started: std::time::Instant) {
+    tracing::info!(
+        stage,
+        ms = started.elapsed().as_millis() as u64,
+        "stage done"
+    );
 }
 
 /// Why the rejected rows fail the whole file under the integration's policy.

@@ -53,6 +53,7 @@ pub fn run(
         chosen.push(Integration::resolve(config, name)?);
     }
 
+    source::clean_staging(&config.store.staging);
     let mut outcomes = Vec::new();
     let mut queue: Vec<(NaiveDate, usize, String, usize, Candidate)> = Vec::new();
     for (index, integration) in chosen.iter().enumerate() {
@@ -130,6 +131,7 @@ pub fn ingest(
     opts: RunOptions,
 ) -> Result<FileOutcome, PipelineError> {
     let integration = Integration::resolve(config, integration)?;
+    source::clean_staging(&config.store.staging);
     let pattern =
         source::FilePattern::parse(&integration.config.pattern).map_err(SourceError::from);
     let staged = pattern
@@ -151,7 +153,12 @@ pub fn ingest(
     Ok(
         match pipeline::sync_file(store, config, &integration, &staged, opts)? {
             Some(report) => FileOutcome::Ran(Box::new(report)),
-            None => unreachable!("explicit runs always report"),
+            // Explicit runs always report; say so plainly if one ever does not.
+            None => FileOutcome::Error {
+                integration: integration.name.clone(),
+                file: Some(path.display().to_string()),
+                error: "the file's content was already applied".into(),
+            },
         },
     )
 }

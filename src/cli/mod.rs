@@ -299,7 +299,7 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
         trigger: Trigger::Manual,
         explicit: false,
     };
-    let json = args.json;
+    let (json, date) = (args.json, args.date);
     let mut print_error = None;
     let outcomes = sync::run(&store, &config, &selection, opts, |outcome| {
         if !json && let Err(e) = output::file_outcome(out, outcome) {
@@ -316,7 +316,10 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
     if json {
         output::json(out, &output::outcomes_json(&outcomes))?;
     } else if outcomes.is_empty() {
-        writeln!(out, "nothing new to sync")?;
+        match date {
+            Some(date) => writeln!(out, "no file for {date}")?,
+            None => writeln!(out, "nothing new to sync")?,
+        }
     }
     Ok(overall(&outcomes))
 }

@@ -50,6 +50,7 @@ impl Source for FolderSource {
             out.push(Candidate {
                 business_date: date.unwrap_or_else(|| mtime_date(&meta)),
                 size: meta.len(),
+                modified: super::mtime(&meta),
                 location: entry.path(),
                 name,
             });

@@ -45,6 +45,8 @@ pub struct Candidate {
     /// Where it is (a local path for folder sources).
     pub location: PathBuf,
     pub size: u64,
+    /// Its modification time at the source (UTC), when known.
+    pub modified: Option<chrono::NaiveDateTime>,
     /// The day the file stands for: from its name, else its modification time.
     pub business_date: NaiveDate,
 }
@@ -102,18 +104,45 @@ pub fn stage_local(
         name,
         location: path.to_path_buf(),
         size: meta.len(),
+        modified: mtime(&meta),
         business_date,
     };
     stage_from_reader(&candidate, staging)
 }
 
+/// A file's modification time, in UTC.
+pub(crate) fn mtime(meta: &std::fs::Metadata) -> Option<chrono::NaiveDateTime> {
+    meta.modified()
+        .ok()
+        .map(|t| chrono::DateTime::<chrono::Utc>::from(t).naive_utc())
+}
+
 /// The UTC date of a file's modification time (today if the platform has none).
 pub(crate) fn mtime_date(meta: &std::fs::Metadata) -> NaiveDate {
-    let modified = meta
-        .modified()
-        .ok()
-        .map(chrono::DateTime::<chrono::Utc>::from);
-    modified.unwrap_or_else(chrono::Utc::now).date_naive()
+    mtime(meta)
+        .map(|t| t.date())
+        .unwrap_or_else(|| chrono::Utc::now().date_naive())
+}
+
+/// Removes what an interrupted process left in staging: partial copies and
+/// hand-off files. Called only while holding the store, so no other dropsync
+/// process is using them.
+pub fn clean_staging(staging: &Path) {
+    let Ok(entries) = std::fs::read_dir(staging) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == ".work" {
+            let _ = std::fs::remove_dir_all(&path);
+        } else if name.starts_with(".incoming-") {
+            let _ = std::fs::remove_file(&path);
+        } else if path.is_dir() {
+            clean_staging(&path);
+        }
+    }
 }
 
 /// Copies `candidate.location` into `staging/<hash>` while hashing it: written

@@ -280,7 +280,8 @@ impl Store {
             .map_err(self.query_error("reading row errors"))
     }
 
-    /// The latest run of `integration` that ended with `content_hash`, any status but running.
+    /// The latest run of `integration` that finished with `content_hash`
+    /// (applied or failed; an interrupted run does not count), applied first.
     pub fn run_with_content(
         &self,
         integration: &str,
@@ -288,7 +289,7 @@ impl Store {
     ) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM dropsync_runs WHERE integration = ? AND content_hash = ?
-               AND status NOT IN ('running', 'skipped')
+               AND status IN ('success', 'partial', 'failed')
              ORDER BY (status IN ('success', 'partial')) DESC, started_at DESC LIMIT 1"
         );
         let mut stmt = self

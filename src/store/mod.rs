@@ -3,6 +3,7 @@
 //! history of every run with its row errors. One file, one writer.
 
 mod apply;
+mod fetched;
 mod history;
 mod unsubscribes;
 
@@ -80,6 +81,15 @@ const MIGRATIONS: &[&str] = &[
         field VARCHAR,
         message VARCHAR NOT NULL,
         raw VARCHAR
+     );",
+    // 2: files fetched, so a scan recognises them without reading them again.
+    "CREATE TABLE dropsync_fetched (
+        integration VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        size BIGINT NOT NULL,
+        modified TIMESTAMP,
+        content_hash VARCHAR NOT NULL,
+        fetched_at TIMESTAMP NOT NULL
      );",
 ];
 
