@@ -68,7 +68,7 @@ fn write_csv(path: &Path, rows: &[Account]) -> u64 {
         let created = epoch + chrono::Days::new(a.day);
         writeln!(
             out,
-            "ACC{:07},{parent},Account {:07} Holdings Ltd,{kind},{},{},{created}",
+            "ACC{:07},{parent},Account {:07} Group,{kind},{},{},{created}",
             a.id, a.id, PLANS[a.plan], a.seats
         )
         .unwrap();
@@ -123,6 +123,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Runs a command, returning its wall time and peak resident memory (KiB).
+// The child is reaped by wait4 rather than Child::wait, to read its rusage.
+#[allow(clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command) -> (Duration, i64, std::process::ExitStatus) {
     let start = Instant::now();
     let child = cmd.spawn().expect("start dropsync");

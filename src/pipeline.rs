@@ -294,6 +294,7 @@ fn validate_and_apply(
     let ctx = schema::validate::Context {
         references: references(store, config, &integration.file_schema)?,
         repeats_are_duplicates: integration.mode == Mode::Append,
+        key_checked_later: integration.metrics.is_some(),
     };
     let mut valid = schema::validate(&raw, &integration.file_schema, &ctx);
     if let Some(spec) = &integration.metrics {

@@ -430,6 +430,7 @@ fn validate(
     let ctx = schema::validate::Context {
         references: Default::default(),
         repeats_are_duplicates: integration.mode == crate::config::Mode::Append,
+        key_checked_later: integration.metrics.is_some(),
     };
     let mut file_schema = integration.file_schema.clone();
     let unchecked: Vec<String> = file_schema

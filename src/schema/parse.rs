@@ -213,6 +213,20 @@ pub(crate) fn parse_bytes(
             message,
             raw: raw_text(&text, start, end),
         };
+        if record.len() != width && reader.position().line() > line + 1 {
+            // A quoted field that runs over several lines and leaves the
+            // record ragged is an unbalanced quote: the records it swallowed
+            // cannot be told apart, so none of the file can be trusted.
+            return Err(ParseError::Csv {
+                file: file.to_string(),
+                line,
+                message: format!(
+                    "a quoted field opened in this record runs on to line {} and leaves it with {} fields instead of {width}: an unbalanced quote? Nothing was applied",
+                    reader.position().line().saturating_sub(1),
+                    record.len()
+                ),
+            });
+        }
         if record.len() != width {
             errors.push(reject(
                 None,

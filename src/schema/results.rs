@@ -4,7 +4,7 @@
 //! key results are upserted by. A metric's type (text, number, currency,
 //! percentage, date) is declared per integration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDate;
 use polars::prelude::*;
@@ -59,7 +59,7 @@ fn metric_field(name: &str, kind: MetricType) -> Field {
     Field {
         name: name.to_string(),
         kind: field_type,
-        format: None,
+        format: (field_type == FieldType::Date).then(|| "any".to_string()),
         constraints: Constraints::default(),
         true_values: None,
         false_values: None,
@@ -103,7 +103,8 @@ impl MetricsSpec {
 
     /// Turns validated rows into long, typed metric rows. Rows whose period
     /// is empty take `business_date`. In long layout each value is checked
-    /// against its metric's type here; a failure is a row error.
+    /// against its metric's type here. A (entity, metric, period) given twice
+    /// rejects every file row that gives it: which one is right cannot be told.
     pub fn to_long(&self, valid: ValidRows, raw: &RawTable, business_date: NaiveDate) -> ValidRows {
         let ValidRows {
             frame,
@@ -131,55 +132,46 @@ impl MetricsSpec {
         };
         let entity = text(ENTITY);
         let period = text(PERIOD);
-        let mut out = LongRows::default();
-        let mut out_rows = Vec::new();
-        let mut push_error = |row: usize, field: &str, message: String| {
-            let raw_row = rows[row] as usize;
-            errors.push(RowError {
-                line: raw.lines[raw_row],
-                key: entity[row].clone(),
-                field: Some(field.to_string()),
-                message,
-                raw: raw.raw_row(raw_row),
-            });
-        };
         let period_of = |row: usize| {
             period[row]
                 .as_deref()
                 .and_then(|p| NaiveDate::parse_from_str(p, "%Y-%m-%d").ok())
                 .unwrap_or(business_date)
         };
+        // Every metric value, with the frame row it came from.
+        let mut long: Vec<LongRow> = Vec::new();
+        let mut problems: Vec<(usize, &str, String)> = Vec::new();
         match self.layout {
             ResultsLayout::Wide => {
+                let names = self.file_schema_names();
                 let columns: Vec<(&String, MetricType, Vec<Option<String>>)> = self
                     .metrics
                     .iter()
-                    .map(|(m, t)| (m, *t, raw_column(raw, &rows, &self.file_schema_names(), m)))
+                    .map(|(m, t)| (m, *t, raw_column(raw, &rows, &names, m)))
                     .collect();
                 for row in 0..frame.height() {
                     for (metric, kind, values) in &columns {
                         let Some(value) = values[row].as_deref() else {
                             continue;
                         };
-                        let (number, date) = typed_value(*kind, metric, value)
-                            .expect("validated as this type already");
-                        out.push(
-                            &entity[row],
-                            metric,
-                            period_of(row),
-                            *kind,
-                            value,
-                            number,
-                            date,
-                        );
-                        out_rows.push(rows[row]);
+                        match typed_value(*kind, metric, value) {
+                            Ok((number, date)) => long.push(LongRow {
+                                row,
+                                metric: metric.to_string(),
+                                period: period_of(row),
+                                kind: *kind,
+                                value: value.to_string(),
+                                number,
+                                date,
+                            }),
+                            Err(message) => problems.push((row, metric.as_str(), message)),
+                        }
                     }
                 }
             }
             ResultsLayout::Long => {
                 let metric = text(METRIC);
                 let value = text(VALUE);
-                let mut bad = vec![false; frame.height()];
                 for row in 0..frame.height() {
                     let (Some(m), Some(v)) = (metric[row].as_deref(), value[row].as_deref()) else {
                         continue;
@@ -190,37 +182,84 @@ impl MetricsSpec {
                         None => {
                             let declared: Vec<&str> =
                                 self.metrics.keys().map(String::as_str).collect();
-                            push_error(
+                            problems.push((
                                 row,
                                 METRIC,
                                 format!(
                                     "metric `{m}` is not declared (declared: {})",
                                     declared.join(", ")
                                 ),
-                            );
-                            bad[row] = true;
+                            ));
                             continue;
                         }
                     };
                     match typed_value(kind, m, v) {
-                        Ok((number, date)) => {
-                            out.push(&entity[row], m, period_of(row), kind, v, number, date);
-                            out_rows.push(rows[row]);
-                        }
-                        Err(message) => {
-                            push_error(row, VALUE, message);
-                            bad[row] = true;
-                        }
+                        Ok((number, date)) => long.push(LongRow {
+                            row,
+                            metric: m.to_string(),
+                            period: period_of(row),
+                            kind,
+                            value: v.to_string(),
+                            number,
+                            date,
+                        }),
+                        Err(message) => problems.push((row, VALUE, message)),
                     }
                 }
-                for (row, bad) in bad.iter().enumerate() {
-                    if *bad {
-                        error_rows += 1;
-                        rejected_keys.extend(entity[row].clone());
-                    }
-                }
-                errors.sort_by_key(|e| e.line);
             }
+        }
+        // The key results are upserted by must be unique in the file.
+        let mut by_key: HashMap<(&str, &str, NaiveDate), Vec<usize>> = HashMap::new();
+        for r in &long {
+            let e = entity[r.row].as_deref().unwrap_or("");
+            by_key
+                .entry((e, &r.metric, r.period))
+                .or_default()
+                .push(r.row);
+        }
+        let mut repeated: Vec<((&str, &str, NaiveDate), Vec<usize>)> = by_key
+            .into_iter()
+            .filter(|(_, rows)| rows.len() > 1)
+            .collect();
+        repeated.sort_by_key(|(_, rows)| rows[0]);
+        for ((e, m, p), frame_rows) in &repeated {
+            let lines: Vec<String> = frame_rows
+                .iter()
+                .map(|&r| raw.lines[rows[r] as usize].to_string())
+                .collect();
+            for &r in frame_rows {
+                problems.push((
+                    r,
+                    METRIC,
+                    format!(
+                        "{e} has {m} for {p} more than once (lines {})",
+                        lines.join(", ")
+                    ),
+                ));
+            }
+        }
+
+        let mut bad: HashSet<usize> = HashSet::new();
+        for (row, field, message) in problems {
+            let raw_row = rows[row] as usize;
+            if bad.insert(row) {
+                error_rows += 1;
+                rejected_keys.extend(entity[row].clone());
+            }
+            errors.push(RowError {
+                line: raw.lines[raw_row],
+                key: entity[row].clone(),
+                field: Some(field.to_string()),
+                message,
+                raw: raw.raw_row(raw_row),
+            });
+        }
+        errors.sort_by_key(|e| e.line);
+        let mut out = LongRows::default();
+        let mut out_rows = Vec::new();
+        for r in long.into_iter().filter(|r| !bad.contains(&r.row)) {
+            out_rows.push(rows[r.row]);
+            out.push(&entity[r.row], r);
         }
         ValidRows {
             frame: out.finish(),
@@ -277,6 +316,17 @@ fn typed_value(
     }
 }
 
+/// One metric value of one file row.
+struct LongRow {
+    row: usize,
+    metric: String,
+    period: NaiveDate,
+    kind: MetricType,
+    value: String,
+    number: Option<f64>,
+    date: Option<i32>,
+}
+
 #[derive(Default)]
 struct LongRows {
     entity: Vec<Option<String>>,
@@ -289,25 +339,15 @@ struct LongRows {
 }
 
 impl LongRows {
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        entity: &Option<String>,
-        metric: &str,
-        period: NaiveDate,
-        kind: MetricType,
-        value: &str,
-        number: Option<f64>,
-        date: Option<i32>,
-    ) {
+    fn push(&mut self, entity: &Option<String>, r: LongRow) {
         let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
         self.entity.push(entity.clone());
-        self.metric.push(metric.to_string());
-        self.period.push((period - epoch).num_days() as i32);
-        self.kind.push(kind.as_str());
-        self.value.push(value.to_string());
-        self.number.push(number);
-        self.date.push(date);
+        self.metric.push(r.metric);
+        self.period.push((r.period - epoch).num_days() as i32);
+        self.kind.push(r.kind.as_str());
+        self.value.push(r.value);
+        self.number.push(r.number);
+        self.date.push(r.date);
     }
 
     fn finish(self) -> DataFrame {

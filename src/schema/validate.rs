@@ -4,6 +4,7 @@
 //! is left out of `ValidRows`. Nothing is dropped without a trace: rows left
 //! out as repeats of an event are counted as skipped.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
@@ -35,6 +36,9 @@ pub struct Context {
     /// Repeated keys are the same event delivered twice (append mode):
     /// skipped, not errors.
     pub repeats_are_duplicates: bool,
+    /// The key is only complete later (typed metrics take their period from
+    /// the business date), so its uniqueness is checked there.
+    pub key_checked_later: bool,
 }
 
 /// The rows that passed, typed, with everything known about those that did not.
@@ -108,7 +112,11 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
 
     check_required_when(schema, &present, &mut issues);
     check_foreign_keys(schema, &present, ctx, &mut issues);
-    let duplicate_rows = check_keys(schema, &present, raw, ctx, &mut issues);
+    let duplicate_rows = if ctx.key_checked_later {
+        HashSet::new()
+    } else {
+        check_keys(schema, &present, raw, ctx, &mut issues)
+    };
 
     // Errors, with keys and raw text, in line order.
     let key_fields: Vec<usize> = schema
@@ -597,13 +605,21 @@ fn check_required_when(
     }
 }
 
-/// Joins the values of `fields` in `row`; none if any is missing.
-fn composite<'a>(present: &[Vec<Option<&'a str>>], fields: &[usize], row: usize) -> Option<String> {
+/// Joins the values of `fields` in `row` with `|`; none if any is missing.
+/// A single-field key borrows its value.
+fn composite<'a>(
+    present: &[Vec<Option<&'a str>>],
+    fields: &[usize],
+    row: usize,
+) -> Option<Cow<'a, str>> {
+    if let [f] = fields {
+        return present[*f][row].map(Cow::Borrowed);
+    }
     let mut parts = Vec::with_capacity(fields.len());
     for &f in fields {
         parts.push(present[f][row]?);
     }
-    Some(parts.join("|"))
+    Some(Cow::Owned(parts.join("|")))
 }
 
 fn check_foreign_keys(
@@ -614,12 +630,19 @@ fn check_foreign_keys(
 ) {
     let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
     let rows = present.first().map_or(0, Vec::len);
+    let no_keys = HashSet::new();
     for fk in &schema.foreign_keys {
         let fields: Vec<usize> = fk.fields.to_vec().iter().filter_map(index).collect();
         let names = fk.fields.to_vec().join(", ");
         let target_names = fk.reference.fields.to_vec().join(", ");
-        let same_file;
-        let (known, whose): (&HashSet<String>, String) = if fk.reference.resource.is_empty() {
+        let mut report = |row: usize, value: &str, whose: &str| {
+            issues.push(Issue {
+                row: row as u32,
+                field: Some(names.clone()),
+                message: format!("`{value}` does not exist: {whose}"),
+            })
+        };
+        if fk.reference.resource.is_empty() {
             let targets: Vec<usize> = fk
                 .reference
                 .fields
@@ -627,37 +650,32 @@ fn check_foreign_keys(
                 .iter()
                 .filter_map(index)
                 .collect();
-            same_file = (0..rows)
+            let known: HashSet<Cow<str>> = (0..rows)
                 .filter_map(|row| composite(present, &targets, row))
-                .collect::<HashSet<_>>();
-            (
-                &same_file,
-                format!("no row of this file has that {target_names}"),
-            )
+                .collect();
+            let whose = format!("no row of this file has that {target_names}");
+            for row in 0..rows {
+                if let Some(value) = composite(present, &fields, row)
+                    && !known.contains(&value)
+                {
+                    report(row, &value, &whose);
+                }
+            }
         } else {
-            let empty = HashSet::new();
-            let known = ctx.references.get(&fk.reference.resource);
+            let known = ctx
+                .references
+                .get(&fk.reference.resource)
+                .unwrap_or(&no_keys);
             let whose = format!(
                 "no {} record has that {target_names}",
                 fk.reference.resource
             );
-            match known {
-                Some(k) => (k, whose),
-                None => {
-                    same_file = empty;
-                    (&same_file, whose)
+            for row in 0..rows {
+                if let Some(value) = composite(present, &fields, row)
+                    && !known.contains(value.as_ref())
+                {
+                    report(row, &value, &whose);
                 }
-            }
-        };
-        for row in 0..rows {
-            if let Some(value) = composite(present, &fields, row)
-                && !known.contains(&value)
-            {
-                issues.push(Issue {
-                    row: row as u32,
-                    field: Some(names.clone()),
-                    message: format!("`{value}` does not exist: {whose}"),
-                });
             }
         }
     }
@@ -683,17 +701,30 @@ fn check_keys(
         return skipped;
     }
     let rows = present.first().map_or(0, Vec::len);
-    let mut seen: HashMap<String, Vec<u32>> = HashMap::with_capacity(rows);
+    // First row of every key; the rows of keys seen more than once.
+    let mut first: HashMap<Cow<str>, u32> = HashMap::with_capacity(rows);
+    let mut repeated: HashMap<Cow<str>, Vec<u32>> = HashMap::new();
     for row in 0..rows {
         if let Some(k) = composite(present, &key, row) {
-            seen.entry(k).or_default().push(row as u32);
+            match first.entry(k) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(row as u32);
+                }
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let first_row = *e.get();
+                    repeated
+                        .entry(e.key().clone())
+                        .or_insert_with(|| vec![first_row])
+                        .push(row as u32);
+                }
+            }
         }
     }
+    drop(first);
     let names = schema.primary_key().join(", ");
-    for (k, rows) in seen {
-        if rows.len() < 2 {
-            continue;
-        }
+    let mut repeated: Vec<(Cow<str>, Vec<u32>)> = repeated.into_iter().collect();
+    repeated.sort_by_key(|(_, rows)| rows[0]);
+    for (k, rows) in repeated {
         if ctx.repeats_are_duplicates {
             skipped.extend(rows[1..].iter().copied());
             continue;

@@ -47,6 +47,8 @@ pub struct ChangeSet {
     pub unchanged: u64,
     /// Rows already stored (append mode), skipped.
     pub duplicates: u64,
+    /// Rows older than the stored row of their key (delta mode), skipped.
+    pub stale: u64,
     pub subscribed: u64,
     pub unsubscribed: u64,
     /// Rows the integration held before the batch.
@@ -160,40 +162,49 @@ impl Store {
             ),
             None => ("NULL".to_string(), "NULL".to_string()),
         };
-        let present_kind = if req.mode == Mode::Append {
-            "'duplicate'".to_string()
-        } else {
-            format!("CASE WHEN {differs} THEN 'update' ELSE 'unchanged' END")
+        let business_date = run
+            .business_date
+            .map(|d| format!("DATE '{d}'"))
+            .unwrap_or_else(|| "NULL".into());
+        let present_kind = match req.mode {
+            Mode::Append => "'duplicate'".to_string(),
+            // Changed records carry the state as of their business date: a
+            // row already stored from a later date is newer, and stays.
+            Mode::Delta if !req.force => format!(
+                "CASE WHEN t._business_date > {business_date} THEN 'stale'
+                      WHEN {differs} THEN 'update' ELSE 'unchanged' END"
+            ),
+            _ => format!("CASE WHEN {differs} THEN 'update' ELSE 'unchanged' END"),
         };
-        let i_keys = key_cols
-            .iter()
-            .map(|k| format!("i.{k}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let t_keys = key_cols
-            .iter()
-            .map(|k| format!("t.{k}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let integration = req.integration.replace('\'', "''");
         let mine = format!("(SELECT * FROM {table} WHERE _integration = '{integration}')");
-        let mut sql = format!(
+        // One join classifies every key. Snapshots join both ways, so a key
+        // only the store has is a delete, unless its row was rejected today.
+        // Unchanged keys are counted, not kept.
+        let (join_kind, only_stored) = match req.mode {
+            Mode::Snapshot => ("FULL OUTER JOIN", format!("i.{} IS NULL", key_cols[0])),
+            _ => ("LEFT JOIN", "false".to_string()),
+        };
+        let keys = key_cols
+            .iter()
+            .map(|k| format!("coalesce(i.{k}, t.{k}) AS {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
             "CREATE OR REPLACE TEMP TABLE changes AS
-             SELECT {i_keys},
-                    CASE WHEN t._integration IS NULL THEN 'insert' ELSE {present_kind} END AS kind,
-                    CAST({old_status} AS VARCHAR) AS old_status,
-                    CAST({new_status} AS VARCHAR) AS new_status
-             FROM incoming i LEFT JOIN {mine} t ON {join}"
+             SELECT * FROM (
+                SELECT {keys},
+                       CASE WHEN t._integration IS NULL THEN 'insert'
+                            WHEN {only_stored} THEN 'delete'
+                            ELSE {present_kind} END AS kind,
+                       CAST({old_status} AS VARCHAR) AS old_status,
+                       CAST({new_status} AS VARCHAR) AS new_status
+                FROM incoming i {join_kind} {mine} t ON {join}
+             ) c
+             WHERE kind <> 'unchanged'
+               AND NOT (kind = 'delete' AND {} IN (SELECT k FROM protected))",
+            key_text(&req.table.key, Some("c"))
         );
-        if req.mode == Mode::Snapshot {
-            sql.push_str(&format!(
-                " UNION ALL
-                 SELECT {t_keys}, 'delete', NULL, NULL FROM {mine} t
-                 WHERE NOT EXISTS (SELECT 1 FROM incoming i WHERE {join})
-                   AND {} NOT IN (SELECT k FROM protected)",
-                key_text(&req.table.key, Some("t"))
-            ));
-        }
         conn.execute_batch(&sql)
             .map_err(self.query_error("comparing with the last snapshot"))?;
 
@@ -213,11 +224,17 @@ impl Store {
                     "insert" => changes.inserted = n,
                     "update" => changes.updated = n,
                     "delete" => changes.deleted = n,
-                    "unchanged" => changes.unchanged = n,
+                    "stale" => changes.stale = n,
                     _ => changes.duplicates = n,
                 }
             }
         }
+        let incoming: i64 = conn
+            .query_row("SELECT count(*) FROM incoming", [], |r| r.get(0))
+            .map_err(self.query_error("counting rows"))?;
+        changes.unchanged = (incoming as u64).saturating_sub(
+            changes.inserted + changes.updated + changes.stale + changes.duplicates,
+        );
         changes.existing = conn
             .query_row(&format!("SELECT count(*) FROM {mine}"), [], |r| {
                 r.get::<_, i64>(0)
@@ -292,10 +309,6 @@ impl Store {
             .map(|c| format!("x.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let business_date = run
-            .business_date
-            .map(|d| format!("DATE '{d}'"))
-            .unwrap_or_else(|| "NULL".into());
         let execution_id = run.execution_id.replace('\'', "''");
         conn.execute_batch(&format!(
             "DELETE FROM {table} x WHERE x._integration = '{integration}' AND EXISTS
@@ -314,7 +327,19 @@ impl Store {
         run.unchanged = changes.unchanged as i64;
         run.subscribed = changes.subscribed as i64;
         run.unsubscribed = changes.unsubscribed as i64;
-        run.skipped_rows += changes.duplicates as i64;
+        // Rows the store already had (or has newer) were valid, but skipped.
+        run.skipped_rows += (changes.duplicates + changes.stale) as i64;
+        run.success_rows -= (changes.duplicates + changes.stale) as i64;
+        if changes.stale > 0 {
+            let note = format!(
+                "{} rows left alone: the stored row is from a later business date (--force applies them)",
+                changes.stale
+            );
+            run.message = Some(match run.message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
         run.completed_at = Some(now());
         Store::finish_run_in(conn, run, errors).map_err(self.query_error("recording the run"))?;
         Ok(Outcome::Applied(changes))

@@ -281,7 +281,8 @@ impl Store {
     }
 
     /// The latest run of `integration` that finished with `content_hash`
-    /// (applied or failed; an interrupted run does not count), applied first.
+    /// (applied, failed or skipped; an interrupted run does not count),
+    /// applied ones first.
     pub fn run_with_content(
         &self,
         integration: &str,
@@ -289,7 +290,7 @@ impl Store {
     ) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM dropsync_runs WHERE integration = ? AND content_hash = ?
-               AND status IN ('success', 'partial', 'failed')
+               AND status IN ('success', 'partial', 'failed', 'skipped')
              ORDER BY (status IN ('success', 'partial')) DESC, started_at DESC LIMIT 1"
         );
         let mut stmt = self

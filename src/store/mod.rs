@@ -25,13 +25,13 @@ pub enum StoreError {
     #[error("cannot open the store {path}: {source}")]
     Open {
         path: PathBuf,
-        source: duckdb::Error,
+        source: Box<duckdb::Error>,
     },
     #[error("store {path}: {context}: {source}")]
     Query {
         path: PathBuf,
         context: String,
-        source: duckdb::Error,
+        source: Box<duckdb::Error>,
     },
     #[error("store {path}: {message}")]
     Other { path: PathBuf, message: String },
@@ -145,7 +145,7 @@ impl Store {
         move |source| StoreError::Query {
             path: self.path.clone(),
             context,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -248,7 +248,7 @@ fn open_error(path: &Path, source: duckdb::Error) -> StoreError {
     } else {
         StoreError::Open {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -1,0 +1,420 @@
+//! Helpers shared by the integration tests: a temporary workspace holding a
+//! `dropsync.toml` and a drop folder, the real `dropsync` binary run against
+//! it, and read-only queries of the DuckDB store it leaves behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use duckdb::types::{TimeUnit, Value};
+
+/// The binary under test, built by cargo for this test target.
+pub const BIN: &str = env!("CARGO_BIN_EXE_dropsync");
+
+/// What one invocation of the binary did.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub args: Vec<String>,
+}
+
+impl Output {
+    /// Asserts the exit code, showing everything printed when it differs.
+    #[track_caller]
+    pub fn code(&self, want: i32) -> &Output {
+        assert_eq!(self.code, want, "exit code of {self}");
+        self
+    }
+
+    /// Asserts stdout contains every needle.
+    #[track_caller]
+    pub fn stdout_has(&self, needles: &[&str]) -> &Output {
+        for n in needles {
+            assert!(self.stdout.contains(n), "stdout lacks {n:?}: {self}");
+        }
+        self
+    }
+
+    /// Asserts stdout contains none of the needles.
+    #[track_caller]
+    pub fn stdout_lacks(&self, needles: &[&str]) -> &Output {
+        for n in needles {
+            assert!(!self.stdout.contains(n), "stdout has {n:?}: {self}");
+        }
+        self
+    }
+
+    /// Asserts stderr contains every needle.
+    #[track_caller]
+    pub fn stderr_has(&self, needles: &[&str]) -> &Output {
+        for n in needles {
+            assert!(self.stderr.contains(n), "stderr lacks {n:?}: {self}");
+        }
+        self
+    }
+
+    /// The output's lines that mention `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<&str> {
+        self.stdout.lines().filter(|l| l.contains(needle)).collect()
+    }
+
+    /// Parses stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`dropsync {}` exited {}\n--- stdout\n{}--- stderr\n{}---",
+            self.args.join(" "),
+            self.code,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Runs the real binary in `cwd`. Never panics silently: a panic of the
+/// binary fails the calling test whatever it expected.
+#[track_caller]
+pub fn dropsync_in(cwd: &Path, args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DROPSYNC_CONFIG")
+        .env_remove("DROPSYNC_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the dropsync binary runs");
+    let output = Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    };
+    assert!(
+        !output.stderr.contains("panicked") && output.code != 101 && output.code != -1,
+        "dropsync crashed: {output}"
+    );
+    output
+}
+
+/// A temporary directory with a `dropsync.toml`; the store, the staging
+/// directory and the drop folder `drops/` live beside it.
+pub struct Workspace {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(config: &str) -> Workspace {
+        let dir = tempfile::Builder::new()
+            .prefix("dropsync-it-")
+            .tempdir()
+            .expect("a temporary directory");
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("drops")).unwrap();
+        std::fs::write(root.join("dropsync.toml"), config).unwrap();
+        Workspace { _dir: dir, root }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("dropsync.toml")
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("dropsync.duckdb")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Writes a file under the workspace, creating its directory.
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// Drops a file into `drops/`.
+    pub fn drop_file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        self.write(&format!("drops/{name}"), content)
+    }
+
+    /// Runs `dropsync --config <this workspace's config> ARGS`.
+    #[track_caller]
+    pub fn dropsync(&self, args: &[&str]) -> Output {
+        let config = self.config_path().display().to_string();
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        dropsync_in(&self.root, &all)
+    }
+
+    /// The store, opened read-only (closed again when dropped).
+    #[track_caller]
+    pub fn db(&self) -> Db {
+        Db::open(&self.store_path())
+    }
+}
+
+/// A read-only connection to a store file.
+pub struct Db {
+    conn: duckdb::Connection,
+}
+
+/// One row of `dropsync_runs`, as the tests look at it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub execution_id: String,
+    pub integration: String,
+    pub trigger: String,
+    pub status: String,
+    pub message: Option<String>,
+    pub file_name: Option<String>,
+    pub content_hash: Option<String>,
+    pub business_date: Option<String>,
+    pub forced: bool,
+    pub input_rows: i64,
+    pub success_rows: i64,
+    pub error_rows: i64,
+    pub skipped_rows: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub unchanged: i64,
+    pub subscribed: i64,
+    pub unsubscribed: i64,
+}
+
+/// One row of `dropsync_row_errors`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    pub line: i64,
+    pub record_key: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+    pub raw: Option<String>,
+}
+
+impl Db {
+    #[track_caller]
+    pub fn open(path: &Path) -> Db {
+        assert!(path.exists(), "no store at {}", path.display());
+        let config = duckdb::Config::default()
+            .access_mode(duckdb::AccessMode::ReadOnly)
+            .unwrap();
+        let conn = duckdb::Connection::open_with_flags(path, config)
+            .unwrap_or_else(|e| panic!("cannot open {} read-only: {e}", path.display()));
+        Db { conn }
+    }
+
+    /// Every row of a query, each value as text (`NULL` for null).
+    #[track_caller]
+    pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let mut rows = stmt.query([]).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            let n = row.as_ref().column_count();
+            out.push(
+                (0..n)
+                    .map(|i| text(row.get::<_, Value>(i).unwrap()))
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// The single value of a query, as text.
+    #[track_caller]
+    pub fn value(&self, sql: &str) -> String {
+        let rows = self.rows(sql);
+        assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+        rows[0][0].clone()
+    }
+
+    #[track_caller]
+    pub fn count(&self, sql: &str) -> i64 {
+        self.conn
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub fn table_exists(&self, table: &str) -> bool {
+        self.count(&format!(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = '{table}'"
+        )) > 0
+    }
+
+    /// Every run, oldest first.
+    pub fn runs(&self) -> Vec<Run> {
+        let sql =
+            "SELECT execution_id, integration, trigger, status, message, file_name, content_hash,
+                CAST(business_date AS VARCHAR), forced, input_rows, success_rows, error_rows,
+                skipped_rows, inserted, updated, deleted, unchanged, subscribed, unsubscribed
+             FROM dropsync_runs ORDER BY started_at, execution_id";
+        let mut stmt = self.conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| {
+            Ok(Run {
+                execution_id: r.get(0)?,
+                integration: r.get(1)?,
+                trigger: r.get(2)?,
+                status: r.get(3)?,
+                message: r.get(4)?,
+                file_name: r.get(5)?,
+                content_hash: r.get(6)?,
+                business_date: r.get(7)?,
+                forced: r.get(8)?,
+                input_rows: r.get(9)?,
+                success_rows: r.get(10)?,
+                error_rows: r.get(11)?,
+                skipped_rows: r.get(12)?,
+                inserted: r.get(13)?,
+                updated: r.get(14)?,
+                deleted: r.get(15)?,
+                unchanged: r.get(16)?,
+                subscribed: r.get(17)?,
+                unsubscribed: r.get(18)?,
+            })
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// The newest run.
+    #[track_caller]
+    pub fn last_run(&self) -> Run {
+        self.runs().pop().expect("at least one run")
+    }
+
+    /// A run's row errors, in line order.
+    pub fn row_errors(&self, execution_id: &str) -> Vec<RowError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
+                 WHERE execution_id = ? ORDER BY line, field",
+            )
+            .unwrap();
+        stmt.query_map([execution_id], |r| {
+            Ok(RowError {
+                line: r.get(0)?,
+                record_key: r.get(1)?,
+                field: r.get(2)?,
+                message: r.get(3)?,
+                raw: r.get(4)?,
+            })
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+}
+
+/// A DuckDB value as text: dates as YYYY-MM-DD, numbers as Rust prints them.
+fn text(v: Value) -> String {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Boolean(b) => b.to_string(),
+        Value::TinyInt(i) => i.to_string(),
+        Value::SmallInt(i) => i.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::BigInt(i) => i.to_string(),
+        Value::HugeInt(i) => i.to_string(),
+        Value::UTinyInt(i) => i.to_string(),
+        Value::USmallInt(i) => i.to_string(),
+        Value::UInt(i) => i.to_string(),
+        Value::UBigInt(i) => i.to_string(),
+        Value::Float(x) => x.to_string(),
+        Value::Double(x) => x.to_string(),
+        Value::Text(s) => s,
+        Value::Date32(d) => (epoch + chrono::Days::new(d as u64)).to_string(),
+        Value::Timestamp(unit, t) => {
+            let micros = match unit {
+                TimeUnit::Second => t * 1_000_000,
+                TimeUnit::Millisecond => t * 1_000,
+                TimeUnit::Microsecond => t,
+                TimeUnit::Nanosecond => t / 1_000,
+            };
+            chrono::DateTime::from_timestamp_micros(micros)
+                .unwrap()
+                .naive_utc()
+                .to_string()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Rows written as string slices, for comparing with `Db::rows`.
+pub fn table<const N: usize>(rows: &[[&str; N]]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| r.iter().map(|v| v.to_string()).collect())
+        .collect()
+}
+
+/// A config holding one `accounts` integration (snapshot mode) reading
+/// `drops/accounts_YYYYMMDD.csv`, with `extra` lines added to it.
+pub fn accounts_config(extra: &str) -> String {
+    format!(
+        "[integrations.accounts]\n\
+         dataset = \"accounts\"\n\
+         source = {{ type = \"folder\", path = \"drops\" }}\n\
+         pattern = \"accounts_{{date:%Y%m%d}}.csv\"\n\
+         {extra}\n"
+    )
+}
+
+pub const ACCOUNTS_HEADER: &str = "AccountID,ParentID,Name,Type,Plan,Seats,CreatedDate\n";
+
+/// Six parent accounts A1..A6, Seats 10..60: a first snapshot.
+pub fn six_accounts() -> String {
+    let mut s = ACCOUNTS_HEADER.to_string();
+    for i in 1..=6 {
+        s.push_str(&format!(
+            "A{i},,Account {i},parent,pro,{},2020-01-0{i}\n",
+            i * 10
+        ));
+    }
+    s
+}
+
+/// The accounts table as (AccountID, Name, Seats), by key.
+pub fn accounts(db: &Db) -> Vec<Vec<String>> {
+    db.rows("SELECT AccountID, Name, Seats FROM accounts ORDER BY AccountID")
+}
+
+/// A workspace whose `accounts` integration already applied `six_accounts`
+/// as the snapshot of 2026-01-01.
+pub fn with_six_accounts(extra: &str) -> Workspace {
+    let ws = Workspace::new(&accounts_config(extra));
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    ws.dropsync(&["run"]).code(0);
+    ws
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

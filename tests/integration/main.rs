@@ -1,0 +1,15 @@
+//! dropsync's integration tests: the real binary, run against temporary
+//! folders of CSV drops and a real DuckDB store, checked the way a user
+//! would check it: exit codes, what it prints, what the store holds and what
+//! the history says.
+
+mod common;
+
+mod bad_input;
+mod cli;
+mod demo;
+mod error_policy;
+mod pipeline;
+mod references;
+mod results;
+mod subscribers;
