@@ -209,7 +209,7 @@ impl MetricsSpec {
             }
         }
         // The key results are upserted by must be unique in the file.
-        let mut by_key: HashMap<(&str, &str, NaiveDate), Vec<usize>> = HashMap::new();
+        let mut by_key: HashMap<ResultKey, Vec<usize>> = HashMap::new();
         for r in &long {
             let e = entity[r.row].as_deref().unwrap_or("");
             by_key
@@ -217,7 +217,7 @@ impl MetricsSpec {
                 .or_default()
                 .push(r.row);
         }
-        let mut repeated: Vec<((&str, &str, NaiveDate), Vec<usize>)> = by_key
+        let mut repeated: Vec<(ResultKey, Vec<usize>)> = by_key
             .into_iter()
             .filter(|(_, rows)| rows.len() > 1)
             .collect();
@@ -315,6 +315,9 @@ fn typed_value(
         _ => Ok((None, None)),
     }
 }
+
+/// (entity, metric, period): what results are upserted by.
+type ResultKey<'a> = (&'a str, &'a str, NaiveDate);
 
 /// One metric value of one file row.
 struct LongRow {
