@@ -267,11 +267,14 @@ fn main() {
     std::fs::copy(&base, &store).unwrap();
     let cfg = config(&store);
     let out = ingest(&cfg, &day2_path)
-        .env("DROPSYNC_LOG", "dropsync=info")
+        .env("DROPSYNC_LOG", "dropsync=debug")
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    for line in log.lines().filter(|l| l.contains("stage")) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("stage") || l.contains("step"))
+    {
         println!("  {}", line.trim());
     }
 }

@@ -3,7 +3,7 @@
 //! value; this module only decides what happens between them (duplicates,
 //! the error policy, recording failures).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use chrono::NaiveDate;
@@ -377,7 +377,7 @@ fn validate_and_apply(
     }
 }
 
-fn stage_done(stage: &str, started: std::time::Instant) {
+pub(crate) fn stage_done(stage: &str, started: std::time::Instant) {
     tracing::info!(
         stage,
         ms = started.elapsed().as_millis() as u64,
@@ -423,7 +423,7 @@ fn references(
     store: &Store,
     config: &Config,
     schema: &schema::TableSchema,
-) -> Result<HashMap<String, HashSet<String>>, PipelineError> {
+) -> Result<HashMap<String, foldhash::HashSet<String>>, PipelineError> {
     let mut out = HashMap::new();
     for fk in &schema.foreign_keys {
         let resource = &fk.reference.resource;
@@ -441,7 +441,7 @@ fn references(
         }
         tables.sort();
         tables.dedup();
-        let mut known = HashSet::new();
+        let mut known = foldhash::HashSet::default();
         for table in tables {
             known.extend(store.key_values(table, &fk.reference.fields.to_vec())?);
         }

@@ -109,12 +109,34 @@ fn sync_candidate(
             error: e,
         })
     };
+    // A file fetched before, unchanged, whose content has had its run, is
+    // passed over without reading it again.
+    if !opts.force && !opts.explicit {
+        let seen = store
+            .fetched_hash(&integration.name, candidate)
+            .and_then(|hash| match hash {
+                Some(hash) => store.run_with_content(&integration.name, &hash),
+                None => Ok(None),
+            });
+        match seen {
+            Ok(Some(_)) => return None,
+            Ok(None) => {}
+            Err(e) => return error(e.to_string()),
+        }
+    }
     let staging = config.store.staging.join(&integration.name);
+    let started = std::time::Instant::now();
     let staged = match source::open(&integration.config).and_then(|s| s.fetch(candidate, &staging))
     {
         Ok(staged) => staged,
         Err(e) => return error(e.to_string()),
     };
+    pipeline::stage_done("fetch", started);
+    if !opts.dry_run
+        && let Err(e) = store.record_fetched(&integration.name, candidate, &staged)
+    {
+        return error(e.to_string());
+    }
     match pipeline::sync_file(store, config, integration, &staged, opts) {
         Ok(Some(report)) => Some(FileOutcome::Ran(Box::new(report))),
         Ok(None) => None,
@@ -134,6 +156,7 @@ pub fn ingest(
     source::clean_staging(&config.store.staging);
     let pattern =
         source::FilePattern::parse(&integration.config.pattern).map_err(SourceError::from);
+    let started = std::time::Instant::now();
     let staged = pattern
         .and_then(|p| source::stage_local(path, &p, &config.store.staging.join(&integration.name)));
     let staged = match staged {
@@ -146,6 +169,7 @@ pub fn ingest(
             });
         }
     };
+    pipeline::stage_done("fetch", started);
     let opts = RunOptions {
         explicit: true,
         ..opts

@@ -7,6 +7,8 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
+use foldhash::{HashMap as FastMap, HashMapExt, HashSet as FastSet};
+
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use polars::prelude::*;
 use regex::Regex;
@@ -32,7 +34,7 @@ pub struct RowError {
 pub struct Context {
     /// Known keys of other datasets, for foreign keys: dataset -> values
     /// (composite keys joined with `|`).
-    pub references: HashMap<String, HashSet<String>>,
+    pub references: HashMap<String, FastSet<String>>,
     /// Repeated keys are the same event delivered twice (append mode):
     /// skipped, not errors.
     pub repeats_are_duplicates: bool,
@@ -73,24 +75,26 @@ struct Issue {
 /// Validates a raw table against `schema`.
 pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRows {
     let n = raw.lines.len();
-    let mut issues: Vec<Issue> = Vec::new();
-    let mut columns: Vec<Column> = Vec::with_capacity(schema.fields.len());
-
-    // Values after missing-value substitution, per field.
-    let present: Vec<Vec<Option<&str>>> = schema
+    let fields: Vec<(usize, &Field, &StringChunked)> = schema
         .fields
         .iter()
         .zip(&raw.columns)
-        .map(|(field, col)| {
-            let missing = field.missing_values(schema);
-            col.iter()
-                .map(|v| v.filter(|v| !missing.iter().any(|m| m == v)))
-                .collect()
-        })
+        .enumerate()
+        .map(|(i, (f, c))| (i, f, c))
         .collect();
 
-    for (field, values) in schema.fields.iter().zip(&present) {
-        let required = field.is_required(schema);
+    // Values after missing-value substitution, per field.
+    let present: Vec<Vec<Option<&str>>> = in_parallel(&fields, |(_, field, col)| {
+        let missing = field.missing_values(schema);
+        col.iter()
+            .map(|v| v.filter(|v| !missing.iter().any(|m| m == v)))
+            .collect()
+    });
+
+    // Each field converts and checks its own values: columns are independent.
+    let checked: Vec<(Column, Vec<Issue>)> = in_parallel(&fields, |(index, field, _)| {
+        let values = &present[*index];
+        let mut issues = Vec::new();
         let mut push = |row: usize, message: String| {
             issues.push(Issue {
                 row: row as u32,
@@ -98,7 +102,7 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
                 message,
             })
         };
-        if required {
+        if field.is_required(schema) {
             for (row, v) in values.iter().enumerate() {
                 if v.is_none() {
                     push(row, "a value is required".into());
@@ -107,16 +111,34 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         }
         let series = convert(field, values, &mut push);
         check_constraints(field, values, &mut push);
-        columns.push(series.into_column());
+        (series.into_column(), issues)
+    });
+    let mut columns: Vec<Column> = Vec::with_capacity(fields.len());
+    let mut issues: Vec<Issue> = Vec::new();
+    for (column, field_issues) in checked {
+        columns.push(column);
+        issues.extend(field_issues);
     }
 
-    check_required_when(schema, &present, &mut issues);
-    check_foreign_keys(schema, &present, ctx, &mut issues);
-    let duplicate_rows = if ctx.key_checked_later {
-        HashSet::new()
-    } else {
-        check_keys(schema, &present, raw, ctx, &mut issues)
-    };
+    // Rules across fields and rows: references, and the key.
+    let (mut cross, duplicate_rows) = std::thread::scope(|scope| {
+        let references = scope.spawn(|| {
+            let mut issues = Vec::new();
+            check_required_when(schema, &present, &mut issues);
+            check_foreign_keys(schema, &present, ctx, &mut issues);
+            issues
+        });
+        let mut key_issues = Vec::new();
+        let duplicates = if ctx.key_checked_later {
+            HashSet::new()
+        } else {
+            check_keys(schema, &present, raw, ctx, &mut key_issues)
+        };
+        let mut cross = references.join().expect("reference checks do not panic");
+        cross.extend(key_issues);
+        (cross, duplicates)
+    });
+    issues.append(&mut cross);
 
     // Errors, with keys and raw text, in line order.
     let key_fields: Vec<usize> = schema
@@ -170,7 +192,13 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         .filter(|&row| keep.get(row as usize) == Some(true))
         .collect();
     let frame = DataFrame::new(n, columns)
-        .and_then(|df| df.filter(&keep))
+        .and_then(|df| {
+            if rows.len() == n {
+                Ok(df)
+            } else {
+                df.filter(&keep)
+            }
+        })
         .expect("columns built with one value per row");
     ValidRows {
         frame,
@@ -182,6 +210,39 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         rejected_keys,
         ignored_columns: raw.ignored_columns.clone(),
     }
+}
+
+/// Maps `f` over `items` on as many threads as there are cores, keeping order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..items.len())
+                        .step_by(threads)
+                        .map(|i| (i, f(&items[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            for (i, r) in worker.join().expect("validation workers do not panic") {
+                results[i] = Some(r);
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.expect("every item mapped"))
+        .collect()
 }
 
 /// Converts a field's values to its type; each value that does not convert
@@ -366,12 +427,18 @@ fn numeric_text(field: &Field, v: &str) -> Option<String> {
 }
 
 fn parse_integer(field: &Field, v: &str) -> Result<i64, String> {
+    if let Some(i) = plain_number(field, v).and_then(|v| v.parse().ok()) {
+        return Ok(i);
+    }
     numeric_text(field, v)
         .and_then(|s| s.parse::<i64>().ok())
         .ok_or_else(|| format!("`{v}` is not an integer"))
 }
 
 pub(crate) fn parse_number(field: &Field, v: &str) -> Result<f64, String> {
+    if let Some(x) = plain_number(field, v).and_then(|v| v.parse().ok()) {
+        return Ok(x);
+    }
     numeric_text(field, v)
         .and_then(|s| match s.as_str() {
             "NaN" => Some(f64::NAN),
@@ -386,6 +453,16 @@ pub(crate) fn parse_number(field: &Field, v: &str) -> Result<f64, String> {
             _ => None,
         })
         .ok_or_else(|| format!("`{v}` is not a number"))
+}
+
+/// The value itself when it is a plain number (digits, sign, `.`), which
+/// most are: parsed without the rewriting `numeric_text` does.
+fn plain_number<'a>(field: &Field, v: &'a str) -> Option<&'a str> {
+    let plain = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-' || b == b'+' || b == b'.')
+        && field.decimal_char.as_deref().is_none_or(|d| d == ".");
+    plain.then_some(v)
 }
 
 fn parse_boolean(field: &Field, v: &str) -> Result<bool, String> {
@@ -408,7 +485,7 @@ fn parse_boolean(field: &Field, v: &str) -> Result<bool, String> {
 /// the common forms.
 pub(crate) fn parse_date(format: Option<&str>, v: &str) -> Result<NaiveDate, String> {
     let parsed = match format {
-        None | Some("default") => NaiveDate::parse_from_str(v, "%Y-%m-%d").ok(),
+        None | Some("default") => iso_date(v),
         Some("any") => ["%Y-%m-%d", "%Y%m%d", "%d/%m/%Y", "%d.%m.%Y", "%Y/%m/%d"]
             .iter()
             .find_map(|f| NaiveDate::parse_from_str(v, f).ok())
@@ -419,6 +496,21 @@ pub(crate) fn parse_date(format: Option<&str>, v: &str) -> Result<NaiveDate, Str
         None | Some("default") => format!("`{v}` is not a date (expected YYYY-MM-DD)"),
         Some(f) => format!("`{v}` is not a date in the format `{f}`"),
     })
+}
+
+/// `YYYY-MM-DD`, read directly: the common case, many times faster than a
+/// format-driven parse.
+fn iso_date(v: &str) -> Option<NaiveDate> {
+    let b = v.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |s: &[u8]| -> Option<u32> {
+        s.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    NaiveDate::from_ymd_opt(num(&b[..4])? as i32, num(&b[5..7])?, num(&b[8..])?)
 }
 
 /// A timestamp, in UTC: ISO 8601 by default (an offset is converted to UTC,
@@ -465,7 +557,7 @@ fn check_constraints(
 ) {
     let c = &field.constraints;
     if let Some(allowed) = &c.allowed {
-        let allowed: HashSet<String> = allowed.iter().map(json_text).collect();
+        let allowed: FastSet<String> = allowed.iter().map(json_text).collect();
         let mut listed: Vec<&String> = allowed.iter().collect();
         listed.sort();
         let listed = listed
@@ -511,7 +603,7 @@ fn check_constraints(
         check_bounds(field, values, report);
     }
     if c.unique {
-        let mut first: HashMap<&str, usize> = HashMap::new();
+        let mut first: FastMap<&str, usize> = FastMap::with_capacity(values.len());
         for (row, v) in values.iter().enumerate() {
             if let Some(v) = v
                 && first.insert(v, row).is_some()
@@ -630,7 +722,7 @@ fn check_foreign_keys(
 ) {
     let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
     let rows = present.first().map_or(0, Vec::len);
-    let no_keys = HashSet::new();
+    let no_keys = FastSet::default();
     for fk in &schema.foreign_keys {
         let fields: Vec<usize> = fk.fields.to_vec().iter().filter_map(index).collect();
         let names = fk.fields.to_vec().join(", ");
@@ -650,7 +742,7 @@ fn check_foreign_keys(
                 .iter()
                 .filter_map(index)
                 .collect();
-            let known: HashSet<Cow<str>> = (0..rows)
+            let known: FastSet<Cow<str>> = (0..rows)
                 .filter_map(|row| composite(present, &targets, row))
                 .collect();
             let whose = format!("no row of this file has that {target_names}");
@@ -702,8 +794,8 @@ fn check_keys(
     }
     let rows = present.first().map_or(0, Vec::len);
     // First row of every key; the rows of keys seen more than once.
-    let mut first: HashMap<Cow<str>, u32> = HashMap::with_capacity(rows);
-    let mut repeated: HashMap<Cow<str>, Vec<u32>> = HashMap::new();
+    let mut first: FastMap<Cow<str>, u32> = FastMap::with_capacity(rows);
+    let mut repeated: FastMap<Cow<str>, Vec<u32>> = FastMap::new();
     for row in 0..rows {
         if let Some(k) = composite(present, &key, row) {
             match first.entry(k) {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{RunRecord, Store, StoreError, ident, key_text, now};
+use super::{RunRecord, Store, StoreError, ident, now};
 use crate::config::Mode;
 use crate::schema::{RowError, StatusRule, StoredColumn};
 
@@ -85,7 +85,10 @@ impl Store {
         };
         let outcome = match result {
             Ok(Outcome::Applied(changes)) => {
-                if let Err(e) = self.conn().execute_batch("COMMIT") {
+                let step = step_timer("commit");
+                let committed = self.conn().execute_batch("COMMIT");
+                step.next("");
+                if let Err(e) = committed {
                     rollback();
                     return Err(self.query_error("committing the batch")(e));
                 }
@@ -101,7 +104,7 @@ impl Store {
             }
         };
         let _ = self.conn().execute_batch(
-            "DROP TABLE IF EXISTS temp.incoming; DROP TABLE IF EXISTS temp.changes; DROP TABLE IF EXISTS temp.protected;",
+            "DROP TABLE IF EXISTS temp.changes; DROP TABLE IF EXISTS temp.protected;",
         );
         Ok(outcome)
     }
@@ -115,12 +118,13 @@ impl Store {
         let conn = self.conn();
         let table = ident(&req.table.name);
         self.ensure_table(req.table)?;
-        let path = req.rows.display().to_string().replace('\'', "''");
-        conn.execute_batch(&format!(
-            "CREATE OR REPLACE TEMP TABLE incoming AS SELECT * FROM read_parquet('{path}');
-             CREATE OR REPLACE TEMP TABLE protected (k VARCHAR);"
-        ))
-        .map_err(self.query_error("loading the validated rows"))?;
+        let step = step_timer("classify");
+        let incoming = format!(
+            "read_parquet('{}')",
+            req.rows.display().to_string().replace('\'', "''")
+        );
+        conn.execute_batch("CREATE OR REPLACE TEMP TABLE protected (k VARCHAR)")
+            .map_err(self.query_error("loading rejected keys"))?;
         {
             let mut appender = conn
                 .appender_to_catalog_and_db("protected", "temp", "main")
@@ -135,10 +139,8 @@ impl Store {
                 .map_err(self.query_error("loading rejected keys"))?;
         }
 
-        let key_cols: Vec<String> = req.table.key.iter().map(|k| ident(k)).collect();
-        let join = req
-            .table
-            .key
+        let key = &req.table.key;
+        let join = key
             .iter()
             .map(|k| format!("t.{0} = i.{0}", ident(k)))
             .collect::<Vec<_>>()
@@ -147,7 +149,7 @@ impl Store {
             .table
             .columns
             .iter()
-            .filter(|c| !req.table.key.contains(&c.name))
+            .filter(|c| !key.contains(&c.name))
             .map(|c| format!("t.{0} IS DISTINCT FROM i.{0}", ident(&c.name)))
             .collect::<Vec<_>>();
         let differs = if differs.is_empty() {
@@ -180,103 +182,93 @@ impl Store {
         let mine = format!("(SELECT * FROM {table} WHERE _integration = '{integration}')");
         // One join classifies every key. Snapshots join both ways, so a key
         // only the store has is a delete, unless its row was rejected today.
-        // Unchanged keys are counted, not kept.
+        // `changes` keeps each changed key (`_key0`, ...) with its new row;
+        // unchanged keys are counted, not kept.
         let (join_kind, only_stored) = match req.mode {
-            Mode::Snapshot => ("FULL OUTER JOIN", format!("i.{} IS NULL", key_cols[0])),
+            Mode::Snapshot => ("FULL OUTER JOIN", format!("i.{} IS NULL", ident(&key[0]))),
             _ => ("LEFT JOIN", "false".to_string()),
         };
-        let keys = key_cols
+        let key_aliases: Vec<String> = (0..key.len()).map(|n| format!("_key{n}")).collect();
+        let keys = key
             .iter()
-            .map(|k| format!("coalesce(i.{k}, t.{k}) AS {k}"))
+            .zip(&key_aliases)
+            .map(|(k, alias)| format!("coalesce(i.{0}, t.{0}) AS {alias}", ident(k)))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = format!(
+        let key_as_text = format!(
+            "concat_ws('|', {})",
+            key_aliases
+                .iter()
+                .map(|a| format!("CAST({a} AS VARCHAR)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        conn.execute_batch(&format!(
             "CREATE OR REPLACE TEMP TABLE changes AS
              SELECT * FROM (
-                SELECT {keys},
+                SELECT {keys}, i.*,
                        CASE WHEN t._integration IS NULL THEN 'insert'
                             WHEN {only_stored} THEN 'delete'
-                            ELSE {present_kind} END AS kind,
-                       CAST({old_status} AS VARCHAR) AS old_status,
-                       CAST({new_status} AS VARCHAR) AS new_status
-                FROM incoming i {join_kind} {mine} t ON {join}
-             ) c
-             WHERE kind <> 'unchanged'
-               AND NOT (kind = 'delete' AND {} IN (SELECT k FROM protected))",
-            key_text(&req.table.key, Some("c"))
-        );
-        conn.execute_batch(&sql)
-            .map_err(self.query_error("comparing with the last snapshot"))?;
+                            ELSE {present_kind} END AS _kind,
+                       CAST({old_status} AS VARCHAR) AS _old_status,
+                       CAST({new_status} AS VARCHAR) AS _new_status
+                FROM {incoming} i {join_kind} {mine} t ON {join}
+             )
+             WHERE _kind <> 'unchanged'
+               AND NOT (_kind = 'delete' AND {key_as_text} IN (SELECT k FROM protected))"
+        ))
+        .map_err(self.query_error("comparing with the last snapshot"))?;
+        let step = step.next("count");
 
         let mut changes = ChangeSet::default();
-        {
-            let mut stmt = conn
-                .prepare("SELECT kind, count(*) FROM changes GROUP BY kind")
-                .map_err(self.query_error("counting changes"))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                })
-                .map_err(self.query_error("counting changes"))?;
-            for row in rows {
-                let (kind, n) = row.map_err(self.query_error("counting changes"))?;
-                match kind.as_str() {
-                    "insert" => changes.inserted = n,
-                    "update" => changes.updated = n,
-                    "delete" => changes.deleted = n,
-                    "stale" => changes.stale = n,
-                    _ => changes.duplicates = n,
-                }
+        for (kind, n) in self.pairs::<i64>(
+            "SELECT _kind, count(*) FROM changes GROUP BY _kind",
+            "counting changes",
+        )? {
+            let n = n as u64;
+            match kind.as_str() {
+                "insert" => changes.inserted = n,
+                "update" => changes.updated = n,
+                "delete" => changes.deleted = n,
+                "stale" => changes.stale = n,
+                _ => changes.duplicates = n,
             }
         }
-        let incoming: i64 = conn
-            .query_row("SELECT count(*) FROM incoming", [], |r| r.get(0))
-            .map_err(self.query_error("counting rows"))?;
-        changes.unchanged = (incoming as u64).saturating_sub(
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(self.query_error("counting rows"))
+        };
+        changes.unchanged = count(&format!("SELECT count(*) FROM {incoming}"))?.saturating_sub(
             changes.inserted + changes.updated + changes.stale + changes.duplicates,
         );
-        changes.existing = conn
-            .query_row(&format!("SELECT count(*) FROM {mine}"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(self.query_error("counting rows"))? as u64;
+        changes.existing = count(&format!("SELECT count(*) FROM {mine}"))?;
         if let Some(status) = req.status {
-            for (value, change) in &status.changes {
-                let n: i64 = conn
-                    .query_row(
-                        "SELECT count(*) FROM changes WHERE kind IN ('insert', 'update')
-                         AND new_status = ? AND old_status IS DISTINCT FROM new_status",
-                        [value],
-                        |r| r.get(0),
-                    )
-                    .map_err(self.query_error("counting status changes"))?;
-                match change.as_str() {
-                    "subscribe" => changes.subscribed += n as u64,
-                    "unsubscribe" => changes.unsubscribed += n as u64,
+            let moves = self.pairs::<i64>(
+                "SELECT _new_status, count(*) FROM changes WHERE _kind IN ('insert', 'update')
+                 AND _old_status IS DISTINCT FROM _new_status AND _new_status IS NOT NULL
+                 GROUP BY _new_status",
+                "counting status changes",
+            )?;
+            for (value, n) in moves {
+                match status.changes.get(&value).map(String::as_str) {
+                    Some("subscribe") => changes.subscribed += n as u64,
+                    Some("unsubscribe") => changes.unsubscribed += n as u64,
                     _ => {}
                 }
             }
         }
         if req.sample > 0 {
-            let sql = format!(
-                "SELECT kind, {} FROM changes WHERE kind IN ('insert', 'update', 'delete')
-                 QUALIFY row_number() OVER (PARTITION BY kind ORDER BY {}) <= {}
-                 ORDER BY kind, 2",
-                key_text(&req.table.key, None),
-                key_cols.join(", "),
-                req.sample
-            );
-            let mut stmt = conn
-                .prepare(&sql)
-                .map_err(self.query_error("sampling changes"))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(self.query_error("sampling changes"))?;
-            for row in rows {
-                changes
-                    .samples
-                    .push(row.map_err(self.query_error("sampling changes"))?);
-            }
+            changes.samples = self.pairs::<String>(
+                &format!(
+                    "SELECT _kind, {key_as_text} FROM changes WHERE _kind IN ('insert', 'update', 'delete')
+                     QUALIFY row_number() OVER (PARTITION BY _kind ORDER BY {}) <= {}
+                     ORDER BY _kind, 2",
+                    key_aliases.join(", "),
+                    req.sample
+                ),
+                "sampling changes",
+            )?;
         }
 
         if req.mode == Mode::Snapshot && !req.force && changes.existing > 0 {
@@ -296,28 +288,27 @@ impl Store {
             return Ok(Outcome::DryRun(changes));
         }
 
-        let c_join = req
-            .table
-            .key
+        let step = step.next("delete and insert");
+        let matches_key = key
             .iter()
-            .map(|k| format!("c.{0} = x.{0}", ident(k)))
+            .zip(&key_aliases)
+            .map(|(k, alias)| format!("{table}.{} = c.{alias}", ident(k)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let data_cols: Vec<String> = req.table.columns.iter().map(|c| ident(&c.name)).collect();
-        let x_cols = data_cols
+        let data_cols = req
+            .table
+            .columns
             .iter()
-            .map(|c| format!("x.{c}"))
+            .map(|c| ident(&c.name))
             .collect::<Vec<_>>()
             .join(", ");
         let execution_id = run.execution_id.replace('\'', "''");
         conn.execute_batch(&format!(
-            "DELETE FROM {table} x WHERE x._integration = '{integration}' AND EXISTS
-                (SELECT 1 FROM changes c WHERE c.kind IN ('update', 'delete') AND {c_join});
-             INSERT INTO {table} ({}, _integration, _execution_id, _business_date, _updated_at)
-                SELECT {x_cols}, '{integration}', '{execution_id}', {business_date}, now()::TIMESTAMP
-                FROM incoming x WHERE EXISTS
-                (SELECT 1 FROM changes c WHERE c.kind IN ('insert', 'update') AND {c_join});",
-            data_cols.join(", ")
+            "DELETE FROM {table} USING changes c
+                WHERE {table}._integration = '{integration}' AND c._kind IN ('update', 'delete') AND {matches_key};
+             INSERT INTO {table} ({data_cols}, _integration, _execution_id, _business_date, _updated_at)
+                SELECT {data_cols}, '{integration}', '{execution_id}', {business_date}, now()::TIMESTAMP
+                FROM changes WHERE _kind IN ('insert', 'update');"
         ))
         .map_err(self.query_error(format!("applying changes to {}", req.table.name)))?;
 
@@ -341,8 +332,27 @@ impl Store {
             });
         }
         run.completed_at = Some(now());
+        let step = step.next("record the run");
         Store::finish_run_in(conn, run, errors).map_err(self.query_error("recording the run"))?;
+        step.next("");
         Ok(Outcome::Applied(changes))
+    }
+
+    /// Rows of (text, value) from `sql`.
+    fn pairs<T: duckdb::types::FromSql>(
+        &self,
+        sql: &str,
+        context: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare(sql)
+            .map_err(self.query_error(context))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, T>(1)?)))
+            .map_err(self.query_error(context))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.query_error(context))
     }
 
     /// Creates the target table, or adds the columns a grown schema brings.
@@ -393,5 +403,29 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// Logs how long each step of a batch takes (at debug level).
+struct StepTimer {
+    name: &'static str,
+    started: std::time::Instant,
+}
+
+fn step_timer(name: &'static str) -> StepTimer {
+    StepTimer {
+        name,
+        started: std::time::Instant::now(),
+    }
+}
+
+impl StepTimer {
+    fn next(self, name: &'static str) -> StepTimer {
+        tracing::debug!(
+            step = self.name,
+            ms = self.started.elapsed().as_millis() as u64,
+            "apply step done"
+        );
+        step_timer(name)
     }
 }

@@ -203,7 +203,7 @@ impl Store {
         &self,
         table: &str,
         columns: &[String],
-    ) -> Result<std::collections::HashSet<String>, StoreError> {
+    ) -> Result<foldhash::HashSet<String>, StoreError> {
         if !self.table_exists(table)? {
             return Ok(Default::default());
         }
@@ -216,7 +216,7 @@ impl Store {
         let rows = stmt
             .query_map([], |r| r.get::<_, Option<String>>(0))
             .map_err(self.query_error(format!("reading keys of {table}")))?;
-        let mut out = std::collections::HashSet::new();
+        let mut out = foldhash::HashSet::default();
         for v in rows {
             if let Some(v) = v.map_err(self.query_error(format!("reading keys of {table}")))? {
                 out.insert(v);
