@@ -173,6 +173,152 @@ pub(crate) fn parse_bytes(
         .filter_map(|k| schema.fields.iter().position(|f| &f.name == k))
         .collect();
 
+    let body_start = if dialect.header {
+        reader.position().byte() as usize
+    } else {
+        0
+    };
+    drop(reader);
+    let shape = RecordShape {
+        file,
+        dialect,
+        schema,
+        layout: &layout,
+        key_fields: &key_fields,
+        width,
+    };
+    let chunks = split_body(&text, body_start, first_line, dialect.quote as u8);
+    let parsed: Vec<Result<Chunk, ParseError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = chunks
+            .iter()
+            .map(|&(start, end, line)| {
+                let (text, shape) = (&text, &shape);
+                scope.spawn(move || parse_chunk(text, start, end, line, shape))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("parsing does not panic"))
+            .collect()
+    });
+    let mut columns: Option<Vec<StringChunked>> = None;
+    let (mut lines, mut spans, mut errors, mut records) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for chunk in parsed {
+        let chunk = chunk?;
+        match columns.as_mut() {
+            None => columns = Some(chunk.columns),
+            Some(columns) => {
+                for (column, more) in columns.iter_mut().zip(&chunk.columns) {
+                    column
+                        .append(more)
+                        .expect("chunks of one file have the same columns");
+                }
+            }
+        }
+        lines.extend(chunk.lines);
+        spans.extend(chunk.spans);
+        errors.extend(chunk.errors);
+        records += chunk.records;
+    }
+    let columns = columns.unwrap_or_else(|| empty_columns(schema));
+    Ok(RawTable {
+        file: file.to_string(),
+        columns,
+        lines,
+        spans,
+        errors,
+        records,
+        ignored_columns,
+        text,
+    })
+}
+
+/// What every record of a file must look like.
+struct RecordShape<'a> {
+    file: &'a str,
+    dialect: &'a CsvDialect,
+    schema: &'a TableSchema,
+    /// Schema field -> file column.
+    layout: &'a [Option<usize>],
+    key_fields: &'a [usize],
+    /// Fields a record must have.
+    width: usize,
+}
+
+/// The records of one stretch of a file.
+struct Chunk {
+    columns: Vec<StringChunked>,
+    lines: Vec<u64>,
+    spans: Vec<(u64, u64)>,
+    errors: Vec<RowError>,
+    records: u64,
+}
+
+fn empty_columns(schema: &TableSchema) -> Vec<StringChunked> {
+    schema
+        .fields
+        .iter()
+        .map(|f| StringChunkedBuilder::new(f.name.as_str().into(), 0).finish())
+        .collect()
+}
+
+/// Where to cut the records after the header into stretches parsed side by
+/// side: (start byte, end byte, line of the first record). Only a file with
+/// no quote character at all is cut, at line ends: there, every line end
+/// ends a record. Others, and small files, are one stretch.
+fn split_body(text: &[u8], start: usize, first_line: u64, quote: u8) -> Vec<(usize, usize, u64)> {
+    const MIN_STRETCH: usize = 4 << 20;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let body = &text[start..];
+    if threads < 2 || body.len() < 2 * MIN_STRETCH || body.contains(&quote) {
+        return vec![(start, text.len(), first_line)];
+    }
+    let pieces = threads.min(body.len() / MIN_STRETCH);
+    let mut out = Vec::with_capacity(pieces);
+    let (mut from, mut line) = (start, first_line);
+    for i in 1..pieces {
+        let target = start + body.len() * i / pieces;
+        let Some(cut) = text[target..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| target + p + 1)
+        else {
+            break;
+        };
+        if cut <= from {
+            continue;
+        }
+        out.push((from, cut, line));
+        line += text[from..cut].iter().filter(|&&b| b == b'\n').count() as u64;
+        from = cut;
+    }
+    out.push((from, text.len(), line));
+    out
+}
+
+/// Parses the records in `text[start..end]`, the first on line `first_line`.
+fn parse_chunk(
+    text: &[u8],
+    start: usize,
+    end: usize,
+    first_line: u64,
+    shape: &RecordShape<'_>,
+) -> Result<Chunk, ParseError> {
+    let RecordShape {
+        file,
+        dialect,
+        schema,
+        layout,
+        key_fields,
+        width,
+    } = *shape;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(dialect.delimiter as u8)
+        .quote(dialect.quote as u8)
+        .from_reader(&text[start..end]);
+    let mut record = csv::ByteRecord::new();
     let mut builders: Vec<StringChunkedBuilder> = schema
         .fields
         .iter()
@@ -182,11 +328,18 @@ pub(crate) fn parse_bytes(
     let mut spans = Vec::new();
     let mut errors = Vec::new();
     let mut records = 0u64;
+    // Lines and bytes the csv reader counts within this stretch -> in the file.
+    let line_of = |l: u64| first_line + l - 1;
+    let byte_of = |b: u64| start as u64 + b;
     let mut last_line = first_line;
     loop {
         let more = reader
             .read_byte_record(&mut record)
-            .map_err(|e| csv_err(e, last_line))?;
+            .map_err(|e| ParseError::Csv {
+                file: file.to_string(),
+                line: last_line,
+                message: e.to_string(),
+            })?;
         if !more {
             break;
         }
@@ -195,8 +348,9 @@ pub(crate) fn parse_bytes(
             .position()
             .cloned()
             .unwrap_or_else(csv::Position::new);
-        let (line, start) = (pos.line(), pos.byte());
-        let end = reader.position().byte();
+        let (line, record_start) = (line_of(pos.line()), byte_of(pos.byte()));
+        let record_end = byte_of(reader.position().byte());
+        let next_line = line_of(reader.position().line());
         last_line = line;
         let key = || -> Option<String> {
             let parts: Vec<String> = key_fields
@@ -211,9 +365,9 @@ pub(crate) fn parse_bytes(
             key: key(),
             field: field.map(str::to_string),
             message,
-            raw: raw_text(&text, start, end),
+            raw: raw_text(text, record_start, record_end),
         };
-        if record.len() != width && reader.position().line() > line + 1 {
+        if record.len() != width && next_line > line + 1 {
             // A quoted field that runs over several lines and leaves the
             // record ragged is an unbalanced quote: the records it swallowed
             // cannot be told apart, so none of the file can be trusted.
@@ -222,7 +376,7 @@ pub(crate) fn parse_bytes(
                 line,
                 message: format!(
                     "a quoted field opened in this record runs on to line {} and leaves it with {} fields instead of {width}: an unbalanced quote? Nothing was applied",
-                    reader.position().line().saturating_sub(1),
+                    next_line.saturating_sub(1),
                     record.len()
                 ),
             });
@@ -282,18 +436,14 @@ pub(crate) fn parse_bytes(
             }
         }
         lines.push(line);
-        spans.push((start, end));
+        spans.push((record_start, record_end));
     }
-    drop(reader);
-    Ok(RawTable {
-        file: file.to_string(),
+    Ok(Chunk {
         columns: builders.into_iter().map(|b| b.finish()).collect(),
         lines,
         spans,
         errors,
         records,
-        ignored_columns,
-        text,
     })
 }
 
@@ -381,4 +531,60 @@ fn latin1_to_utf8(bytes: &[u8]) -> Vec<u8> {
     }
     let s: String = bytes.iter().map(|&b| b as char).collect();
     s.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Dataset;
+
+    /// A file big enough to be parsed in stretches gives the same lines,
+    /// spans and errors as one read from start to end would.
+    #[test]
+    fn stretches_keep_lines_and_bytes() {
+        let schema = Dataset::load("accounts", None).unwrap().schema;
+        let mut text = String::from("AccountID,ParentID,Name,Type,Plan,Seats,CreatedDate\n");
+        let rows = 150_000;
+        let mut starts = Vec::new();
+        for i in 0..rows {
+            starts.push(text.len());
+            if i == 120_000 {
+                text.push_str("BROKEN,,too,few\n");
+            } else {
+                text.push_str(&format!(
+                    "A{i:07},,Account number {i:07},parent,pro,{i},2024-01-01\n"
+                ));
+            }
+        }
+        assert!(text.len() > 8 << 20, "big enough to be cut");
+        let bytes = text.clone().into_bytes();
+        let raw = parse_bytes(
+            bytes,
+            "big.csv",
+            &CsvDialect::default(),
+            &Default::default(),
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(raw.records, rows as u64);
+        assert_eq!(raw.lines.len(), rows - 1);
+        assert_eq!(raw.errors.len(), 1);
+        assert_eq!(raw.errors[0].line, 120_000 + 2);
+        assert_eq!(raw.errors[0].raw, "BROKEN,,too,few");
+        for (row, (&line, &(start, _))) in raw.lines.iter().zip(&raw.spans).enumerate() {
+            let i = if row >= 120_000 { row + 1 } else { row };
+            assert_eq!(line, i as u64 + 2, "row {row}");
+            assert_eq!(start, starts[i] as u64, "row {row}");
+        }
+        assert_eq!(
+            raw.raw_row(rows - 2),
+            format!(
+                "A{:07},,Account number {:07},parent,pro,{},2024-01-01",
+                rows - 1,
+                rows - 1,
+                rows - 1
+            )
+        );
+        assert_eq!(raw.columns[0].get(130_000), Some("A0130001"));
+    }
 }

@@ -92,7 +92,7 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
     });
 
     // Each field converts and checks its own values: columns are independent.
-    let checked: Vec<(Column, Vec<Issue>)> = in_parallel(&fields, |(index, field, _)| {
+    let checked: Vec<(Column, Vec<Issue>)> = in_parallel(&fields, |(index, field, raw_column)| {
         let values = &present[*index];
         let mut issues = Vec::new();
         let mut push = |row: usize, message: String| {
@@ -109,7 +109,7 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
                 }
             }
         }
-        let series = convert(field, values, &mut push);
+        let series = convert(field, values, raw_column, &mut push);
         check_constraints(field, values, &mut push);
         (series.into_column(), issues)
     });
@@ -250,6 +250,7 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
 fn convert(
     field: &Field,
     values: &[Option<&str>],
+    raw: &StringChunked,
     report: &mut dyn FnMut(usize, String),
 ) -> Series {
     let name: PlSmallStr = field.name.as_str().into();
@@ -267,7 +268,13 @@ fn convert(
             if let Some(format) = field.format.as_deref() {
                 typed(&|v| check_string_format(format, v));
             }
-            Series::new(name, values)
+            // Text stays as read unless missing values became nulls.
+            let missing = values.iter().filter(|v| v.is_none()).count();
+            if missing == raw.null_count() {
+                raw.clone().with_name(name).into_series()
+            } else {
+                Series::new(name, values)
+            }
         }
         FieldType::Integer => {
             let out: Vec<Option<i64>> = values
