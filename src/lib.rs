@@ -14,3 +14,12 @@ pub mod schema;
 pub mod source;
 pub mod store;
 pub mod sync;
+
+/// "1 row", "3 rows".
+pub(crate) fn rows(n: u64) -> String {
+    if n == 1 {
+        "1 row".to_string()
+    } else {
+        format!("{n} rows")
+    }
+}

@@ -305,7 +305,9 @@ fn validate_and_apply(
     run.input_rows = valid.input_rows as i64;
     run.error_rows = valid.error_rows as i64;
     run.skipped_rows = valid.skipped_rows as i64;
-    run.success_rows = (valid.input_rows - valid.error_rows - valid.skipped_rows) as i64;
+    run.success_rows = valid
+        .input_rows
+        .saturating_sub(valid.error_rows + valid.skipped_rows) as i64;
     if let Some(message) = policy_breach(&integration.config, &valid) {
         run.success_rows = 0;
         let ValidRows {
@@ -343,10 +345,7 @@ fn validate_and_apply(
         RunStatus::Success
     };
     if valid.error_rows > 0 {
-        run.message = Some(match valid.error_rows {
-            1 => "1 row rejected".to_string(),
-            n => format!("{n} rows rejected"),
-        });
+        run.message = Some(format!("{} rejected", crate::rows(valid.error_rows)));
     }
     if !valid.ignored_columns.is_empty() {
         let note = format!(

@@ -252,9 +252,11 @@ pub fn validation(
     }
     writeln!(
         out,
-        "{file}: {} rows, {} valid, {} rejected, {} duplicates skipped",
-        valid.input_rows,
-        valid.input_rows - valid.error_rows - valid.skipped_rows,
+        "{file}: {}, {} valid, {} rejected, {} duplicates skipped",
+        crate::rows(valid.input_rows),
+        valid
+            .input_rows
+            .saturating_sub(valid.error_rows + valid.skipped_rows),
         valid.error_rows,
         valid.skipped_rows
     )?;

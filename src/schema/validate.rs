@@ -206,7 +206,11 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         errors,
         input_rows: raw.records,
         error_rows,
-        skipped_rows: duplicate_rows.len() as u64,
+        // A repeat that is also invalid counts as rejected, not skipped.
+        skipped_rows: duplicate_rows
+            .iter()
+            .filter(|&&row| !bad[row as usize])
+            .count() as u64,
         rejected_keys,
         ignored_columns: raw.ignored_columns.clone(),
     }

@@ -323,8 +323,8 @@ impl Store {
         run.success_rows -= (changes.duplicates + changes.stale) as i64;
         if changes.stale > 0 {
             let note = format!(
-                "{} rows left alone: the stored row is from a later business date (--force applies them)",
-                changes.stale
+                "{} left alone: the stored row is from a later business date (--force applies them)",
+                crate::rows(changes.stale)
             );
             run.message = Some(match run.message.take() {
                 Some(m) => format!("{m}; {note}"),

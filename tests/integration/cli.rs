@@ -492,7 +492,7 @@ fn validate_needs_no_store() {
     dropsync_in(root, &["validate", "--dataset", "users", &users])
         .code(0)
         .stdout_has(&[
-            "1 rows, 1 valid",
+            "1 row, 1 valid",
             "references to accounts are checked when syncing, not here",
         ]);
 

@@ -11,5 +11,6 @@ mod demo;
 mod error_policy;
 mod pipeline;
 mod references;
+mod regression;
 mod results;
 mod subscribers;

@@ -1,0 +1,126 @@
+//! One test per bug found, named after it, and for the rules added with the
+//! fixes: each pins what a user saw go wrong.
+
+use crate::common::{Workspace, dropsync_in, table};
+
+const SUBSCRIBERS: &str = r#"
+[integrations.newsletter]
+dataset = "subscribers"
+source = { type = "folder", path = "drops" }
+pattern = "subscribers_{date:%Y%m%d}.csv"
+"#;
+
+const SUB_HEADER: &str =
+    "ListID,Email,Status,UnsubscribedDate,UnsubscribeReason,FirstName,LastName\n";
+
+/// A late file of changed records must not roll back what a later date
+/// already said about the same record; --force applies it anyway.
+#[test]
+fn a_late_delta_file_does_not_override_newer_records() {
+    let ws = Workspace::new(SUBSCRIBERS);
+    ws.drop_file(
+        "subscribers_20260105.csv",
+        format!("{SUB_HEADER}NEWS,ann@example.org,unsubscribed,2026-01-05,bounced,Ann,Ash\n"),
+    );
+    ws.dropsync(&["run"]).code(0);
+    ws.drop_file(
+        "subscribers_20260103.csv",
+        format!(
+            "{SUB_HEADER}NEWS,ann@example.org,subscribed,,,Ann,Ash\nNEWS,bob@example.org,subscribed,,,Bob,Birch\n"
+        ),
+    );
+    ws.dropsync(&["run"]).code(0).stdout_has(&[
+        "newsletter  2026-01-03  subscribers_20260103.csv  success  rows 2 ok 1 rejected 0 skipped 1  +1 ~0 -0  subscribed 1 unsubscribed 0\n",
+        "1 row left alone: the stored row is from a later business date (--force applies them)",
+    ]);
+    let status =
+        "SELECT Email, Status, CAST(_business_date AS VARCHAR) FROM subscribers ORDER BY Email";
+    assert_eq!(
+        ws.db().rows(status),
+        table(&[
+            ["ann@example.org", "unsubscribed", "2026-01-05"],
+            ["bob@example.org", "subscribed", "2026-01-03"],
+        ])
+    );
+    ws.dropsync(&["run", "--date", "2026-01-03", "--force"])
+        .code(0)
+        .stdout_has(&["+0 ~1 -0  subscribed 1 unsubscribed 0\n"]);
+    assert_eq!(
+        ws.db().rows(status),
+        table(&[
+            ["ann@example.org", "subscribed", "2026-01-03"],
+            ["bob@example.org", "subscribed", "2026-01-03"],
+        ])
+    );
+}
+
+const USAGE: &str = r#"
+[integrations.usage]
+dataset = "usage"
+source = { type = "folder", path = "drops" }
+pattern = "usage_{date:%Y%m%d}.csv"
+on_error = { policy = "skip", max_ratio = 0.9 }
+"#;
+
+/// The same invalid event twice counts as two rejected rows, not as a
+/// rejected row plus a skipped duplicate (the counts overran the input).
+#[test]
+fn a_repeated_invalid_event_is_rejected_not_skipped() {
+    let ws = Workspace::new(USAGE);
+    ws.drop_file(
+        "usage_20260101.csv",
+        "UserID,AccountID,Action,Module,Timestamp\n\
+         a@x.io,A,login,web,yesterday\n\
+         a@x.io,A,login,web,yesterday\n\
+         b@x.io,A,login,web,2026-01-01T00:00:00Z\n\
+         b@x.io,A,login,web,2026-01-01T00:00:00Z\n",
+    );
+    ws.dropsync(&["run"])
+        .code(3)
+        .stdout_has(&["partial  rows 4 ok 1 rejected 2 skipped 1  +1 ~0 -0\n"]);
+    let out = dropsync_in(
+        &ws.root,
+        &["validate", "--dataset", "usage", "drops/usage_20260101.csv"],
+    );
+    out.code(1).stdout_has(&[
+        "drops/usage_20260101.csv: 4 rows, 1 valid, 2 rejected, 1 duplicates skipped\n",
+    ]);
+}
+
+const ACCOUNTS: &str = r#"
+[integrations.accounts]
+dataset = "accounts"
+source = { type = "folder", path = "drops" }
+pattern = "accounts_{date:%Y%m%d}.csv"
+"#;
+
+/// A file fetched before and unchanged (same name, size and modification
+/// time) is recognised without being read or staged again.
+#[test]
+fn a_scan_does_not_stage_known_files_again() {
+    let ws = Workspace::new(ACCOUNTS);
+    ws.drop_file(
+        "accounts_20260101.csv",
+        "AccountID,ParentID,Name,Type,Plan,Seats,CreatedDate\nA,,Acme,parent,pro,3,2020-01-01\n",
+    );
+    ws.dropsync(&["run"]).code(0);
+    let staging = ws.path("staging/accounts");
+    let staged: Vec<_> = std::fs::read_dir(&staging).unwrap().flatten().collect();
+    assert_eq!(staged.len(), 1, "one staged copy");
+    std::fs::remove_file(staged[0].path()).unwrap();
+    ws.dropsync(&["run"])
+        .code(0)
+        .stdout_has(&["nothing new to sync\n"]);
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "the known file was not staged again"
+    );
+    // Asked for by date, it is read again, and reported as already applied.
+    ws.dropsync(&["run", "--date", "2026-01-01"])
+        .code(0)
+        .stdout_has(&["skipped", "the same content was already applied by run"]);
+    ws.dropsync(&["run", "--date", "2026-01-02"])
+        .code(0)
+        .stdout_has(&["no file for 2026-01-02\n"]);
+}
