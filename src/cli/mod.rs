@@ -285,8 +285,10 @@ fn load_config(path: &Path) -> Result<Config, CliError> {
 
 fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let config = load_config(config_path)?;
-    for name in &args.integrations {
-        config.integration(name).map_err(usage)?;
+    // Every integration must resolve (dataset, schema) before the store is
+    // touched: a config mistake leaves nothing behind.
+    for name in config.integrations.keys().chain(&args.integrations) {
+        Integration::resolve(&config, name).map_err(|e| usage(e.to_string()))?;
     }
     let store = Store::open(&config.store.path)?;
     let selection = Selection {
@@ -326,7 +328,7 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
 
 fn ingest(config_path: &Path, args: IngestArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let config = load_config(config_path)?;
-    config.integration(&args.integration).map_err(usage)?;
+    Integration::resolve(&config, &args.integration).map_err(|e| usage(e.to_string()))?;
     let store = Store::open(&config.store.path)?;
     let opts = RunOptions {
         force: args.force,

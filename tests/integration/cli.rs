@@ -348,6 +348,10 @@ fn config_and_usage_errors_exit_2() {
         let ws = Workspace::new(&config);
         let out = ws.dropsync(&args);
         assert_eq!(out.code, 2, "{case}: {out}");
+        assert!(
+            !ws.store_path().exists(),
+            "{case}: a usage error leaves no store behind"
+        );
         for needle in needles {
             assert!(
                 out.stderr.contains(needle),
