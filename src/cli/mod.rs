@@ -104,6 +104,23 @@ pub struct RunArgs {
     /// Only the files of this business date (YYYY-MM-DD), even if seen before.
     #[arg(long, value_parser = pipeline::parse_date)]
     pub date: Option<NaiveDate>,
+    #[command(flatten)]
+    pub sync: SyncFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The integration the file belongs to.
+    pub integration: String,
+    /// The file, as its source system exported it.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub sync: SyncFlags,
+}
+
+/// How files are synced, for `run` and `ingest` alike.
+#[derive(Debug, Args)]
+pub struct SyncFlags {
     /// Print what would change, write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -115,16 +132,15 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct IngestArgs {
-    pub integration: String,
-    pub file: PathBuf,
-    #[arg(long)]
-    pub dry_run: bool,
-    #[arg(long)]
-    pub force: bool,
-    #[arg(long)]
-    pub json: bool,
+impl SyncFlags {
+    fn options(&self, trigger: Trigger) -> RunOptions {
+        RunOptions {
+            force: self.force,
+            dry_run: self.dry_run,
+            trigger,
+            explicit: trigger == Trigger::Ingest,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -295,13 +311,8 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
         integrations: args.integrations,
         date: args.date,
     };
-    let opts = RunOptions {
-        force: args.force,
-        dry_run: args.dry_run,
-        trigger: Trigger::Manual,
-        explicit: false,
-    };
-    let (json, date) = (args.json, args.date);
+    let opts = args.sync.options(Trigger::Manual);
+    let (json, date) = (args.sync.json, args.date);
     let mut print_error = None;
     let outcomes = sync::run(&store, &config, &selection, opts, |outcome| {
         if !json && let Err(e) = output::file_outcome(out, outcome) {
@@ -330,14 +341,9 @@ fn ingest(config_path: &Path, args: IngestArgs, out: &mut dyn Write) -> Result<O
     let config = load_config(config_path)?;
     Integration::resolve(&config, &args.integration).map_err(|e| usage(e.to_string()))?;
     let store = Store::open(&config.store.path)?;
-    let opts = RunOptions {
-        force: args.force,
-        dry_run: args.dry_run,
-        trigger: Trigger::Ingest,
-        explicit: true,
-    };
+    let opts = args.sync.options(Trigger::Ingest);
     let outcome = sync::ingest(&store, &config, &args.integration, &args.file, opts)?;
-    if args.json {
+    if args.sync.json {
         output::json(out, &output::outcomes_json(std::slice::from_ref(&outcome)))?;
     } else {
         output::file_outcome(out, &outcome)?;

@@ -258,6 +258,7 @@ fn convert(
     report: &mut dyn FnMut(usize, String),
 ) -> Series {
     let name: PlSmallStr = field.name.as_str().into();
+    // Each value that does not convert is reported and becomes null.
     let mut typed = |parse: &dyn Fn(&str) -> Result<(), String>| {
         for (row, v) in values.iter().enumerate() {
             if let Some(v) = v
@@ -280,92 +281,58 @@ fn convert(
                 Series::new(name, values)
             }
         }
-        FieldType::Integer => {
-            let out: Vec<Option<i64>> = values
-                .iter()
-                .enumerate()
-                .map(|(row, v)| {
-                    v.and_then(|v| match parse_integer(field, v) {
-                        Ok(i) => Some(i),
-                        Err(m) => {
-                            report(row, m);
-                            None
-                        }
-                    })
-                })
-                .collect();
-            Series::new(name, out)
-        }
-        FieldType::Number => {
-            let out: Vec<Option<f64>> = values
-                .iter()
-                .enumerate()
-                .map(|(row, v)| {
-                    v.and_then(|v| match parse_number(field, v) {
-                        Ok(x) => Some(x),
-                        Err(m) => {
-                            report(row, m);
-                            None
-                        }
-                    })
-                })
-                .collect();
-            Series::new(name, out)
-        }
-        FieldType::Boolean => {
-            let out: Vec<Option<bool>> = values
-                .iter()
-                .enumerate()
-                .map(|(row, v)| {
-                    v.and_then(|v| match parse_boolean(field, v) {
-                        Ok(b) => Some(b),
-                        Err(m) => {
-                            report(row, m);
-                            None
-                        }
-                    })
-                })
-                .collect();
-            Series::new(name, out)
-        }
+        FieldType::Integer => Series::new(
+            name,
+            typed_values(values, report, |v| parse_integer(field, v)),
+        ),
+        FieldType::Number => Series::new(
+            name,
+            typed_values(values, report, |v| parse_number(field, v)),
+        ),
+        FieldType::Boolean => Series::new(
+            name,
+            typed_values(values, report, |v| parse_boolean(field, v)),
+        ),
         FieldType::Date => {
             let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
-            let out: Vec<Option<i32>> = values
-                .iter()
-                .enumerate()
-                .map(|(row, v)| {
-                    v.and_then(|v| match parse_date(field.format.as_deref(), v) {
-                        Ok(d) => Some((d - epoch).num_days() as i32),
-                        Err(m) => {
-                            report(row, m);
-                            None
-                        }
-                    })
-                })
-                .collect();
-            Series::new(name, out)
+            let days = typed_values(values, report, |v| {
+                parse_date(field.format.as_deref(), v).map(|d| (d - epoch).num_days() as i32)
+            });
+            Series::new(name, days)
                 .cast(&DataType::Date)
                 .expect("i32 casts to date")
         }
         FieldType::Datetime => {
-            let out: Vec<Option<i64>> = values
-                .iter()
-                .enumerate()
-                .map(|(row, v)| {
-                    v.and_then(|v| match parse_datetime(field.format.as_deref(), v) {
-                        Ok(t) => Some(t.and_utc().timestamp_micros()),
-                        Err(m) => {
-                            report(row, m);
-                            None
-                        }
-                    })
-                })
-                .collect();
-            Series::new(name, out)
+            let micros = typed_values(values, report, |v| {
+                parse_datetime(field.format.as_deref(), v).map(|t| t.and_utc().timestamp_micros())
+            });
+            Series::new(name, micros)
                 .cast(&DataType::Datetime(TimeUnit::Microseconds, None))
                 .expect("i64 casts to datetime")
         }
     }
+}
+
+/// Parses every present value; one that does not parse is reported and
+/// becomes null.
+fn typed_values<T>(
+    values: &[Option<&str>],
+    report: &mut dyn FnMut(usize, String),
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Vec<Option<T>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(row, v)| {
+            v.and_then(|v| match parse(v) {
+                Ok(x) => Some(x),
+                Err(message) => {
+                    report(row, message);
+                    None
+                }
+            })
+        })
+        .collect()
 }
 
 fn check_string_format(format: &str, v: &str) -> Result<(), String> {

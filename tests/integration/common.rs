@@ -418,3 +418,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// What `six_accounts()` leaves in the accounts table: (AccountID, Name, Seats).
+pub fn six_accounts_table() -> Vec<Vec<String>> {
+    table(&[
+        ["A1", "Account 1", "10"],
+        ["A2", "Account 2", "20"],
+        ["A3", "Account 3", "30"],
+        ["A4", "Account 4", "40"],
+        ["A5", "Account 5", "50"],
+        ["A6", "Account 6", "60"],
+    ])
+}

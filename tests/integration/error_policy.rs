@@ -1,7 +1,9 @@
 //! What happens to a file with bad rows: the integration's `on_error` policy
 //! rejects the whole file, or skips the bad rows within limits.
 
-use crate::common::{ACCOUNTS_HEADER, RowError, accounts, table, with_six_accounts};
+use crate::common::{
+    ACCOUNTS_HEADER, RowError, accounts, six_accounts_table, table, with_six_accounts,
+};
 
 /// Day 2 of `six_accounts` with two bad rows among seven: A3's seats are
 /// negative, A6 has a field too many. A1 changes, A7 is new.
@@ -16,17 +18,6 @@ fn two_bad_rows() -> String {
          A6,,Account 6,parent,pro,60,2020-01-06,surplus\n\
          A7,,Account 7,parent,pro,70,2020-01-07\n"
     )
-}
-
-fn unchanged() -> Vec<Vec<String>> {
-    table(&[
-        ["A1", "Account 1", "10"],
-        ["A2", "Account 2", "20"],
-        ["A3", "Account 3", "30"],
-        ["A4", "Account 4", "40"],
-        ["A5", "Account 5", "50"],
-        ["A6", "Account 6", "60"],
-    ])
 }
 
 /// The good rows applied; the bad ones kept as they were, not deleted.
@@ -115,7 +106,7 @@ fn error_policies() {
         let expected = if case.applied {
             good_rows_applied()
         } else {
-            unchanged()
+            six_accounts_table()
         };
         assert_eq!(accounts(&db), expected, "{what}");
         let run = db.last_run();
@@ -193,7 +184,7 @@ fn rejected_rows_are_recorded_with_line_key_field_message_and_raw_row() {
             ),
         ]
     );
-    assert_eq!(accounts(&db), unchanged());
+    assert_eq!(accounts(&db), six_accounts_table());
     drop(db);
 
     // `show` prints them too, raw rows included.
@@ -227,7 +218,7 @@ fn a_rejected_row_keeps_its_stored_record_in_a_snapshot() {
         .code(3)
         .stdout_has(&["partial  rows 6 ok 4 rejected 2 skipped 0  +0 ~0 -0"]);
     let db = ws.db();
-    assert_eq!(accounts(&db), unchanged());
+    assert_eq!(accounts(&db), six_accounts_table());
     assert_eq!(
         db.value("SELECT CAST(CreatedDate AS VARCHAR) FROM accounts WHERE AccountID = 'A4'"),
         "2020-01-04"

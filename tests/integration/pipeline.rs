@@ -2,7 +2,8 @@
 //! guard, older dates, and append mode.
 
 use crate::common::{
-    ACCOUNTS_HEADER, Workspace, accounts, accounts_config, six_accounts, table, with_six_accounts,
+    ACCOUNTS_HEADER, Workspace, accounts, accounts_config, six_accounts, six_accounts_table, table,
+    with_six_accounts,
 };
 
 /// Day 2 of `six_accounts`: A2's seats change, A5 is gone, A7 is new.
@@ -16,17 +17,6 @@ fn day2() -> String {
          A6,,Account 6,parent,pro,60,2020-01-06\n\
          A7,,Account 7,parent,starter,70,2020-01-07\n"
     )
-}
-
-fn six_accounts_table() -> Vec<Vec<String>> {
-    table(&[
-        ["A1", "Account 1", "10"],
-        ["A2", "Account 2", "20"],
-        ["A3", "Account 3", "30"],
-        ["A4", "Account 4", "40"],
-        ["A5", "Account 5", "50"],
-        ["A6", "Account 6", "60"],
-    ])
 }
 
 fn day2_table() -> Vec<Vec<String>> {
