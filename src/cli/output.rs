@@ -106,8 +106,13 @@ pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()
         )?;
     }
     if let Some(c) = report.changes.as_ref().filter(|_| report.dry_run) {
-        for (kind, key) in &c.samples {
-            writeln!(out, "    would {kind} {key}")?;
+        for sample in &c.samples {
+            match &sample.detail {
+                Some(detail) => {
+                    writeln!(out, "    would {} {}: {detail}", sample.kind, sample.key)?
+                }
+                None => writeln!(out, "    would {} {}", sample.kind, sample.key)?,
+            }
         }
     }
     Ok(())

@@ -53,8 +53,19 @@ pub struct ChangeSet {
     pub unsubscribed: u64,
     /// Rows the integration held before the batch.
     pub existing: u64,
-    /// Example keys per kind of change.
-    pub samples: Vec<(String, String)>,
+    /// Examples of each kind of change (dry runs).
+    pub samples: Vec<Sample>,
+}
+
+/// One changed key, as a dry run shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// `insert`, `update` or `delete`.
+    pub kind: String,
+    /// The key, parts joined with `|`.
+    pub key: String,
+    /// For an update: each changed field, `Field: old -> new`.
+    pub detail: Option<String>,
 }
 
 /// How a batch ended.
@@ -259,16 +270,62 @@ impl Store {
             }
         }
         if req.sample > 0 {
-            changes.samples = self.pairs::<String>(
-                &format!(
-                    "SELECT _kind, {key_as_text} FROM changes WHERE _kind IN ('insert', 'update', 'delete')
-                     QUALIFY row_number() OVER (PARTITION BY _kind ORDER BY {}) <= {}
-                     ORDER BY _kind, 2",
-                    key_aliases.join(", "),
-                    req.sample
-                ),
-                "sampling changes",
-            )?;
+            // For an update, which fields change, from what to what.
+            let detail = req
+                .table
+                .columns
+                .iter()
+                .filter(|col| !key.contains(&col.name))
+                .map(|col| {
+                    let c = ident(&col.name);
+                    let text = |side: &str| format!("coalesce(CAST({side}.{c} AS VARCHAR), '(empty)')");
+                    format!(
+                        "CASE WHEN t.{c} IS DISTINCT FROM c.{c} THEN '{}: ' || {} || ' -> ' || {} END",
+                        col.name.replace('\'', "''"),
+                        text("t"),
+                        text("c")
+                    )
+                })
+                .collect::<Vec<_>>();
+            let detail = if detail.is_empty() {
+                "NULL".to_string()
+            } else {
+                format!("concat_ws(', ', {})", detail.join(", "))
+            };
+            let on_key = key
+                .iter()
+                .zip(&key_aliases)
+                .map(|(k, alias)| format!("t.{} = c.{alias}", ident(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let sql = format!(
+                "SELECT c._kind, {key_as_text}, CASE WHEN c._kind = 'update' THEN {detail} END
+                 FROM changes c LEFT JOIN {mine} t ON {on_key}
+                 WHERE c._kind IN ('insert', 'update', 'delete')
+                 QUALIFY row_number() OVER (PARTITION BY c._kind ORDER BY {}) <= {}
+                 ORDER BY c._kind, 2",
+                key_aliases
+                    .iter()
+                    .map(|a| format!("c.{a}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                req.sample
+            );
+            let mut stmt = conn
+                .prepare(&sql)
+                .map_err(self.query_error("sampling changes"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Sample {
+                        kind: r.get(0)?,
+                        key: r.get(1)?,
+                        detail: r.get(2)?,
+                    })
+                })
+                .map_err(self.query_error("sampling changes"))?;
+            changes.samples = rows
+                .collect::<Result<_, _>>()
+                .map_err(self.query_error("sampling changes"))?;
         }
 
         if req.mode == Mode::Snapshot && !req.force && changes.existing > 0 {

@@ -165,7 +165,7 @@ fn dry_run_prints_the_changes_and_writes_nothing() {
             "accounts  2026-01-02  accounts_20260102.csv  success (dry run)  rows 6 ok 6 rejected 0 skipped 0  +1 ~1 -1",
             "    would delete A5\n",
             "    would insert A7\n",
-            "    would update A2\n",
+            "    would update A2: Seats: 20 -> 25\n",
         ])
         .stdout_lacks(&["    run "]);
     let db = ws.db();
