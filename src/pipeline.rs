@@ -86,8 +86,8 @@ impl Integration {
         }
         let (columns, key) = match &metrics {
             Some(_) => (schema::results::stored_columns(), schema::results::key()),
-            None => (
-                dataset
+            None => {
+                let mut columns: Vec<StoredColumn> = dataset
                     .schema
                     .fields
                     .iter()
@@ -95,9 +95,15 @@ impl Integration {
                         name: f.name.clone(),
                         sql_type: f.kind.sql_type(),
                     })
-                    .collect(),
-                dataset.schema.primary_key(),
-            ),
+                    .collect();
+                if dataset.schema.keeps_extra_columns() {
+                    columns.push(StoredColumn {
+                        name: schema::ATTRIBUTES.to_string(),
+                        sql_type: "VARCHAR",
+                    });
+                }
+                (columns, dataset.schema.primary_key())
+            }
         };
         if key.is_empty() {
             return Err(fail(format!(
@@ -349,7 +355,7 @@ fn validate_and_apply(
     }
     if !valid.ignored_columns.is_empty() {
         let note = format!(
-            "columns not in the schema, not stored: {}",
+            "columns not in the schema, kept in _attributes: {}",
             valid.ignored_columns.join(", ")
         );
         run.message = Some(match run.message.take() {

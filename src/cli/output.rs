@@ -278,7 +278,7 @@ pub fn validation(
     if !valid.ignored_columns.is_empty() {
         writeln!(
             out,
-            "  columns not in the schema: {}",
+            "  columns not in the schema (kept in _attributes): {}",
             valid.ignored_columns.join(", ")
         )?;
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::Mode;
-pub use parse::{ParseError, RawTable, read_table};
+pub use parse::{ATTRIBUTES, ParseError, RawTable, read_table};
 pub use results::MetricsSpec;
 pub use validate::{RowError, ValidRows, validate};
 
@@ -359,6 +359,15 @@ impl TableSchema {
 
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Whether a file may carry columns the schema does not name; their
+    /// values are kept, per row, in the `_attributes` column.
+    pub fn keeps_extra_columns(&self) -> bool {
+        matches!(
+            self.fields_match,
+            FieldsMatch::Subset | FieldsMatch::Partial
+        )
     }
 }
 

@@ -48,6 +48,8 @@ pub struct RawTable {
     /// One string column per schema field, in schema order; a field the file
     /// lacks is all null.
     pub columns: Vec<StringChunked>,
+    /// The file's other columns, per record, as a JSON object (or null).
+    pub attributes: Option<StringChunked>,
     /// Line and byte span in `text` of each kept record.
     pub lines: Vec<u64>,
     pub spans: Vec<(u64, u64)>,
@@ -137,7 +139,7 @@ pub(crate) fn parse_bytes(
     };
 
     // Which file column feeds which schema field.
-    let (layout, ignored_columns, first_line) = if dialect.header {
+    let (layout, extra_columns, first_line) = if dialect.header {
         let found = reader
             .read_byte_record(&mut record)
             .map_err(|e| csv_err(e, 1))?;
@@ -184,6 +186,7 @@ pub(crate) fn parse_bytes(
         dialect,
         schema,
         layout: &layout,
+        extras: &extra_columns,
         key_fields: &key_fields,
         width,
     };
@@ -202,9 +205,17 @@ pub(crate) fn parse_bytes(
             .collect()
     });
     let mut columns: Option<Vec<StringChunked>> = None;
+    let mut attributes: Option<StringChunked> = None;
     let (mut lines, mut spans, mut errors, mut records) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for chunk in parsed {
         let chunk = chunk?;
+        match (attributes.as_mut(), chunk.attributes) {
+            (None, more) => attributes = more,
+            (Some(attributes), Some(more)) => attributes
+                .append(&more)
+                .expect("chunks of one file have the same columns"),
+            (Some(_), None) => {}
+        }
         match columns.as_mut() {
             None => columns = Some(chunk.columns),
             Some(columns) => {
@@ -224,11 +235,12 @@ pub(crate) fn parse_bytes(
     Ok(RawTable {
         file: file.to_string(),
         columns,
+        attributes,
         lines,
         spans,
         errors,
         records,
-        ignored_columns,
+        ignored_columns: extra_columns.into_iter().map(|(_, h)| h).collect(),
         text,
     })
 }
@@ -240,6 +252,8 @@ struct RecordShape<'a> {
     schema: &'a TableSchema,
     /// Schema field -> file column.
     layout: &'a [Option<usize>],
+    /// File columns the schema does not know: (column, header).
+    extras: &'a [(usize, String)],
     key_fields: &'a [usize],
     /// Fields a record must have.
     width: usize,
@@ -248,10 +262,28 @@ struct RecordShape<'a> {
 /// The records of one stretch of a file.
 struct Chunk {
     columns: Vec<StringChunked>,
+    attributes: Option<StringChunked>,
     lines: Vec<u64>,
     spans: Vec<(u64, u64)>,
     errors: Vec<RowError>,
     records: u64,
+}
+
+/// The column that keeps, as a JSON object, the values of a file's columns
+/// the schema does not name ("then any attributes").
+pub const ATTRIBUTES: &str = "_attributes";
+
+/// A record's extra columns as a JSON object of the non-empty ones.
+fn attributes_json(record: &csv::ByteRecord, extras: &[(usize, String)]) -> Option<String> {
+    let mut map = serde_json::Map::new();
+    for (column, header) in extras {
+        let value = record.get(*column).unwrap_or_default();
+        if !value.is_empty() {
+            let value = String::from_utf8_lossy(value).into_owned();
+            map.insert(header.clone(), serde_json::Value::String(value));
+        }
+    }
+    (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string())
 }
 
 fn empty_columns(schema: &TableSchema) -> Vec<StringChunked> {
@@ -309,9 +341,12 @@ fn parse_chunk(
         dialect,
         schema,
         layout,
+        extras,
         key_fields,
         width,
     } = *shape;
+    let mut attributes =
+        (!extras.is_empty()).then(|| StringChunkedBuilder::new(ATTRIBUTES.into(), 1024));
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -435,11 +470,18 @@ fn parse_chunk(
                 None => builder.append_null(),
             }
         }
+        if let Some(builder) = attributes.as_mut() {
+            match attributes_json(&record, extras) {
+                Some(json) => builder.append_value(&json),
+                None => builder.append_null(),
+            }
+        }
         lines.push(line);
         spans.push((record_start, record_end));
     }
     Ok(Chunk {
         columns: builders.into_iter().map(|b| b.finish()).collect(),
+        attributes: attributes.map(|b| b.finish()),
         lines,
         spans,
         errors,
@@ -447,13 +489,16 @@ fn parse_chunk(
     })
 }
 
+/// Schema field -> file column, and the file's other columns (column, header).
+type HeaderMatch = (Vec<Option<usize>>, Vec<(usize, String)>);
+
 /// For each schema field, the header column that feeds it; and the header
 /// names that feed nothing. Errors say what is missing and what was found.
 fn match_header(
     header: &[String],
     mapping: &std::collections::BTreeMap<String, String>,
     schema: &TableSchema,
-) -> Result<(Vec<Option<usize>>, Vec<String>), String> {
+) -> Result<HeaderMatch, String> {
     let mut by_name: HashMap<&str, usize> = HashMap::new();
     let mut ignored = Vec::new();
     for (i, h) in header.iter().enumerate() {
@@ -466,7 +511,7 @@ fn match_header(
             ));
         }
         if schema.field(name).is_none() {
-            ignored.push(h.clone());
+            ignored.push((i, h.clone()));
         }
     }
     let layout: Vec<Option<usize>> = schema
@@ -520,7 +565,8 @@ fn match_header(
         _ => {}
     }
     if matches!(rule, FieldsMatch::Equal | FieldsMatch::Superset) && !ignored.is_empty() {
-        return fail(format!("unexpected column {}", ignored.join(", ")));
+        let names: Vec<&str> = ignored.iter().map(|(_, h)| h.as_str()).collect();
+        return fail(format!("unexpected column {}", names.join(", ")));
     }
     Ok((layout, ignored))
 }

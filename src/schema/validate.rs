@@ -113,11 +113,18 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         check_constraints(field, values, &mut push);
         (series.into_column(), issues)
     });
-    let mut columns: Vec<Column> = Vec::with_capacity(fields.len());
+    let mut columns: Vec<Column> = Vec::with_capacity(fields.len() + 1);
     let mut issues: Vec<Issue> = Vec::new();
     for (column, field_issues) in checked {
         columns.push(column);
         issues.extend(field_issues);
+    }
+    if schema.keeps_extra_columns() {
+        let attributes = raw
+            .attributes
+            .clone()
+            .unwrap_or_else(|| StringChunked::full_null(super::ATTRIBUTES.into(), n));
+        columns.push(attributes.into_series().into_column());
     }
 
     // Rules across fields and rows: references, and the key.

@@ -30,7 +30,7 @@ fn demo_syncs_every_dataset_and_refuses_the_truncated_export() {
         "line 12 [PIED-BOX] ParentID: a product account must have a parent",
         "line 13 [STARK-1] ParentID: `STARK` does not exist: no row of this file has that AccountID",
         "line 7 [ghost@nowhere.example] AccountID: `GHOST` does not exist: no accounts record has that AccountID",
-        "columns not in the schema, not stored: Region",
+        "columns not in the schema, kept in _attributes: Region",
     ]);
     let store = root.join("demo/dropsync.duckdb");
     assert!(
@@ -60,6 +60,18 @@ fn demo_syncs_every_dataset_and_refuses_the_truncated_export() {
         db.value("SELECT Name FROM accounts WHERE AccountID = 'ACME'"),
         "Acme Corp",
         "the BOM before the first header name of day 2 is stripped"
+    );
+    assert_eq!(
+        db.rows(
+            "SELECT AccountID, coalesce(_attributes, 'NULL') FROM accounts
+             WHERE AccountID IN ('PIED', 'UMB-LAB') ORDER BY AccountID"
+        ),
+        table(&[
+            // Day 4's extra column is kept with the row it came with.
+            ["PIED", r#"{"Region":"AMER"}"#],
+            // A rejected row keeps the stored row, attributes and all.
+            ["UMB-LAB", "NULL"],
+        ]),
     );
 
     assert_eq!(
@@ -210,7 +222,7 @@ fn demo_syncs_every_dataset_and_refuses_the_truncated_export() {
             "newsletter 2026-11-03 subscribers_20261103.csv success in=4 err=0 +1 ~3 -0",
             "product_usage 2026-11-03 usage_2026-11-03.csv partial in=5 err=1 +2 ~0 -0",
             "crm_users 2026-11-03 users_20261103.csv success in=5 err=0 +1 ~1 -1",
-            "crm_accounts 2026-11-04 accounts_20261104.csv partial in=13 err=4 +1 ~0 -0",
+            "crm_accounts 2026-11-04 accounts_20261104.csv partial in=13 err=4 +1 ~8 -0",
             "newsletter 2026-11-04 subscribers_20261104.csv partial in=2 err=1 +0 ~1 -0",
             "crm_users 2026-11-04 users_20261104.csv partial in=8 err=3 +0 ~0 -0",
             "crm_accounts 2026-11-05 accounts_20261105.csv failed in=2 err=0 +0 ~0 -0",
