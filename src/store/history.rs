@@ -171,9 +171,10 @@ impl Store {
         )?;
         insert_run(conn, run)?;
         let mut appender = conn.appender("dropsync_row_errors")?;
-        for e in errors {
+        for (position, e) in errors.iter().enumerate() {
             appender.append_row(params![
                 run.execution_id,
+                position as i64,
                 e.line as i64,
                 e.key,
                 e.field,
@@ -259,7 +260,7 @@ impl Store {
     ) -> Result<Vec<RowError>, StoreError> {
         let sql = format!(
             "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
-             WHERE execution_id = ? ORDER BY line LIMIT {limit}"
+             WHERE execution_id = ? ORDER BY position LIMIT {limit}"
         );
         let mut stmt = self
             .conn()

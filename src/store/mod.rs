@@ -76,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE TABLE dropsync_row_errors (
         execution_id VARCHAR NOT NULL,
+        position BIGINT NOT NULL,
         line BIGINT NOT NULL,
         record_key VARCHAR,
         field VARCHAR,

@@ -299,13 +299,13 @@ impl Db {
         self.runs().pop().expect("at least one run")
     }
 
-    /// A run's row errors, in line order.
+    /// A run's row errors, in line order, then in the schema's field order.
     pub fn row_errors(&self, execution_id: &str) -> Vec<RowError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
-                 WHERE execution_id = ? ORDER BY line, field",
+                 WHERE execution_id = ? ORDER BY position",
             )
             .unwrap();
         stmt.query_map([execution_id], |r| {

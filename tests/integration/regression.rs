@@ -124,3 +124,82 @@ fn a_scan_does_not_stage_known_files_again() {
         .code(0)
         .stdout_has(&["no file for 2026-01-02\n"]);
 }
+
+/// A user adds a dataset by adding a Table Schema file; its types, formats
+/// and constraints are applied as the schema says.
+#[test]
+fn a_schema_file_adds_a_dataset() {
+    let ws = Workspace::new(
+        r#"
+[store]
+schemas = "schemas"
+
+[integrations.invoices]
+dataset = "invoices"
+source = { type = "folder", path = "drops" }
+pattern = "invoices_{date:%Y%m%d}.csv"
+csv = { delimiter = ";" }
+on_error = { policy = "skip", max_ratio = 0.9 }
+"#,
+    );
+    ws.write(
+        "schemas/invoices.json",
+        r#"{
+          "fields": [
+            {"name": "Invoice", "type": "string", "constraints": {"minLength": 3}},
+            {"name": "Issued", "type": "date", "format": "%d/%m/%Y",
+             "constraints": {"minimum": "2020-01-01"}},
+            {"name": "Amount", "type": "number", "bareNumber": false,
+             "decimalChar": ",", "groupChar": ".", "constraints": {"maximum": 100000}},
+            {"name": "Paid", "type": "boolean", "trueValues": ["ja"], "falseValues": ["nein"]},
+            {"name": "Lines", "type": "integer", "missingValues": ["-"]}
+          ],
+          "primaryKey": "Invoice",
+          "missingValues": [""],
+          "fieldsMatch": "equal",
+          "dropsync": {"mode": "delta"}
+        }"#,
+    );
+    ws.drop_file(
+        "invoices_20260101.csv",
+        "Paid;Invoice;Issued;Amount;Lines\n\
+         ja;INV-1;31/12/2025;€ 1.234,50;3\n\
+         nein;INV-2;01/01/2026;99,9 EUR;-\n\
+         ja;I3;01/01/2026;1;1\n\
+         ja;INV-4;31/12/2019;1;1\n\
+         vielleicht;INV-5;2026-01-01;200.000,00;x\n",
+    );
+    let out = ws.dropsync(&["run"]);
+    out.code(3).stdout_has(&[
+        "invoices  2026-01-01  invoices_20260101.csv  partial  rows 5 ok 2 rejected 3 skipped 0  +2 ~0 -0\n",
+        "line 4 [I3] Invoice: is 2 characters, fewer than 3\n",
+        "line 5 [INV-4] Issued: `31/12/2019` is less than the minimum 2020-01-01\n",
+    ]);
+    let db = ws.db();
+    assert_eq!(
+        db.rows(
+            "SELECT Invoice, CAST(Issued AS VARCHAR), Amount, Paid, coalesce(CAST(Lines AS VARCHAR), 'NULL')
+             FROM invoices ORDER BY Invoice"
+        ),
+        table(&[
+            ["INV-1", "2025-12-31", "1234.5", "true", "3"],
+            ["INV-2", "2026-01-01", "99.9", "false", "NULL"],
+        ])
+    );
+    let run = db.runs().pop().expect("one run");
+    let errors: Vec<String> = db
+        .row_errors(&run.execution_id)
+        .into_iter()
+        .filter(|e| e.line == 6)
+        .map(|e| format!("{}: {}", e.field.unwrap_or_default(), e.message))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "Issued: `2026-01-01` is not a date in the format `%d/%m/%Y`",
+            "Amount: `200.000,00` is more than the maximum 100000",
+            "Paid: `vielleicht` is not a boolean",
+            "Lines: `x` is not an integer",
+        ]
+    );
+}
