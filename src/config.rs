@@ -138,6 +138,145 @@ pub enum SourceConfig {
         /// The directory to scan; relative to the config file.
         path: PathBuf,
     },
+    /// An FTP server, with explicit TLS (FTPS) unless `tls = "none"`.
+    Ftp(FtpConfig),
+    /// An SFTP (SSH) server.
+    Sftp(SftpConfig),
+}
+
+/// `type = "ftp"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FtpConfig {
+    pub host: String,
+    /// Default 21.
+    #[serde(default = "default_ftp_port")]
+    pub port: u16,
+    pub user: String,
+    /// The password, from this environment variable...
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// ...or from this file (its first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `explicit` (AUTH TLS, certificates verified; the default) or `none`
+    /// (plain FTP: credentials and data cross the network in clear).
+    #[serde(default)]
+    pub tls: FtpTls,
+    /// PEM file of the CA(s) that signed the server's certificate, for
+    /// private CAs. Default: the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(flatten)]
+    pub remote: RemoteOptions,
+}
+
+fn default_ftp_port() -> u16 {
+    21
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FtpTls {
+    #[default]
+    Explicit,
+    None,
+}
+
+/// `type = "sftp"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpConfig {
+    pub host: String,
+    /// Default 22.
+    #[serde(default = "default_sftp_port")]
+    pub port: u16,
+    pub user: String,
+    /// A private key file (OpenSSH format) to log in with.
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+    /// The private key's passphrase, from this environment variable.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+    /// The password, from this environment variable...
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// ...or from this file (its first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The OpenSSH known_hosts file the server's host key is checked
+    /// against. Default: `~/.ssh/known_hosts`.
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+    /// `false` turns host key checking off: anyone who can intercept the
+    /// connection can then pose as the server. Logged loudly at every
+    /// connection. Default true.
+    #[serde(default = "default_true")]
+    pub host_key_checking: bool,
+    #[serde(flatten)]
+    pub remote: RemoteOptions,
+}
+
+fn default_sftp_port() -> u16 {
+    22
+}
+
+/// What FTP and SFTP sources share.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteOptions {
+    /// The remote directory holding the files. Default: the login directory.
+    #[serde(default = "default_directory")]
+    pub directory: String,
+    /// What to do with a remote file once its run succeeded: `leave` (the
+    /// default), `delete`, or `archive` (move to `archive_directory`).
+    #[serde(default)]
+    pub after: AfterSync,
+    #[serde(default)]
+    pub archive_directory: Option<String>,
+    /// A file modified less than this many seconds ago is left for the next
+    /// run: it may still be being written. Default 30.
+    #[serde(default = "default_min_age")]
+    pub min_age_secs: u64,
+    /// When set, the directory is listed twice, this many seconds apart, and
+    /// a file whose size or modification time changed in between is left for
+    /// the next run. Default 0 (one listing).
+    #[serde(default)]
+    pub settle_secs: u64,
+    /// Attempts after a failed connection or transfer. Default 3.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Wait before the first retry, doubled for each next one. Default 1000.
+    #[serde(default = "default_retry_delay")]
+    pub retry_delay_ms: u64,
+    /// Network timeout, in seconds. Default 30.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_directory() -> String {
+    ".".to_string()
+}
+fn default_min_age() -> u64 {
+    30
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_retry_delay() -> u64 {
+    1000
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+/// What happens to a remote file after a successful run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterSync {
+    #[default]
+    Leave,
+    Delete,
+    Archive,
 }
 
 /// How absent, changed and unchanged keys are treated (see DESIGN.md).
@@ -351,6 +490,34 @@ impl Config {
             }
             match &mut integration.source {
                 SourceConfig::Folder { path } => resolve(path),
+                SourceConfig::Ftp(ftp) => {
+                    if let Some(p) = ftp.password_file.as_mut() {
+                        resolve(p);
+                    }
+                    if let Some(p) = ftp.ca_file.as_mut() {
+                        resolve(p);
+                    }
+                    check_remote(&ftp.remote).map_err(fail)?;
+                    if ftp.password_env.is_some() && ftp.password_file.is_some() {
+                        return Err(fail("give password_env or password_file, not both".into()));
+                    }
+                }
+                SourceConfig::Sftp(sftp) => {
+                    for p in [
+                        sftp.password_file.as_mut(),
+                        sftp.private_key.as_mut(),
+                        sftp.known_hosts.as_mut(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        resolve(p);
+                    }
+                    check_remote(&sftp.remote).map_err(fail)?;
+                    if sftp.password_env.is_some() && sftp.password_file.is_some() {
+                        return Err(fail("give password_env or password_file, not both".into()));
+                    }
+                }
             }
             FilePattern::parse(&integration.pattern).map_err(|e| fail(e.to_string()))?;
             let table = integration.table_name();
@@ -399,6 +566,16 @@ impl IntegrationConfig {
     }
 }
 
+fn check_remote(remote: &RemoteOptions) -> Result<(), String> {
+    match (remote.after, &remote.archive_directory) {
+        (AfterSync::Archive, None) => Err("after = \"archive\" needs archive_directory".into()),
+        (AfterSync::Archive, Some(dir)) if dir.trim().is_empty() => {
+            Err("archive_directory is empty".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Names that are safe as DuckDB identifiers and file names.
 pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
@@ -430,7 +607,9 @@ mod tests {
             config.store.path,
             PathBuf::from("/srv/sync/dropsync.duckdb")
         );
-        let SourceConfig::Folder { path } = &config.integrations["a"].source;
+        let SourceConfig::Folder { path } = &config.integrations["a"].source else {
+            panic!("a folder source");
+        };
         assert_eq!(path, &PathBuf::from("/srv/sync/in"));
     }
 }

@@ -6,8 +6,9 @@ use chrono::NaiveDate;
 
 use crate::config::Config;
 use crate::pipeline::{self, Integration, PipelineError, RunOptions, RunReport};
-use crate::source::{self, Candidate, SourceError};
+use crate::source::{self, Candidate, Source, SourceError};
 use crate::store::Store;
+use crate::store::{RunRecord, RunStatus};
 
 /// What to sync.
 #[derive(Debug, Clone, Default)]
@@ -56,8 +57,16 @@ pub fn run(
     source::clean_staging(&config.store.staging);
     let mut outcomes = Vec::new();
     let mut queue: Vec<(NaiveDate, usize, String, usize, Candidate)> = Vec::new();
+    let sources: Vec<Result<Box<dyn Source>, SourceError>> =
+        chosen.iter().map(|i| source::open(&i.config)).collect();
     for (index, integration) in chosen.iter().enumerate() {
-        let listed = source::open(&integration.config).and_then(|s| s.list());
+        let listed = match &sources[index] {
+            Ok(source) => source.list(),
+            Err(e) => Err(SourceError::Remote {
+                message: e.to_string(),
+                transient: false,
+            }),
+        };
         match listed {
             Ok(candidates) => {
                 let rank = pipeline::dependency_rank(integration, &all);
@@ -69,11 +78,7 @@ pub fn run(
                 }
             }
             Err(e) => {
-                let outcome = FileOutcome::Error {
-                    integration: integration.name.clone(),
-                    file: None,
-                    error: e.to_string(),
-                };
+                let outcome = failed(store, integration, None, opts, e.to_string());
                 on_file(&outcome);
                 outcomes.push(outcome);
             }
@@ -86,8 +91,18 @@ pub fn run(
     };
     for (_, _, _, index, candidate) in queue {
         let integration = &chosen[index];
-        let outcome = sync_candidate(store, config, integration, &candidate, opts);
-        if let Some(outcome) = outcome {
+        let Ok(source) = &sources[index] else {
+            continue;
+        };
+        let done = sync_candidate(
+            store,
+            config,
+            integration,
+            source.as_ref(),
+            &candidate,
+            opts,
+        );
+        for outcome in done {
             on_file(&outcome);
             outcomes.push(outcome);
         }
@@ -95,10 +110,89 @@ pub fn run(
     Ok(outcomes)
 }
 
+/// A failure to reach or read the source, recorded in the history as a
+/// failed run (with the server's reply), unless this is a dry run.
+fn failed(
+    store: &Store,
+    integration: &Integration,
+    candidate: Option<&Candidate>,
+    opts: RunOptions,
+    message: String,
+) -> FileOutcome {
+    let mut run = RunRecord::new(
+        &integration.name,
+        &integration.dataset.name,
+        integration.mode.as_str(),
+        opts.trigger.as_str(),
+    );
+    run.status = RunStatus::Failed;
+    run.message = Some(message.clone());
+    if let Some(c) = candidate {
+        run.file_name = Some(c.name.clone());
+        run.source = Some(c.location.display().to_string());
+        run.file_size = Some(c.size as i64);
+        run.business_date = Some(c.business_date);
+    }
+    run.completed_at = Some(crate::store::now());
+    if !opts.dry_run
+        && let Err(e) = store.finish_run(&run, &[])
+    {
+        return FileOutcome::Error {
+            integration: integration.name.clone(),
+            file: candidate.map(|c| c.name.clone()),
+            error: format!("{message}; and it could not be recorded: {e}"),
+        };
+    }
+    FileOutcome::Ran(Box::new(RunReport {
+        record: run,
+        changes: None,
+        errors: Vec::new(),
+        ignored_columns: Vec::new(),
+        dry_run: opts.dry_run,
+    }))
+}
+
+/// Fetches and syncs one file; then, when its run succeeded, lets the source
+/// leave, delete or archive it.
 fn sync_candidate(
     store: &Store,
     config: &Config,
     integration: &Integration,
+    source: &dyn Source,
+    candidate: &Candidate,
+    opts: RunOptions,
+) -> Vec<FileOutcome> {
+    let mut outcomes: Vec<FileOutcome> =
+        sync_one(store, config, integration, source, candidate, opts)
+            .into_iter()
+            .collect();
+    let done = outcomes.first().is_some_and(|o| match o {
+        FileOutcome::Ran(r) => {
+            matches!(
+                r.record.status,
+                RunStatus::Success | RunStatus::Partial | RunStatus::Skipped
+            ) && r.record.content_hash.is_some()
+        }
+        FileOutcome::Error { .. } => false,
+    });
+    if done
+        && !opts.dry_run
+        && let Err(e) = source.finish(candidate)
+    {
+        outcomes.push(FileOutcome::Error {
+            integration: integration.name.clone(),
+            file: Some(candidate.name.clone()),
+            error: format!("synced, but the after-sync action failed: {e}"),
+        });
+    }
+    outcomes
+}
+
+fn sync_one(
+    store: &Store,
+    config: &Config,
+    integration: &Integration,
+    source: &dyn Source,
     candidate: &Candidate,
     opts: RunOptions,
 ) -> Option<FileOutcome> {
@@ -126,10 +220,17 @@ fn sync_candidate(
     }
     let staging = config.store.staging.join(&integration.name);
     let started = std::time::Instant::now();
-    let staged = match source::open(&integration.config).and_then(|s| s.fetch(candidate, &staging))
-    {
+    let staged = match source.fetch(candidate, &staging) {
         Ok(staged) => staged,
-        Err(e) => return error(e.to_string()),
+        Err(e) => {
+            return Some(failed(
+                store,
+                integration,
+                Some(candidate),
+                opts,
+                e.to_string(),
+            ));
+        }
     };
     pipeline::stage_done("fetch", started);
     if !opts.dry_run

@@ -3,7 +3,10 @@
 //! run works on an immutable local copy that is kept for replays.
 
 mod folder;
+mod ftp;
 mod pattern;
+mod remote;
+mod sftp;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +16,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{IntegrationConfig, SourceConfig};
 pub use folder::FolderSource;
+pub use ftp::FtpSource;
 pub use pattern::{FilePattern, PatternError};
+pub use remote::{RemoteEntry, unsafe_name};
+pub use sftp::SftpSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -35,6 +41,23 @@ pub enum SourceError {
     },
     #[error(transparent)]
     Pattern(#[from] PatternError),
+    /// A remote server refused or failed; `transient` failures (a dropped
+    /// connection, a timeout, a short transfer) are worth retrying.
+    #[error("{message}")]
+    Remote { message: String, transient: bool },
+}
+
+impl SourceError {
+    /// Whether trying again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Remote {
+                transient: true,
+                ..
+            }
+        )
+    }
 }
 
 /// A file a source offers, not yet fetched.
@@ -66,10 +89,16 @@ pub struct StagedFile {
 
 /// The source of one integration.
 pub trait Source {
-    /// Files matching the integration's pattern, oldest business date first.
+    /// Files matching the integration's pattern, complete enough to fetch,
+    /// oldest business date first.
     fn list(&self) -> Result<Vec<Candidate>, SourceError>;
     /// Copies a candidate into staging.
     fn fetch(&self, candidate: &Candidate, staging: &Path) -> Result<StagedFile, SourceError>;
+    /// What the source does with a file once its run succeeded (remote
+    /// sources: leave, delete or archive it).
+    fn finish(&self, _candidate: &Candidate) -> Result<(), SourceError> {
+        Ok(())
+    }
 }
 
 /// The source an integration is configured with.
@@ -77,6 +106,8 @@ pub fn open(integration: &IntegrationConfig) -> Result<Box<dyn Source>, SourceEr
     let pattern = FilePattern::parse(&integration.pattern)?;
     Ok(match &integration.source {
         SourceConfig::Folder { path } => Box::new(FolderSource::new(path.clone(), pattern)),
+        SourceConfig::Ftp(config) => Box::new(FtpSource::new(config.clone(), pattern)),
+        SourceConfig::Sftp(config) => Box::new(SftpSource::new(config.clone(), pattern)),
     })
 }
 
@@ -145,41 +176,82 @@ pub fn clean_staging(staging: &Path) {
     }
 }
 
-/// Copies `candidate.location` into `staging/<hash>` while hashing it: written
-/// to a temporary name, synced, then renamed, so a staged file is always whole.
+/// Copies the local file `candidate.location` into staging.
 pub(crate) fn stage_from_reader(
     candidate: &Candidate,
     staging: &Path,
+) -> Result<StagedFile, SourceError> {
+    let mut input =
+        std::fs::File::open(&candidate.location).map_err(|source| SourceError::Read {
+            path: candidate.location.clone(),
+            source,
+        })?;
+    stage_reader(&mut input, candidate, staging, None)
+}
+
+/// Copies `input` into `staging/<hash>.csv` while hashing it: written to a
+/// temporary name, synced, then renamed, so a staged file is always whole.
+/// With `expected_size`, a copy that ends short (or long) is refused.
+pub(crate) fn stage_reader(
+    input: &mut dyn Read,
+    candidate: &Candidate,
+    staging: &Path,
+    expected_size: Option<u64>,
 ) -> Result<StagedFile, SourceError> {
     let stage_err = |source| SourceError::Stage {
         path: candidate.location.clone(),
         staging: staging.to_path_buf(),
         source,
     };
-    let read_err = |source| SourceError::Read {
-        path: candidate.location.clone(),
-        source,
-    };
     std::fs::create_dir_all(staging).map_err(stage_err)?;
-    let mut input = std::fs::File::open(&candidate.location).map_err(read_err)?;
-    let mut tmp = tempfile_in(staging).map_err(stage_err)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = input.read(&mut buf).map_err(read_err)?;
-        if n == 0 {
-            break;
+    let (tmp_path, mut tmp) = tempfile_in(staging).map_err(stage_err)?;
+    let copied = (|| -> Result<(String, u64), SourceError> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(SourceError::Remote {
+                        message: format!(
+                            "reading {} failed after {size} bytes: {e}",
+                            candidate.location.display()
+                        ),
+                        transient: true,
+                    });
+                }
+            };
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(stage_err)?;
+            size += n as u64;
         }
-        hasher.update(&buf[..n]);
-        tmp.1.write_all(&buf[..n]).map_err(stage_err)?;
-        size += n as u64;
-    }
-    tmp.1.sync_all().map_err(stage_err)?;
-    drop(tmp.1);
-    let content_hash = hex(&hasher.finalize());
+        if let Some(expected) = expected_size
+            && expected != size
+        {
+            return Err(SourceError::Remote {
+                message: format!(
+                    "the transfer of {} ended after {size} of {expected} bytes",
+                    candidate.location.display()
+                ),
+                transient: true,
+            });
+        }
+        tmp.sync_all().map_err(stage_err)?;
+        Ok((hex(&hasher.finalize()), size))
+    })();
+    drop(tmp);
+    let (content_hash, size) = match copied {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+    };
     let path = staging.join(format!("{content_hash}.csv"));
-    std::fs::rename(&tmp.0, &path).map_err(stage_err)?;
+    std::fs::rename(&tmp_path, &path).map_err(stage_err)?;
     if let Ok(dir) = std::fs::File::open(staging) {
         let _ = dir.sync_all();
     }

@@ -1,0 +1,188 @@
+//! What FTP and SFTP sources share: which remote names are trusted, which
+//! files are complete enough to fetch, retries with backoff, secrets, and
+//! downloading into staging so that a staged file is always whole.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+
+use super::{Candidate, FilePattern, SourceError, StagedFile, folder::is_temporary_name};
+use crate::config::RemoteOptions;
+
+/// One file in a remote listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    pub name: String,
+    pub size: u64,
+    pub modified: Option<NaiveDateTime>,
+}
+
+/// Why a remote name is refused, if it is: names come from the server and
+/// end up in local paths and in commands sent back to it.
+pub fn unsafe_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.contains('\0') {
+        Some("it holds a NUL byte")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("it holds a path separator")
+    } else if name == "." || name == ".." || name.starts_with("..") {
+        Some("it names a parent directory")
+    } else {
+        None
+    }
+}
+
+/// The listing's files that fit the pattern, are named safely, are not
+/// temporary names, and are old enough; oldest business date first.
+pub fn candidates(
+    entries: Vec<RemoteEntry>,
+    pattern: &FilePattern,
+    directory: &str,
+    options: &RemoteOptions,
+    now: NaiveDateTime,
+) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for entry in entries {
+        if let Some(why) = unsafe_name(&entry.name) {
+            tracing::warn!(
+                name = entry.name.escape_debug().to_string(),
+                directory,
+                "remote file name refused: {why}"
+            );
+            continue;
+        }
+        if is_temporary_name(&entry.name) {
+            continue;
+        }
+        let Some(date) = pattern.matches(&entry.name) else {
+            continue;
+        };
+        let young = entry
+            .modified
+            .is_some_and(|m| (now - m).num_seconds() < options.min_age_secs as i64);
+        if young {
+            tracing::info!(
+                name = entry.name,
+                "left for the next run: modified less than min_age_secs ago, it may still be being written"
+            );
+            continue;
+        }
+        let business_date = date
+            .or(entry.modified.map(|m| m.date()))
+            .unwrap_or_else(|| now.date());
+        out.push(Candidate {
+            location: PathBuf::from(remote_path(directory, &entry.name)),
+            name: entry.name,
+            size: entry.size,
+            modified: entry.modified,
+            business_date,
+        });
+    }
+    out.sort_by(|a, b| (a.business_date, &a.name).cmp(&(b.business_date, &b.name)));
+    out
+}
+
+/// Keeps the entries of `second` that `first` listed the same: a file whose
+/// size or time moved between two listings is still being written.
+pub fn settled(first: &[RemoteEntry], second: Vec<RemoteEntry>) -> Vec<RemoteEntry> {
+    second
+        .into_iter()
+        .filter(|e| {
+            let same = first.contains(e);
+            if !same {
+                tracing::info!(
+                    name = e.name,
+                    "left for the next run: it changed between two listings"
+                );
+            }
+            same
+        })
+        .collect()
+}
+
+/// `directory/name`, as the server sees it.
+pub fn remote_path(directory: &str, name: &str) -> String {
+    match directory.trim_end_matches('/') {
+        "" if directory.starts_with('/') => format!("/{name}"),
+        "" | "." => name.to_string(),
+        dir => format!("{dir}/{name}"),
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or has failed
+/// `1 + retries` times, waiting `retry_delay_ms`, then twice that, and so on.
+pub fn with_retries<T>(
+    options: &RemoteOptions,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, SourceError>,
+) -> Result<T, SourceError> {
+    let mut delay = Duration::from_millis(options.retry_delay_ms);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && tries <= options.retries => {
+                tracing::warn!(
+                    attempt = tries,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "{what} failed: {e}"
+                );
+                std::thread::sleep(delay);
+                delay = delay.saturating_mul(2);
+            }
+            Err(e) if tries > 1 => {
+                return Err(SourceError::Remote {
+                    message: format!("{e} (after {tries} attempts)"),
+                    transient: false,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A secret read from an environment variable or a file, never from the
+/// config text. Errors name where it was looked for, never its value.
+pub fn secret(
+    env: Option<&str>,
+    file: Option<&Path>,
+    what: &str,
+) -> Result<Option<String>, SourceError> {
+    let refuse = |message: String| SourceError::Remote {
+        message,
+        transient: false,
+    };
+    if let Some(name) = env {
+        return std::env::var(name).map(Some).map_err(|_| {
+            refuse(format!(
+                "the {what} is to come from the environment variable {name}, which is not set"
+            ))
+        });
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            refuse(format!(
+                "cannot read the {what} file {}: {e}",
+                path.display()
+            ))
+        })?;
+        return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
+    }
+    Ok(None)
+}
+
+/// Downloads `reader` into staging. The bytes go to a temporary name and
+/// are renamed only when complete: when the server said how big the file
+/// is, a transfer that ends short is an error, never a staged file.
+pub fn download(
+    reader: &mut dyn Read,
+    candidate: &Candidate,
+    staging: &Path,
+) -> Result<StagedFile, SourceError> {
+    let staged = super::stage_reader(reader, candidate, staging, Some(candidate.size))?;
+    Ok(staged)
+}
