@@ -53,7 +53,10 @@ pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()
         }
     };
     let r = &report.record;
-    let date = r.business_date.map(|d| d.to_string()).unwrap_or_default();
+    let date = r
+        .business_date
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "-".into());
     let status = if report.dry_run {
         format!("{} (dry run)", r.status)
     } else {

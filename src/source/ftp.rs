@@ -50,7 +50,7 @@ impl FtpSource {
         }
     }
 
-    fn from_ftp(&self, what: &str, e: FtpError) -> SourceError {
+    fn ftp_error(&self, what: &str, e: FtpError) -> SourceError {
         // Connection trouble is worth another try; a refusal is not.
         let transient = matches!(e, FtpError::ConnectionError(_));
         self.fail(what, e, transient)
@@ -87,18 +87,18 @@ impl FtpSource {
                     "plain FTP: the password and the files cross the network unencrypted"
                 );
                 let stream = suppaftp::FtpStream::connect_with_stream(control)
-                    .map_err(|e| self.from_ftp("cannot connect", e))?
+                    .map_err(|e| self.ftp_error("cannot connect", e))?
                     .passive_stream_builder(data);
                 Session::Plain(stream)
             }
             FtpTls::Explicit => {
                 let stream = RustlsFtpStream::connect_with_stream(control)
-                    .map_err(|e| self.from_ftp("cannot connect", e))?
+                    .map_err(|e| self.ftp_error("cannot connect", e))?
                     .passive_stream_builder(data);
                 let tls = self.tls_config()?;
                 let stream = stream
                     .into_secure(RustlsConnector::from(tls), &c.host)
-                    .map_err(|e| self.from_ftp("TLS negotiation failed", e))?;
+                    .map_err(|e| self.ftp_error("TLS negotiation failed", e))?;
                 Session::Tls(stream)
             }
         };
@@ -106,11 +106,11 @@ impl FtpSource {
             .with(|s| s.login(c.user.as_str(), password.as_str()))
             .map_err(|e| match e {
                 FtpError::UnexpectedResponse(_) => self.fail("login refused", e, false),
-                e => self.from_ftp("login failed", e),
+                e => self.ftp_error("login failed", e),
             })?;
         session
             .with(|s| s.transfer_type(FileType::Binary))
-            .map_err(|e| self.from_ftp("cannot switch to binary mode", e))?;
+            .map_err(|e| self.ftp_error("cannot switch to binary mode", e))?;
         Ok(session)
     }
 
@@ -152,7 +152,7 @@ impl FtpSource {
             let dir = &self.config.remote.directory;
             let entries = session.with(|s| s.list_entries(dir));
             let _ = session.with(|s| s.quit());
-            entries.map_err(|e| self.from_ftp(&format!("cannot list {dir}"), e))
+            entries.map_err(|e| self.ftp_error(&format!("cannot list {dir}"), e))
         })
     }
 }
@@ -307,7 +307,7 @@ impl Source for FtpSource {
             let _ = session.with(|s| s.quit());
             match result {
                 Ok(staged) => staged,
-                Err(e) => Err(self.from_ftp(&format!("cannot download {path}"), e)),
+                Err(e) => Err(self.ftp_error(&format!("cannot download {path}"), e)),
             }
         })
     }
@@ -326,11 +326,11 @@ impl Source for FtpSource {
                     let to = remote::remote_path(dir, &candidate.name);
                     session
                         .with(|s| s.rename(&path, &to))
-                        .map_err(|e| self.from_ftp(&format!("cannot move {path} to {to}"), e))
+                        .map_err(|e| self.ftp_error(&format!("cannot move {path} to {to}"), e))
                 }
                 _ => session
                     .with(|s| s.rm(&path))
-                    .map_err(|e| self.from_ftp(&format!("cannot delete {path}"), e)),
+                    .map_err(|e| self.ftp_error(&format!("cannot delete {path}"), e)),
             };
             let _ = session.with(|s| s.quit());
             done

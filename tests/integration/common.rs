@@ -84,12 +84,19 @@ impl std::fmt::Display for Output {
 /// binary fails the calling test whatever it expected.
 #[track_caller]
 pub fn dropsync_in(cwd: &Path, args: &[&str]) -> Output {
+    dropsync_env(cwd, args, &[])
+}
+
+/// `dropsync_in`, with these environment variables set.
+#[track_caller]
+pub fn dropsync_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(BIN)
         .args(args)
         .current_dir(cwd)
         .env_remove("DROPSYNC_CONFIG")
         .env_remove("DROPSYNC_LOG")
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .expect("the dropsync binary runs");
     let output = Output {
@@ -152,10 +159,16 @@ impl Workspace {
     /// Runs `dropsync --config <this workspace's config> ARGS`.
     #[track_caller]
     pub fn dropsync(&self, args: &[&str]) -> Output {
+        self.dropsync_env(args, &[])
+    }
+
+    /// `dropsync`, with these environment variables set.
+    #[track_caller]
+    pub fn dropsync_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let config = self.config_path().display().to_string();
         let mut all = vec!["--config", config.as_str()];
         all.extend_from_slice(args);
-        dropsync_in(&self.root, &all)
+        dropsync_env(&self.root, &all, env)
     }
 
     /// The store, opened read-only (closed again when dropped).

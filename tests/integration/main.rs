@@ -12,5 +12,7 @@ mod error_policy;
 mod pipeline;
 mod references;
 mod regression;
+mod remote;
 mod results;
+mod servers;
 mod subscribers;
