@@ -166,14 +166,23 @@ fn sync_candidate(
         sync_one(store, config, integration, source, candidate, opts)
             .into_iter()
             .collect();
-    let done = outcomes.first().is_some_and(|o| match o {
-        FileOutcome::Ran(r) => {
-            matches!(
-                r.record.status,
-                RunStatus::Success | RunStatus::Partial | RunStatus::Skipped
-            ) && r.record.content_hash.is_some()
-        }
-        FileOutcome::Error { .. } => false,
+    // Done with the file when its content has been applied: by this run,
+    // or before (a repeat passed over now, which a failed archive or delete
+    // may have left behind).
+    let hash = match outcomes.first() {
+        Some(FileOutcome::Ran(r)) => r.record.content_hash.clone(),
+        Some(FileOutcome::Error { .. }) => None,
+        None => store
+            .fetched_hash(&integration.name, candidate)
+            .ok()
+            .flatten(),
+    };
+    let done = hash.is_some_and(|hash| {
+        store
+            .run_with_content(&integration.name, &hash)
+            .ok()
+            .flatten()
+            .is_some_and(|r| matches!(r.status, RunStatus::Success | RunStatus::Partial))
     });
     if done
         && !opts.dry_run

@@ -244,6 +244,25 @@ fn ftp_wrong_password_then_delete_after_sync() {
         "deleted once synced"
     );
     assert_eq!(accounts(&ws.db()), six_accounts_table());
+    // Delivered again under another name: nothing new, and cleared away too.
+    server.put("accounts_20260102.csv", six_accounts());
+    ws.dropsync_env(&["run"], &with_password())
+        .code(0)
+        .stdout_has(&["nothing new to sync\n"]);
+    assert_eq!(
+        server.files(""),
+        Vec::<String>::new(),
+        "the repeat is deleted"
+    );
+    // A file whose run failed stays where it is.
+    server.put(
+        "accounts_20260103.csv",
+        format!("{ACCOUNTS_HEADER}A1,,Account 1,parent,pro,10,2020-01-01\n"),
+    );
+    ws.dropsync_env(&["run"], &with_password())
+        .code(1)
+        .stdout_has(&["accounts_20260103.csv  failed", "max_delete_ratio"]);
+    assert_eq!(server.files(""), ["accounts_20260103.csv"]);
 }
 
 #[test]
