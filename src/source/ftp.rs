@@ -279,20 +279,7 @@ impl<T: TlsStream + Send + 'static> FtpOps for ImplFtpStream<T> {
 
 impl Source for FtpSource {
     fn list(&self) -> Result<Vec<Candidate>, SourceError> {
-        let options = &self.config.remote;
-        let mut entries = self.listing()?;
-        if options.settle_secs > 0 {
-            std::thread::sleep(Duration::from_secs(options.settle_secs));
-            entries = remote::settled(&entries, self.listing()?);
-        }
-        let now = chrono::Utc::now().naive_utc();
-        Ok(remote::candidates(
-            entries,
-            &self.pattern,
-            &options.directory,
-            options,
-            now,
-        ))
+        remote::list(&self.config.remote, &self.pattern, || self.listing())
     }
 
     fn fetch(&self, candidate: &Candidate, staging: &Path) -> Result<StagedFile, SourceError> {

@@ -85,6 +85,28 @@ pub fn candidates(
     out
 }
 
+/// The candidates of a remote directory: listed once, or twice
+/// `settle_secs` apart to leave out files still changing.
+pub fn list(
+    options: &RemoteOptions,
+    pattern: &FilePattern,
+    listing: impl Fn() -> Result<Vec<RemoteEntry>, SourceError>,
+) -> Result<Vec<Candidate>, SourceError> {
+    let mut entries = listing()?;
+    if options.settle_secs > 0 {
+        std::thread::sleep(Duration::from_secs(options.settle_secs));
+        entries = settled(&entries, listing()?);
+    }
+    let now = chrono::Utc::now().naive_utc();
+    Ok(candidates(
+        entries,
+        pattern,
+        &options.directory,
+        options,
+        now,
+    ))
+}
+
 /// Keeps the entries of `second` that `first` listed the same: a file whose
 /// size or time moved between two listings is still being written.
 pub fn settled(first: &[RemoteEntry], second: Vec<RemoteEntry>) -> Vec<RemoteEntry> {
@@ -183,6 +205,92 @@ pub fn download(
     candidate: &Candidate,
     staging: &Path,
 ) -> Result<StagedFile, SourceError> {
-    let staged = super::stage_reader(reader, candidate, staging, Some(candidate.size))?;
-    Ok(staged)
+    super::stage_reader(reader, candidate, staging, Some(candidate.size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_names_that_are_refused() {
+        for (name, refused) in [
+            ("accounts_20260101.csv", false),
+            ("a..b.csv", false),
+            ("", true),
+            (".", true),
+            ("..", true),
+            ("../etc/passwd", true),
+            ("..accounts.csv", true),
+            ("/etc/passwd", true),
+            ("dir/file.csv", true),
+            ("..\\x.csv", true),
+            ("x\\y.csv", true),
+            ("nul\0byte.csv", true),
+        ] {
+            assert_eq!(unsafe_name(name).is_some(), refused, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn remote_paths() {
+        assert_eq!(remote_path(".", "a.csv"), "a.csv");
+        assert_eq!(remote_path("/", "a.csv"), "/a.csv");
+        assert_eq!(remote_path("/out/", "a.csv"), "/out/a.csv");
+        assert_eq!(remote_path("out", "a.csv"), "out/a.csv");
+    }
+
+    #[test]
+    fn young_temporary_and_unmatched_files_are_not_candidates() {
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap();
+        let entry = |name: &str, age_secs: i64| RemoteEntry {
+            name: name.to_string(),
+            size: 10,
+            modified: Some(now - chrono::Duration::seconds(age_secs)),
+        };
+        let options: RemoteOptions = toml::from_str("min_age_secs = 60").unwrap();
+        let pattern = FilePattern::parse("a_{date:%Y%m%d}.csv").unwrap();
+        let got = candidates(
+            vec![
+                entry("a_20260102.csv", 3600),
+                entry("a_20260101.csv", 61),
+                entry("a_20260103.csv", 59),
+                entry("a_20260104.csv.partial", 3600),
+                entry(".a_20260105.csv", 3600),
+                entry("b_20260101.csv", 3600),
+            ],
+            &pattern,
+            "/out",
+            &options,
+            now,
+        );
+        let names: Vec<(&str, String)> = got
+            .iter()
+            .map(|c| (c.name.as_str(), c.location.display().to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a_20260101.csv", "/out/a_20260101.csv".to_string()),
+                ("a_20260102.csv", "/out/a_20260102.csv".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn files_that_changed_between_listings_are_left() {
+        let e = |name: &str, size| RemoteEntry {
+            name: name.into(),
+            size,
+            modified: None,
+        };
+        let kept = settled(
+            &[e("a", 1), e("b", 1)],
+            vec![e("a", 1), e("b", 2), e("c", 1)],
+        );
+        assert_eq!(kept, [e("a", 1)]);
+    }
 }
