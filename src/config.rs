@@ -35,6 +35,9 @@ pub struct Config {
     /// Where dropsync keeps its database and staged files.
     #[serde(default)]
     pub store: StoreConfig,
+    /// How `dropsync daemon` behaves.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
     /// The configured feeds, by name: `[integrations.crm_accounts]`.
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationConfig>,
@@ -59,6 +62,10 @@ pub struct StoreConfig {
     /// NAME). Built-in datasets can be overridden the same way.
     #[serde(default)]
     pub schemas: Option<PathBuf>,
+    /// Staged copies are kept this many days, for replays without the
+    /// source; 0 keeps them forever. Default 90.
+    #[serde(default = "default_keep_staged_days")]
+    pub keep_staged_days: u32,
 }
 
 impl Default for StoreConfig {
@@ -67,8 +74,40 @@ impl Default for StoreConfig {
             path: default_db(),
             staging: default_staging(),
             schemas: None,
+            keep_staged_days: default_keep_staged_days(),
         }
     }
+}
+
+fn default_keep_staged_days() -> u32 {
+    90
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// A file dropped into a watched folder is synced once it has not
+    /// changed for this many seconds. Default 2.
+    #[serde(default = "default_settle")]
+    pub settle_secs: u64,
+    /// The local API socket the command line reaches the daemon through.
+    /// Default: the store's path with `.sock` added.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            settle_secs: default_settle(),
+            socket: None,
+        }
+    }
+}
+
+fn default_settle() -> u64 {
+    2
 }
 
 fn default_db() -> PathBuf {
@@ -101,6 +140,14 @@ pub struct IntegrationConfig {
     /// `monthly 1 03:00`, or a cron expression).
     #[serde(default)]
     pub schedule: Option<String>,
+    /// The IANA time zone the schedule's times are in. Default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// After downtime, the daemon syncs what the missed schedules would
+    /// have: `all` new files, oldest business date first (the default), or
+    /// only the `latest`.
+    #[serde(default)]
+    pub catch_up: CatchUp,
     /// How its files are written.
     #[serde(default)]
     pub csv: CsvDialect,
@@ -277,6 +324,15 @@ pub enum AfterSync {
     Leave,
     Delete,
     Archive,
+}
+
+/// What the daemon syncs after missing scheduled runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    #[default]
+    All,
+    Latest,
 }
 
 /// How absent, changed and unchanged keys are treated (see DESIGN.md).
@@ -477,6 +533,9 @@ impl Config {
         if let Some(dir) = config.store.schemas.as_mut() {
             resolve(dir);
         }
+        if let Some(socket) = config.daemon.socket.as_mut() {
+            resolve(socket);
+        }
         for (name, integration) in config.integrations.iter_mut() {
             let fail = |message: String| ConfigError::Integration {
                 path: path.to_path_buf(),
@@ -520,6 +579,12 @@ impl Config {
                 }
             }
             FilePattern::parse(&integration.pattern).map_err(|e| fail(e.to_string()))?;
+            if let Some(schedule) = &integration.schedule {
+                crate::schedule::Schedule::parse(schedule, integration.timezone.as_deref())
+                    .map_err(|e| fail(e.to_string()))?;
+            } else if integration.timezone.is_some() {
+                return Err(fail("timezone is set but there is no schedule".into()));
+            }
             let table = integration.table_name();
             if !is_identifier(table) || table.starts_with("dropsync_") {
                 return Err(fail(format!(
@@ -555,6 +620,17 @@ impl Config {
                     known.join(", ")
                 }
             )
+        })
+    }
+}
+
+impl Config {
+    /// Where the daemon's API socket is.
+    pub fn socket_path(&self) -> PathBuf {
+        self.daemon.socket.clone().unwrap_or_else(|| {
+            let mut path = self.store.path.clone().into_os_string();
+            path.push(".sock");
+            PathBuf::from(path)
         })
     }
 }

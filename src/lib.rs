@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod pipeline;
+pub mod schedule;
 pub mod schema;
 pub mod source;
 pub mod store;

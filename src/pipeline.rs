@@ -138,6 +138,8 @@ pub enum Trigger {
     Ingest,
     Schedule,
     Watch,
+    /// A staged copy synced again, without the source.
+    Replay,
 }
 
 impl Trigger {
@@ -147,6 +149,7 @@ impl Trigger {
             Trigger::Ingest => "ingest",
             Trigger::Schedule => "schedule",
             Trigger::Watch => "watch",
+            Trigger::Replay => "replay",
         }
     }
 }
@@ -160,6 +163,9 @@ pub struct RunOptions {
     /// Whether the file was asked for by name or date (a repeat is then
     /// recorded as skipped rather than passed over).
     pub explicit: bool,
+    /// Folder files modified more recently than this are left for a later
+    /// run: the daemon's guard against picking up a file still being copied.
+    pub folder_min_age: std::time::Duration,
 }
 
 /// What happened to one file.

@@ -5,8 +5,8 @@
 use chrono::NaiveDate;
 
 use crate::config::Config;
-use crate::pipeline::{self, Integration, PipelineError, RunOptions, RunReport};
-use crate::source::{self, Candidate, Source, SourceError};
+use crate::pipeline::{self, Integration, PipelineError, RunOptions, RunReport, Trigger};
+use crate::source::{self, Candidate, Source, SourceError, StagedFile};
 use crate::store::Store;
 use crate::store::{RunRecord, RunStatus};
 
@@ -15,9 +15,28 @@ use crate::store::{RunRecord, RunStatus};
 pub struct Selection {
     /// Integrations by name; all when empty.
     pub integrations: Vec<String>,
-    /// Only files of this business date (asked for explicitly: a repeat is
-    /// recorded as skipped).
-    pub date: Option<NaiveDate>,
+    /// Only files whose business date is in this range, both ends included
+    /// (asked for explicitly: a repeat is recorded as skipped). A date the
+    /// source no longer has is replayed from its staged copy.
+    pub dates: Option<(NaiveDate, NaiveDate)>,
+    /// Per integration, only the newest new file (catching up with
+    /// `catch_up = "latest"`).
+    pub latest_only: bool,
+}
+
+/// A file to sync: at the source, or already staged.
+enum Item {
+    Fetch(Candidate),
+    Staged(StagedFile),
+}
+
+impl Item {
+    fn name(&self) -> &str {
+        match self {
+            Item::Fetch(c) => &c.name,
+            Item::Staged(s) => &s.name,
+        }
+    }
 }
 
 /// One file's outcome, or why it could not be synced at all.
@@ -55,10 +74,18 @@ pub fn run(
     }
 
     source::clean_staging(&config.store.staging);
+    source::prune_staging(&config.store.staging, config.store.keep_staged_days);
     let mut outcomes = Vec::new();
-    let mut queue: Vec<(NaiveDate, usize, String, usize, Candidate)> = Vec::new();
-    let sources: Vec<Result<Box<dyn Source>, SourceError>> =
-        chosen.iter().map(|i| source::open(&i.config)).collect();
+    let mut queue: Vec<(NaiveDate, usize, String, usize, Item)> = Vec::new();
+    let sources: Vec<Result<Box<dyn Source>, SourceError>> = chosen
+        .iter()
+        .map(|i| source::open(&i.config, opts.folder_min_age))
+        .collect();
+    let in_range = |d: NaiveDate| {
+        selection
+            .dates
+            .is_none_or(|(from, to)| from <= d && d <= to)
+    };
     for (index, integration) in chosen.iter().enumerate() {
         let listed = match &sources[index] {
             Ok(source) => source.list(),
@@ -67,41 +94,77 @@ pub fn run(
                 transient: false,
             }),
         };
+        let rank = pipeline::dependency_rank(integration, &all);
+        let mut items: Vec<(NaiveDate, Item)> = Vec::new();
         match listed {
-            Ok(candidates) => {
-                let rank = pipeline::dependency_rank(integration, &all);
-                for c in candidates {
-                    if selection.date.is_some_and(|d| d != c.business_date) {
-                        continue;
-                    }
-                    queue.push((c.business_date, rank, integration.name.clone(), index, c));
-                }
-            }
+            Ok(candidates) => items.extend(
+                candidates
+                    .into_iter()
+                    .filter(|c| in_range(c.business_date))
+                    .map(|c| (c.business_date, Item::Fetch(c))),
+            ),
             Err(e) => {
                 let outcome = failed(store, integration, None, opts, e.to_string());
                 on_file(&outcome);
                 outcomes.push(outcome);
             }
         }
+        // Dates asked for that the source no longer has: their staged copies.
+        if let Some((from, to)) = selection.dates {
+            let staged = store.staged_files(&integration.name, from, to)?;
+            for file in staged {
+                let listed = items.iter().any(|(d, _)| *d == file.business_date);
+                if !listed && file.path.is_file() {
+                    items.push((file.business_date, Item::Staged(file)));
+                }
+            }
+        }
+        if selection.latest_only
+            && let Some(newest) = items.iter().map(|(d, _)| *d).max()
+        {
+            items.retain(|(d, _)| *d == newest);
+        }
+        for (date, item) in items {
+            queue.push((date, rank, integration.name.clone(), index, item));
+        }
     }
-    queue.sort_by(|a, b| (a.0, a.1, &a.2, &a.4.name).cmp(&(b.0, b.1, &b.2, &b.4.name)));
+    queue.sort_by(|a, b| (a.0, a.1, &a.2, a.4.name()).cmp(&(b.0, b.1, &b.2, b.4.name())));
     let opts = RunOptions {
-        explicit: opts.explicit || selection.date.is_some(),
+        explicit: opts.explicit || selection.dates.is_some(),
         ..opts
     };
-    for (_, _, _, index, candidate) in queue {
+    for (_, _, _, index, item) in queue {
         let integration = &chosen[index];
-        let Ok(source) = &sources[index] else {
-            continue;
+        let done = match item {
+            Item::Staged(staged) => {
+                let opts = RunOptions {
+                    trigger: Trigger::Replay,
+                    ..opts
+                };
+                match pipeline::sync_file(store, config, integration, &staged, opts) {
+                    Ok(Some(report)) => vec![FileOutcome::Ran(Box::new(report))],
+                    Ok(None) => Vec::new(),
+                    Err(e) => vec![FileOutcome::Error {
+                        integration: integration.name.clone(),
+                        file: Some(staged.name.clone()),
+                        error: e.to_string(),
+                    }],
+                }
+            }
+            Item::Fetch(candidate) => {
+                let Ok(source) = &sources[index] else {
+                    continue;
+                };
+                sync_candidate(
+                    store,
+                    config,
+                    integration,
+                    source.as_ref(),
+                    &candidate,
+                    opts,
+                )
+            }
         };
-        let done = sync_candidate(
-            store,
-            config,
-            integration,
-            source.as_ref(),
-            &candidate,
-            opts,
-        );
         for outcome in done {
             on_file(&outcome);
             outcomes.push(outcome);

@@ -101,9 +101,16 @@ pub struct RunArgs {
     /// Sync every integration.
     #[arg(long, conflicts_with = "integrations")]
     pub all: bool,
-    /// Only the files of this business date (YYYY-MM-DD), even if seen before.
-    #[arg(long, value_parser = pipeline::parse_date)]
+    /// Only the files of this business date (YYYY-MM-DD), even if seen
+    /// before; replayed from its staged copy if the source no longer has it.
+    #[arg(long, value_parser = pipeline::parse_date, conflicts_with_all = ["from", "to"])]
     pub date: Option<NaiveDate>,
+    /// Backfill: the files of every business date from this one on, in date order.
+    #[arg(long, value_parser = pipeline::parse_date)]
+    pub from: Option<NaiveDate>,
+    /// Backfill up to this business date (default: today).
+    #[arg(long, value_parser = pipeline::parse_date)]
+    pub to: Option<NaiveDate>,
     #[command(flatten)]
     pub sync: SyncFlags,
 }
@@ -139,6 +146,7 @@ impl SyncFlags {
             dry_run: self.dry_run,
             trigger,
             explicit: trigger == Trigger::Ingest,
+            folder_min_age: std::time::Duration::ZERO,
         }
     }
 }
@@ -307,12 +315,23 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
         Integration::resolve(&config, name).map_err(|e| usage(e.to_string()))?;
     }
     let store = Store::open(&config.store.path)?;
+    let dates = match (args.date, args.from, args.to) {
+        (Some(d), _, _) => Some((d, d)),
+        (None, Some(from), Some(to)) if from <= to => Some((from, to)),
+        (None, Some(from), Some(to)) => {
+            return Err(usage(format!("--from {from} is after --to {to}")));
+        }
+        (None, Some(from), None) => Some((from, chrono::Utc::now().date_naive())),
+        (None, None, Some(to)) => Some((NaiveDate::MIN, to)),
+        (None, None, None) => None,
+    };
     let selection = Selection {
         integrations: args.integrations,
-        date: args.date,
+        dates,
+        latest_only: false,
     };
     let opts = args.sync.options(Trigger::Manual);
-    let (json, date) = (args.sync.json, args.date);
+    let json = args.sync.json;
     let mut print_error = None;
     let outcomes = sync::run(&store, &config, &selection, opts, |outcome| {
         if !json && let Err(e) = output::file_outcome(out, outcome) {
@@ -329,8 +348,9 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
     if json {
         output::json(out, &output::outcomes_json(&outcomes))?;
     } else if outcomes.is_empty() {
-        match date {
-            Some(date) => writeln!(out, "no file for {date}")?,
+        match dates {
+            Some((from, to)) if from == to => writeln!(out, "no file for {from}")?,
+            Some(_) => writeln!(out, "no file in that range")?,
             None => writeln!(out, "nothing new to sync")?,
         }
     }

@@ -9,11 +9,17 @@ use super::{Candidate, FilePattern, Source, SourceError, StagedFile, mtime_date}
 pub struct FolderSource {
     dir: PathBuf,
     pattern: FilePattern,
+    min_age: std::time::Duration,
 }
 
 impl FolderSource {
-    pub fn new(dir: PathBuf, pattern: FilePattern) -> FolderSource {
-        FolderSource { dir, pattern }
+    /// A folder whose files modified less than `min_age` ago are left alone.
+    pub fn new(dir: PathBuf, pattern: FilePattern, min_age: std::time::Duration) -> FolderSource {
+        FolderSource {
+            dir,
+            pattern,
+            min_age,
+        }
     }
 }
 
@@ -45,6 +51,11 @@ impl Source for FolderSource {
             };
             let meta = entry.metadata().map_err(list_err)?;
             if !meta.is_file() {
+                continue;
+            }
+            let age = meta.modified().ok().and_then(|m| m.elapsed().ok());
+            if !self.min_age.is_zero() && age.is_none_or(|age| age < self.min_age) {
+                tracing::info!(name, "left for a later run: it was modified moments ago");
                 continue;
             }
             out.push(Candidate {

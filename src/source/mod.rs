@@ -101,11 +101,17 @@ pub trait Source {
     }
 }
 
-/// The source an integration is configured with.
-pub fn open(integration: &IntegrationConfig) -> Result<Box<dyn Source>, SourceError> {
+/// The source an integration is configured with; a folder leaves files
+/// modified less than `folder_min_age` ago for a later run.
+pub fn open(
+    integration: &IntegrationConfig,
+    folder_min_age: std::time::Duration,
+) -> Result<Box<dyn Source>, SourceError> {
     let pattern = FilePattern::parse(&integration.pattern)?;
     Ok(match &integration.source {
-        SourceConfig::Folder { path } => Box::new(FolderSource::new(path.clone(), pattern)),
+        SourceConfig::Folder { path } => {
+            Box::new(FolderSource::new(path.clone(), pattern, folder_min_age))
+        }
         SourceConfig::Ftp(config) => Box::new(FtpSource::new(config.clone(), pattern)),
         SourceConfig::Sftp(config) => Box::new(SftpSource::new(config.clone(), pattern)),
     })
@@ -153,6 +159,33 @@ pub(crate) fn mtime_date(meta: &std::fs::Metadata) -> NaiveDate {
     mtime(meta)
         .map(|t| t.date())
         .unwrap_or_else(|| chrono::Utc::now().date_naive())
+}
+
+/// Deletes staged copies older than `keep_days` days (0 keeps them all).
+pub fn prune_staging(staging: &Path, keep_days: u32) {
+    if keep_days == 0 {
+        return;
+    }
+    let limit = std::time::Duration::from_secs(u64::from(keep_days) * 86_400);
+    let Ok(integrations) = std::fs::read_dir(staging) else {
+        return;
+    };
+    for dir in integrations.flatten().filter(|e| e.path().is_dir()) {
+        let Ok(files) = std::fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let old = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > limit);
+            if old && file.file_name().to_string_lossy().ends_with(".csv") {
+                let _ = std::fs::remove_file(file.path());
+            }
+        }
+    }
 }
 
 /// Removes what an interrupted process left in staging: partial copies and

@@ -306,6 +306,41 @@ impl Store {
             .map_err(self.query_error("looking up content"))
     }
 
+    /// For each business date in `from..=to`, the latest staged copy that
+    /// `integration` ran (applied, or failed after staging).
+    pub fn staged_files(
+        &self,
+        integration: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<crate::source::StagedFile>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT file_name, staged_path, content_hash, file_size, business_date
+                 FROM dropsync_runs
+                 WHERE integration = ? AND business_date BETWEEN ? AND ?
+                   AND staged_path IS NOT NULL AND content_hash IS NOT NULL
+                   AND status IN ('success', 'partial', 'failed')
+                 QUALIFY row_number() OVER (PARTITION BY business_date ORDER BY started_at DESC) = 1
+                 ORDER BY business_date",
+            )
+            .map_err(self.query_error("looking up staged files"))?;
+        let rows = stmt
+            .query_map(params![integration, from, to], |r| {
+                Ok(crate::source::StagedFile {
+                    name: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                    path: std::path::PathBuf::from(r.get::<_, String>(1)?),
+                    content_hash: r.get(2)?,
+                    size: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                    business_date: r.get(4)?,
+                })
+            })
+            .map_err(self.query_error("looking up staged files"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.query_error("looking up staged files"))
+    }
+
     /// The newest business date applied for `integration`.
     pub fn latest_applied_date(&self, integration: &str) -> Result<Option<NaiveDate>, StoreError> {
         self.conn()

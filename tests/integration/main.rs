@@ -13,6 +13,7 @@ mod pipeline;
 mod references;
 mod regression;
 mod remote;
+mod replay;
 mod results;
 mod servers;
 mod subscribers;
