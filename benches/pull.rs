@@ -105,7 +105,7 @@ fn main() {
                 .args(["--config", "dropsync.toml", "run"])
                 .current_dir(&dir)
                 .env("PULL_PASSWORD", password)
-                .env("DROPSYNC_LOG", "dropsync=info")
+                .env("DROPSYNC_LOG", "dropsync=debug")
                 .output()
                 .unwrap();
             let log = String::from_utf8_lossy(&out.stderr);

@@ -624,6 +624,30 @@ impl Config {
     }
 }
 
+impl SourceConfig {
+    /// Where the files come from, as a user reads it (never a secret).
+    pub fn describe(&self) -> String {
+        match self {
+            SourceConfig::Folder { path } => format!("folder {}", path.display()),
+            SourceConfig::Ftp(f) => format!(
+                "{}://{}@{}:{}/{}",
+                if f.tls == FtpTls::None { "ftp" } else { "ftps" },
+                f.user,
+                f.host,
+                f.port,
+                f.remote.directory.trim_start_matches('/')
+            ),
+            SourceConfig::Sftp(s) => format!(
+                "sftp://{}@{}:{}/{}",
+                s.user,
+                s.host,
+                s.port,
+                s.remote.directory.trim_start_matches('/')
+            ),
+        }
+    }
+}
+
 impl Config {
     /// Where the daemon's API socket is.
     pub fn socket_path(&self) -> PathBuf {

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod schedule;
 pub mod schema;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod sync;
 

@@ -16,7 +16,9 @@ fn main() {
             });
         }
     };
-    init_logging(&cli.log_format, cli.verbose);
+    // The daemon reports what it does; one-off commands only what goes wrong.
+    let daemon = matches!(cli.command, cli::Command::Daemon);
+    init_logging(&cli.log_format, cli.verbose + u8::from(daemon));
     let code = match cli::execute(cli) {
         Ok(outcome) => outcome,
         Err(e) => {

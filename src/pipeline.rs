@@ -169,7 +169,7 @@ pub struct RunOptions {
 }
 
 /// What happened to one file.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct RunReport {
     pub record: RunRecord,
     pub changes: Option<ChangeSet>,
@@ -389,7 +389,7 @@ fn validate_and_apply(
 }
 
 pub(crate) fn stage_done(stage: &str, started: std::time::Instant) {
-    tracing::info!(
+    tracing::debug!(
         stage,
         ms = started.elapsed().as_millis() as u64,
         "stage done"

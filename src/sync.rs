@@ -40,6 +40,8 @@ impl Item {
 }
 
 /// One file's outcome, or why it could not be synced at all.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FileOutcome {
     Ran(Box<RunReport>),
     Error {

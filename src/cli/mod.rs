@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, CsvDialect, Encoding};
 use crate::pipeline::{self, Integration, RunOptions, Trigger};
+use crate::schedule::api;
 use crate::schema::{self, Dataset};
 use crate::store::{RunStatus, Store, UnsubscribeFilter};
 use crate::sync::{self, FileOutcome, Selection};
@@ -92,6 +93,17 @@ pub enum Command {
     /// Export data back out.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Each integration: its source, schedule, next run and last run.
+    Status(StatusArgs),
+    /// Run the schedules, watch the folder sources, and serve the command
+    /// line, until SIGTERM.
+    Daemon,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -247,8 +259,18 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         Command::Validate(args) => validate(&cli.config, args, out),
         Command::History(args) => {
             let config = load_config(&cli.config)?;
-            let store = Store::open_read_only(&config.store.path)?;
-            let runs = store.runs(args.integration.as_deref(), args.limit)?;
+            let request = api::Request::History {
+                integration: args.integration.clone(),
+                limit: args.limit,
+            };
+            let runs = match via_daemon(&config, &request)? {
+                Some(api::Response::Runs(runs)) => runs,
+                Some(other) => return Err(unexpected(other)),
+                None => {
+                    let store = Store::open_read_only(&config.store.path)?;
+                    store.runs(args.integration.as_deref(), args.limit)?
+                }
+            };
             if args.json {
                 output::json(out, &runs)?;
             } else {
@@ -258,14 +280,55 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         }
         Command::Show(args) => {
             let config = load_config(&cli.config)?;
-            let store = Store::open_read_only(&config.store.path)?;
-            let run = store.run(&args.execution_id)?;
-            let errors = store.row_errors(&run.execution_id, args.errors)?;
+            let request = api::Request::Show {
+                id: args.execution_id.clone(),
+                errors: args.errors,
+            };
+            let (run, errors) = match via_daemon(&config, &request)? {
+                Some(api::Response::Run { run, errors }) => (*run, errors),
+                Some(other) => return Err(unexpected(other)),
+                None => {
+                    let store = Store::open_read_only(&config.store.path)?;
+                    let run = store.run(&args.execution_id)?;
+                    let errors = store.row_errors(&run.execution_id, args.errors)?;
+                    (run, errors)
+                }
+            };
             if args.json {
                 output::json(out, &serde_json::json!({"run": run, "errors": errors}))?;
             } else {
                 output::show(out, &run, &errors)?;
             }
+            Ok(Outcome::Success)
+        }
+        Command::Status(args) => {
+            let config = load_config(&cli.config)?;
+            let cards = match via_daemon(&config, &api::Request::Status)? {
+                Some(api::Response::Status(cards)) => cards,
+                Some(other) => return Err(unexpected(other)),
+                None => {
+                    let store = if config.store.path.exists() {
+                        Some(Store::open_read_only(&config.store.path)?)
+                    } else {
+                        None
+                    };
+                    crate::status::cards(store.as_ref(), &config, chrono::Utc::now())
+                        .map_err(|e| usage(e.to_string()))?
+                }
+            };
+            if args.json {
+                output::json(out, &cards)?;
+            } else {
+                output::status(out, &cards)?;
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Daemon => {
+            let config = load_config(&cli.config)?;
+            for name in config.integrations.keys() {
+                Integration::resolve(&config, name).map_err(|e| usage(e.to_string()))?;
+            }
+            crate::schedule::daemon::run(config)?;
             Ok(Outcome::Success)
         }
         Command::Export(ExportCommand::Unsubscribes(args)) => {
@@ -314,7 +377,6 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
     for name in config.integrations.keys().chain(&args.integrations) {
         Integration::resolve(&config, name).map_err(|e| usage(e.to_string()))?;
     }
-    let store = Store::open(&config.store.path)?;
     let dates = match (args.date, args.from, args.to) {
         (Some(d), _, _) => Some((d, d)),
         (None, Some(from), Some(to)) if from <= to => Some((from, to)),
@@ -325,6 +387,16 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
         (None, None, Some(to)) => Some((NaiveDate::MIN, to)),
         (None, None, None) => None,
     };
+    let request = api::Request::Run {
+        integrations: args.integrations.clone(),
+        dates,
+        force: args.sync.force,
+        dry_run: args.sync.dry_run,
+    };
+    if let Some(outcomes) = outcomes_via_daemon(&config, &request)? {
+        return print_outcomes(out, &outcomes, args.sync.json, dates);
+    }
+    let store = Store::open(&config.store.path)?;
     let selection = Selection {
         integrations: args.integrations,
         dates,
@@ -348,18 +420,84 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
     if json {
         output::json(out, &output::outcomes_json(&outcomes))?;
     } else if outcomes.is_empty() {
-        match dates {
-            Some((from, to)) if from == to => writeln!(out, "no file for {from}")?,
-            Some(_) => writeln!(out, "no file in that range")?,
-            None => writeln!(out, "nothing new to sync")?,
-        }
+        nothing_to_sync(out, dates)?;
     }
     Ok(overall(&outcomes))
+}
+
+fn nothing_to_sync(
+    out: &mut dyn Write,
+    dates: Option<(NaiveDate, NaiveDate)>,
+) -> std::io::Result<()> {
+    match dates {
+        Some((from, to)) if from == to => writeln!(out, "no file for {from}"),
+        Some(_) => writeln!(out, "no file in that range"),
+        None => writeln!(out, "nothing new to sync"),
+    }
+}
+
+/// Prints what the daemon ran for us.
+fn print_outcomes(
+    out: &mut dyn Write,
+    outcomes: &[FileOutcome],
+    json: bool,
+    dates: Option<(NaiveDate, NaiveDate)>,
+) -> Result<Outcome, CliError> {
+    if json {
+        output::json(out, &output::outcomes_json(outcomes))?;
+    } else {
+        for outcome in outcomes {
+            output::file_outcome(out, outcome)?;
+        }
+        if outcomes.is_empty() {
+            nothing_to_sync(out, dates)?;
+        }
+    }
+    Ok(overall(outcomes))
+}
+
+/// Asks the daemon, when one holds the store. `None`: no daemon; the
+/// command opens the store itself.
+fn via_daemon(config: &Config, request: &api::Request) -> Result<Option<api::Response>, CliError> {
+    match api::call(&config.socket_path(), request) {
+        None => Ok(None),
+        Some(Ok(api::Response::Error(message))) => Err(anyhow::anyhow!(message).into()),
+        Some(Ok(response)) => Ok(Some(response)),
+        Some(Err(message)) => Err(anyhow::anyhow!(message).into()),
+    }
+}
+
+fn outcomes_via_daemon(
+    config: &Config,
+    request: &api::Request,
+) -> Result<Option<Vec<FileOutcome>>, CliError> {
+    match via_daemon(config, request)? {
+        None => Ok(None),
+        Some(api::Response::Outcomes(outcomes)) => Ok(Some(outcomes)),
+        Some(other) => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(response: api::Response) -> CliError {
+    anyhow::anyhow!("the daemon answered something unexpected: {response:?}").into()
 }
 
 fn ingest(config_path: &Path, args: IngestArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let config = load_config(config_path)?;
     Integration::resolve(&config, &args.integration).map_err(|e| usage(e.to_string()))?;
+    let file = args
+        .file
+        .canonicalize()
+        .unwrap_or_else(|_| args.file.clone());
+    let request = api::Request::Ingest {
+        integration: args.integration.clone(),
+        file,
+        force: args.sync.force,
+        dry_run: args.sync.dry_run,
+    };
+    if let Some(outcomes) = outcomes_via_daemon(&config, &request)? {
+        return print_outcomes(out, &outcomes, args.sync.json, None);
+    }
     let store = Store::open(&config.store.path)?;
     let opts = args.sync.options(Trigger::Ingest);
     let outcome = sync::ingest(&store, &config, &args.integration, &args.file, opts)?;

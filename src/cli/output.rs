@@ -294,3 +294,55 @@ pub fn validation(
     }
     Ok(())
 }
+
+/// One card per integration.
+pub fn status(out: &mut dyn Write, cards: &[crate::status::Card]) -> io::Result<()> {
+    for (i, c) in cards.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        writeln!(out, "{}  ({}, {})", c.integration, c.dataset, c.mode)?;
+        writeln!(out, "  source    {}", c.source)?;
+        match (&c.schedule, &c.next_run) {
+            (Some(schedule), Some(next)) => writeln!(
+                out,
+                "  schedule  {schedule} ({}), next {}",
+                c.timezone.as_deref().unwrap_or("UTC"),
+                next.format("%Y-%m-%d %H:%M:%S UTC")
+            )?,
+            (Some(schedule), None) => writeln!(out, "  schedule  {schedule} (never fires again)")?,
+            (None, _) => writeln!(
+                out,
+                "  schedule  none (run by hand, a timer, or a watched folder)"
+            )?,
+        }
+        match &c.last_run {
+            Some(r) => {
+                writeln!(
+                    out,
+                    "  last run  {} at {} ({}), {}",
+                    r.status,
+                    r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    r.trigger,
+                    r.file_name.as_deref().unwrap_or("no file")
+                )?;
+                writeln!(
+                    out,
+                    "            rows {} ok {} rejected {} skipped {}  +{} ~{} -{}",
+                    r.input_rows,
+                    r.success_rows,
+                    r.error_rows,
+                    r.skipped_rows,
+                    r.inserted,
+                    r.updated,
+                    r.deleted
+                )?;
+                if let Some(m) = &r.message {
+                    writeln!(out, "            {m}")?;
+                }
+            }
+            None => writeln!(out, "  last run  never")?,
+        }
+    }
+    Ok(())
+}

@@ -16,7 +16,7 @@ use regex::Regex;
 use super::{Field, FieldType, RawTable, TableSchema};
 
 /// A row that was not applied, and why.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RowError {
     /// Line in the file where the record starts (the header is line 1).
     pub line: u64,

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{RunRecord, Store, StoreError, ident, now};
 use crate::config::Mode;
@@ -39,7 +39,7 @@ pub struct ApplyRequest<'a> {
 }
 
 /// What a batch changes.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ChangeSet {
     pub inserted: u64,
     pub updated: u64,
@@ -58,7 +58,7 @@ pub struct ChangeSet {
 }
 
 /// One changed key, as a dry run shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     /// `insert`, `update` or `delete`.
     pub kind: String,

@@ -3,13 +3,13 @@
 
 use chrono::{NaiveDate, NaiveDateTime};
 use duckdb::params;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, now};
 use crate::schema::RowError;
 
 /// How a run ended (or that it has not).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
@@ -51,7 +51,7 @@ impl std::fmt::Display for RunStatus {
 }
 
 /// One run, as the history keeps it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub execution_id: String,
     pub integration: String,

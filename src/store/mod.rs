@@ -92,6 +92,11 @@ const MIGRATIONS: &[&str] = &[
         content_hash VARCHAR NOT NULL,
         fetched_at TIMESTAMP NOT NULL
      );",
+    // 3: when the daemon last fired each schedule, to catch up after downtime.
+    "CREATE TABLE dropsync_schedule (
+        integration VARCHAR NOT NULL,
+        last_fired TIMESTAMP NOT NULL
+     );",
 ];
 
 impl Store {
@@ -224,6 +229,40 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// When the daemon last fired `integration`'s schedule (UTC).
+    pub fn last_fired(&self, integration: &str) -> Result<Option<NaiveDateTime>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT max(last_fired) FROM dropsync_schedule WHERE integration = ?",
+                [integration],
+                |r| r.get(0),
+            )
+            .map_err(self.query_error("reading schedule state"))
+    }
+
+    /// Remembers that `integration`'s schedule fired at `at` (UTC).
+    pub fn record_fired(&self, integration: &str, at: NaiveDateTime) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("BEGIN TRANSACTION")
+            .and_then(|_| {
+                self.conn.execute(
+                    "DELETE FROM dropsync_schedule WHERE integration = ?",
+                    [integration],
+                )
+            })
+            .and_then(|_| {
+                self.conn.execute(
+                    "INSERT INTO dropsync_schedule VALUES (?, ?)",
+                    duckdb::params![integration, at],
+                )
+            })
+            .and_then(|_| self.conn.execute_batch("COMMIT"))
+            .map_err(|e| {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.query_error("recording schedule state")(e)
+            })
     }
 
     pub fn table_exists(&self, table: &str) -> Result<bool, StoreError> {

@@ -1,0 +1,468 @@
+//! `dropsync daemon`: holds the store, and syncs integrations when their
+//! schedule fires, when a file settles in a watched folder, and when the
+//! command line asks through the local API.
+//!
+//! One worker thread owns the store and runs one batch at a time, so runs
+//! never overlap (DuckDB has one writer anyway); an integration already
+//! waiting for its turn is not queued twice. SIGTERM or SIGINT stops taking
+//! work, lets the batch in flight finish, and exits.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+use super::Schedule;
+use super::api::{Request, Response};
+use crate::config::{CatchUp, Config, SourceConfig};
+use crate::pipeline::{RunOptions, Trigger};
+use crate::store::{Store, StoreError};
+use crate::sync::{self, FileOutcome, Selection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+    #[error("cannot start the daemon: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Work for the thread that owns the store.
+type Job = Box<dyn FnOnce(&Store, &Config) + Send>;
+
+/// Hands work to the worker; remembers which integrations wait for a sync.
+#[derive(Clone)]
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    waiting: Arc<Mutex<HashSet<String>>>,
+    settle: Duration,
+}
+
+impl Worker {
+    /// Queues a sync of `integration`, unless one is already waiting.
+    fn sync(&self, integration: &str, trigger: Trigger, latest_only: bool) {
+        if !self
+            .waiting
+            .lock()
+            .expect("not poisoned")
+            .insert(integration.to_string())
+        {
+            tracing::debug!(integration, "a sync is already waiting; not queued twice");
+            return;
+        }
+        let waiting = self.waiting.clone();
+        let name = integration.to_string();
+        let settle = self.settle;
+        let _ = self.jobs.send(Box::new(move |store, config| {
+            waiting.lock().expect("not poisoned").remove(&name);
+            let selection = Selection {
+                integrations: vec![name.clone()],
+                dates: None,
+                latest_only,
+            };
+            let opts = RunOptions {
+                force: false,
+                dry_run: false,
+                trigger,
+                explicit: false,
+                folder_min_age: settle,
+            };
+            tracing::info!(
+                integration = name,
+                trigger = trigger.as_str(),
+                "sync started"
+            );
+            match sync::run(store, config, &selection, opts, log_outcome) {
+                Ok(outcomes) if outcomes.is_empty() => {
+                    tracing::info!(integration = name, "nothing new to sync")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(integration = name, "sync failed: {e}"),
+            }
+        }));
+    }
+
+    /// Runs `work` on the worker and waits for its answer.
+    async fn ask(
+        &self,
+        work: impl FnOnce(&Store, &Config) -> Response + Send + 'static,
+    ) -> Response {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.jobs.send(Box::new(move |store, config| {
+            let _ = tx.send(work(store, config));
+        }));
+        if sent.is_err() {
+            return Response::Error("the daemon is stopping".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Response::Error("the daemon is stopping".into()))
+    }
+}
+
+fn log_outcome(outcome: &FileOutcome) {
+    match outcome {
+        FileOutcome::Ran(report) => {
+            let r = &report.record;
+            let failed = matches!(
+                r.status,
+                crate::store::RunStatus::Failed | crate::store::RunStatus::Interrupted
+            );
+            let file = r.file_name.as_deref().unwrap_or("-");
+            let message = r.message.as_deref().unwrap_or("");
+            if failed {
+                tracing::warn!(
+                    integration = r.integration,
+                    file,
+                    status = r.status.as_str(),
+                    execution_id = r.execution_id,
+                    "{message}"
+                );
+            } else {
+                tracing::info!(
+                    integration = r.integration,
+                    file,
+                    status = r.status.as_str(),
+                    rows = r.input_rows,
+                    rejected = r.error_rows,
+                    inserted = r.inserted,
+                    updated = r.updated,
+                    deleted = r.deleted,
+                    execution_id = r.execution_id,
+                    "run finished"
+                );
+            }
+        }
+        FileOutcome::Error {
+            integration,
+            file,
+            error,
+        } => {
+            tracing::warn!(
+                integration,
+                file = file.as_deref().unwrap_or("-"),
+                "{error}"
+            )
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let store = Store::open(&config.store.path)?;
+    let socket = config.socket_path();
+    // Holding the store means no other daemon uses this socket.
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        std::os::unix::net::UnixListener::bind(&socket).map_err(|source| DaemonError::Socket {
+            path: socket.clone(),
+            source,
+        })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(DaemonError::Runtime)?;
+
+    // Catch up with what was missed while down, before anything else.
+    let now = Utc::now();
+    let mut catch_up = Vec::new();
+    let mut schedules = Vec::new();
+    for (name, integration) in &config.integrations {
+        let Some(text) = &integration.schedule else {
+            continue;
+        };
+        let schedule = Schedule::parse(text, integration.timezone.as_deref())
+            .expect("checked when the config was read");
+        if let Some(last) = store.last_fired(name)? {
+            let missed = schedule.fires_between(last.and_utc(), now, 1000);
+            if !missed.is_empty() {
+                tracing::info!(integration = name, missed = missed.len(), since = %last, "catching up missed schedules");
+                catch_up.push((name.clone(), integration.catch_up == CatchUp::Latest));
+            }
+        }
+        store.record_fired(name, now.naive_utc())?;
+        schedules.push((name.clone(), schedule));
+    }
+
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let worker_config = config.clone();
+    let worker_stopping = stopping.clone();
+    let worker_thread = std::thread::spawn(move || {
+        for job in queue {
+            if worker_stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            job(&store, &worker_config);
+        }
+        drop(store);
+    });
+    let worker = Worker {
+        jobs,
+        waiting: Arc::new(Mutex::new(HashSet::new())),
+        settle: Duration::from_secs(config.daemon.settle_secs),
+    };
+    for (name, latest_only) in catch_up {
+        worker.sync(&name, Trigger::Schedule, latest_only);
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let result = runtime.block_on(serve(config.clone(), worker.clone(), listener, schedules));
+    tracing::info!("stopping: finishing the batch in flight");
+    stopping.store(true, Ordering::SeqCst);
+    drop(worker);
+    drop(runtime);
+    let _ = worker_thread.join();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(
+    config: Config,
+    worker: Worker,
+    listener: std::os::unix::net::UnixListener,
+    schedules: Vec<(String, Schedule)>,
+) -> Result<(), DaemonError> {
+    let listener = UnixListener::from_std(listener).map_err(DaemonError::Runtime)?;
+    for (name, schedule) in schedules {
+        tokio::spawn(fire_on_schedule(name, schedule, worker.clone()));
+    }
+    let _watcher = watch_folders(&config, worker.clone())?;
+    tracing::info!(
+        integrations = config.integrations.len(),
+        socket = %config.socket_path().display(),
+        "daemon started"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Runtime)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(answer(stream, worker.clone()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fires `name` at each of its schedule's times. Each next time is computed
+/// afresh in the schedule's zone, so daylight-saving changes keep the local time.
+async fn fire_on_schedule(name: String, schedule: Schedule, worker: Worker) {
+    loop {
+        let now = Utc::now();
+        let Some(next) = schedule.next_after(now) else {
+            tracing::warn!(integration = name, "the schedule never fires again");
+            return;
+        };
+        tracing::debug!(integration = name, next = %next, "next scheduled run");
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        // Sleeping can end a little early; never fire before the time.
+        while Utc::now() < next {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let fired = Utc::now().naive_utc();
+        let record = name.clone();
+        let _ = worker.jobs.send(Box::new(move |store, _| {
+            if let Err(e) = store.record_fired(&record, fired) {
+                tracing::warn!(integration = record, "{e}");
+            }
+        }));
+        worker.sync(&name, Trigger::Schedule, false);
+    }
+}
+
+/// Watches every folder source; a folder that has had no change for
+/// `settle_secs` after one is synced (trigger `watch`). Files modified within
+/// that time are left alone by the sync, so a file still being copied is
+/// never taken half-written.
+fn watch_folders(
+    config: &Config,
+    worker: Worker,
+) -> Result<Option<notify::RecommendedWatcher>, DaemonError> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+
+    let folders: Vec<(String, PathBuf)> = config
+        .integrations
+        .iter()
+        .filter_map(|(name, i)| match &i.source {
+            SourceConfig::Folder { path } => Some((name.clone(), path.clone())),
+            _ => None,
+        })
+        .collect();
+    if folders.is_empty() {
+        return Ok(None);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !matches!(
+                event.kind,
+                EventKind::Access(notify::event::AccessKind::Open(_))
+            )
+        {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
+        }
+    })
+    .map_err(|source| DaemonError::Watch {
+        path: PathBuf::from("."),
+        source,
+    })?;
+    let mut dirs: HashMap<PathBuf, Vec<String>> = HashMap::new();
+    for (name, path) in &folders {
+        let dir = path.canonicalize().unwrap_or_else(|_| path.clone());
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|source| DaemonError::Watch {
+                path: path.clone(),
+                source,
+            })?;
+        dirs.entry(dir).or_default().push(name.clone());
+    }
+    let settle = worker.settle.max(Duration::from_millis(200));
+    tokio::spawn(async move {
+        // Integration -> when its folder will have been quiet long enough.
+        let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                changed = rx.recv() => {
+                    let Some(path) = changed else { return };
+                    let Some(dir) = path.parent() else { continue };
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    if name.starts_with(".incoming-") {
+                        continue;
+                    }
+                    for integration in dirs.get(dir).into_iter().flatten() {
+                        due.insert(integration.clone(), tokio::time::Instant::now() + settle);
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = tokio::time::Instant::now();
+                    let ready: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
+                    for integration in ready {
+                        due.remove(&integration);
+                        worker.sync(&integration, Trigger::Watch, false);
+                    }
+                }
+            }
+        }
+    });
+    Ok(Some(watcher))
+}
+
+/// Serves one API connection: one request, one answer.
+async fn answer(stream: tokio::net::UnixStream, worker: Worker) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    if BufReader::new(read).read_line(&mut line).await.is_err() {
+        return;
+    }
+    let response = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Response::Error(format!("a request that cannot be read: {e}")),
+        Ok(request) => {
+            worker
+                .ask(move |store, config| handle(store, config, request))
+                .await
+        }
+    };
+    let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
+        serde_json::to_string(&Response::Error(e.to_string())).expect("a string serializes")
+    });
+    text.push('\n');
+    let _ = write.write_all(text.as_bytes()).await;
+}
+
+fn handle(store: &Store, config: &Config, request: Request) -> Response {
+    let fail = |e: &dyn std::fmt::Display| Response::Error(e.to_string());
+    match request {
+        Request::History { integration, limit } => {
+            match store.runs(integration.as_deref(), limit) {
+                Ok(runs) => Response::Runs(runs),
+                Err(e) => fail(&e),
+            }
+        }
+        Request::Show { id, errors } => match store
+            .run(&id)
+            .and_then(|run| Ok((store.row_errors(&run.execution_id, errors)?, run)))
+        {
+            Ok((errors, run)) => Response::Run {
+                run: Box::new(run),
+                errors,
+            },
+            Err(e) => fail(&e),
+        },
+        Request::Status => match crate::status::cards(Some(store), config, Utc::now()) {
+            Ok(cards) => Response::Status(cards),
+            Err(e) => fail(&e),
+        },
+        Request::Run {
+            integrations,
+            dates,
+            force,
+            dry_run,
+        } => {
+            let selection = Selection {
+                integrations,
+                dates,
+                latest_only: false,
+            };
+            let opts = RunOptions {
+                force,
+                dry_run,
+                trigger: Trigger::Manual,
+                explicit: false,
+                folder_min_age: Duration::ZERO,
+            };
+            match sync::run(store, config, &selection, opts, log_outcome) {
+                Ok(outcomes) => Response::Outcomes(outcomes),
+                Err(e) => fail(&e),
+            }
+        }
+        Request::Ingest {
+            integration,
+            file,
+            force,
+            dry_run,
+        } => {
+            let opts = RunOptions {
+                force,
+                dry_run,
+                trigger: Trigger::Ingest,
+                explicit: true,
+                folder_min_age: Duration::ZERO,
+            };
+            match sync::ingest(store, config, &integration, &file, opts) {
+                Ok(outcome) => {
+                    log_outcome(&outcome);
+                    Response::Outcomes(vec![outcome])
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
