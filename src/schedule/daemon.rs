@@ -346,7 +346,14 @@ fn watch_folders(
     let settle = worker.settle.max(Duration::from_millis(200));
     tokio::spawn(async move {
         // Integration -> when its folder will have been quiet long enough.
-        let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
+        // At start, every folder is looked at once: files may have arrived,
+        // or finished arriving, while the daemon was down.
+        let start = tokio::time::Instant::now() + settle;
+        let mut due: HashMap<String, tokio::time::Instant> = dirs
+            .values()
+            .flatten()
+            .map(|integration| (integration.clone(), start))
+            .collect();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {

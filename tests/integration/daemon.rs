@@ -183,7 +183,14 @@ schedule = "daily 02:00"
 "#,
     );
     std::fs::create_dir_all(ws.path("later")).unwrap();
-    ws.drop_file("accounts_20260101.csv", six_accounts());
+    // Arrived an hour ago: the first fire of the schedule takes it.
+    let path = ws.drop_file("accounts_20260101.csv", six_accounts());
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
     let daemon = Daemon::start(&ws);
     wait_for(Duration::from_secs(20), "the scheduled run", || {
         !runs(&ws).is_empty()
@@ -340,6 +347,75 @@ fn the_systemd_units_verify() {
         assert!(
             service.contains(hardening),
             "dropsync.service lacks {hardening}"
+        );
+    }
+}
+
+/// After downtime the daemon syncs what its missed schedules would have:
+/// every new file oldest first, or with `catch_up = "latest"` the newest.
+#[test]
+fn missed_schedules_are_caught_up_after_downtime() {
+    for (catch_up, want) in [
+        (
+            "all",
+            vec![
+                "accounts_20260101.csv",
+                "accounts_20260102.csv",
+                "accounts_20260103.csv",
+            ],
+        ),
+        ("latest", vec!["accounts_20260103.csv"]),
+    ] {
+        let ws = Workspace::new(&format!(
+            r#"
+[integrations.accounts]
+dataset = "accounts"
+source = {{ type = "folder", path = "drops" }}
+pattern = "accounts_{{date:%Y%m%d}}.csv"
+schedule = "daily 02:00"
+catch_up = "{catch_up}"
+max_delete_ratio = 1.0
+"#
+        ));
+        // A first start records when the schedule was last looked at.
+        Daemon::start(&ws).stop();
+        // Down for three days, while three nightly files arrived.
+        {
+            let conn = duckdb::Connection::open(ws.store_path()).unwrap();
+            conn.execute_batch(
+                "UPDATE dropsync_schedule SET last_fired = now()::TIMESTAMP - INTERVAL 3 DAY",
+            )
+            .unwrap();
+        }
+        for day in 1..=3 {
+            let path = ws.drop_file(
+                &format!("accounts_2026010{day}.csv"),
+                six_accounts().replace("pro,10", &format!("pro,1{day}")),
+            );
+            let arrived = std::time::SystemTime::now() - Duration::from_secs(86_400 * (4 - day));
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(arrived)
+                .unwrap();
+        }
+        let daemon = Daemon::start(&ws);
+        wait_for(Duration::from_secs(20), "the catch-up", || {
+            runs(&ws).len() >= want.len()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let all = runs(&ws);
+        let files: Vec<&str> = all
+            .iter()
+            .map(|r| r["file_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(files, want, "catch_up = {catch_up}");
+        assert!(all.iter().all(|r| r["trigger"] == "schedule"), "{all:?}");
+        let (status, log) = daemon.stop();
+        assert!(
+            status.success() && log.contains("catching up missed schedules"),
+            "{log}"
         );
     }
 }

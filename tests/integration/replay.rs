@@ -165,3 +165,34 @@ fn a_backfill_runs_in_date_order_and_a_date_the_source_lost_replays_from_staging
         .code(2)
         .stderr_has(&["--from 2026-01-05 is after --to 2026-01-04"]);
 }
+
+#[test]
+fn staged_copies_are_kept_for_keep_staged_days() {
+    let ws = Workspace::new(&format!("[store]\nkeep_staged_days = 30\n{CONFIG}"));
+    drop_three_days(&ws);
+    ws.dropsync(&["run", "accounts", "--date", "2026-01-01"])
+        .code(0);
+    let staged: Vec<_> = std::fs::read_dir(ws.path("staging/accounts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(staged.len(), 1);
+    // Thirty-one days later, the copy is gone; a younger one stays.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(31 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&staged[0])
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    ws.dropsync(&["run", "accounts", "--date", "2026-01-02"])
+        .code(0);
+    let left: Vec<_> = std::fs::read_dir(ws.path("staging/accounts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0], staged[0]);
+}
