@@ -1,6 +1,8 @@
 # Sourced by the scripts: where the prebuilt libduckdb and the build output
 # live. Both sit outside the checkout, in one cache per machine, so every
 # clone shares them: a rebuild stays quick and binaries keep finding DuckDB.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 DROPSYNC_CACHE="${DROPSYNC_CACHE:-$HOME/.cache/dropsync}"
 DUCKDB_PACKAGE="@duckdb/node-bindings-linux-x64"
 DUCKDB_VERSION="1.5.6-r.1" # DuckDB 1.5.6, matching the duckdb crate =1.10506.1
