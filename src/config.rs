@@ -629,22 +629,35 @@ impl SourceConfig {
     pub fn describe(&self) -> String {
         match self {
             SourceConfig::Folder { path } => format!("folder {}", path.display()),
-            SourceConfig::Ftp(f) => format!(
-                "{}://{}@{}:{}/{}",
-                if f.tls == FtpTls::None { "ftp" } else { "ftps" },
-                f.user,
-                f.host,
-                f.port,
-                f.remote.directory.trim_start_matches('/')
-            ),
-            SourceConfig::Sftp(s) => format!(
-                "sftp://{}@{}:{}/{}",
-                s.user,
-                s.host,
-                s.port,
-                s.remote.directory.trim_start_matches('/')
-            ),
+            SourceConfig::Ftp(f) => f.url(),
+            SourceConfig::Sftp(s) => s.url(),
         }
+    }
+}
+
+/// `scheme://user@host:port/directory`: a server as messages show it, with
+/// the user and never a password.
+fn server_url(scheme: &str, user: &str, host: &str, port: u16, remote: &RemoteOptions) -> String {
+    format!(
+        "{scheme}://{user}@{host}:{port}/{}",
+        remote.directory.trim_start_matches('/')
+    )
+}
+
+impl FtpConfig {
+    pub fn url(&self) -> String {
+        let scheme = if self.tls == FtpTls::None {
+            "ftp"
+        } else {
+            "ftps"
+        };
+        server_url(scheme, &self.user, &self.host, self.port, &self.remote)
+    }
+}
+
+impl SftpConfig {
+    pub fn url(&self) -> String {
+        server_url("sftp", &self.user, &self.host, self.port, &self.remote)
     }
 }
 

@@ -70,17 +70,7 @@ pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()
         r.file_name.as_deref().unwrap_or("-")
     )?;
     if let Some(c) = &report.changes {
-        write!(
-            out,
-            "  rows {} ok {} rejected {} skipped {}  +{} ~{} -{}",
-            r.input_rows,
-            r.success_rows,
-            r.error_rows,
-            r.skipped_rows,
-            c.inserted,
-            c.updated,
-            c.deleted
-        )?;
+        write!(out, "  {}", counts(r, c.inserted, c.updated, c.deleted))?;
         if c.subscribed + c.unsubscribed > 0 {
             write!(
                 out,
@@ -119,6 +109,14 @@ pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()
         }
     }
     Ok(())
+}
+
+/// `rows 9 ok 9 rejected 0 skipped 0  +2 ~2 -1`
+fn counts(r: &RunRecord, inserted: u64, updated: u64, deleted: u64) -> String {
+    format!(
+        "rows {} ok {} rejected {} skipped {}  +{inserted} ~{updated} -{deleted}",
+        r.input_rows, r.success_rows, r.error_rows, r.skipped_rows
+    )
 }
 
 fn row_error(e: &RowError) -> String {
@@ -328,14 +326,8 @@ pub fn status(out: &mut dyn Write, cards: &[crate::status::Card]) -> io::Result<
                 )?;
                 writeln!(
                     out,
-                    "            rows {} ok {} rejected {} skipped {}  +{} ~{} -{}",
-                    r.input_rows,
-                    r.success_rows,
-                    r.error_rows,
-                    r.skipped_rows,
-                    r.inserted,
-                    r.updated,
-                    r.deleted
+                    "            {}",
+                    counts(r, r.inserted as u64, r.updated as u64, r.deleted as u64)
                 )?;
                 if let Some(m) = &r.message {
                     writeln!(out, "            {m}")?;

@@ -28,24 +28,9 @@ impl FtpSource {
         FtpSource { config, pattern }
     }
 
-    /// `ftp://user@host:port/dir` (never the password), for messages.
-    fn url(&self) -> String {
-        let scheme = match self.config.tls {
-            FtpTls::Explicit => "ftps",
-            FtpTls::None => "ftp",
-        };
-        format!(
-            "{scheme}://{}@{}:{}/{}",
-            self.config.user,
-            self.config.host,
-            self.config.port,
-            self.config.remote.directory.trim_start_matches('/')
-        )
-    }
-
     fn fail(&self, what: &str, e: impl std::fmt::Display, transient: bool) -> SourceError {
         SourceError::Remote {
-            message: format!("{}: {what}: {e}", self.url()),
+            message: format!("{}: {what}: {e}", self.config.url()),
             transient,
         }
     }
@@ -83,7 +68,7 @@ impl FtpSource {
         let mut session = match c.tls {
             FtpTls::None => {
                 tracing::warn!(
-                    server = self.url(),
+                    server = self.config.url(),
                     "plain FTP: the password and the files cross the network unencrypted"
                 );
                 let stream = suppaftp::FtpStream::connect_with_stream(control)

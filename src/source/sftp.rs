@@ -23,20 +23,9 @@ impl SftpSource {
         SftpSource { config, pattern }
     }
 
-    /// `sftp://user@host:port/dir`, for messages.
-    fn url(&self) -> String {
-        format!(
-            "sftp://{}@{}:{}/{}",
-            self.config.user,
-            self.config.host,
-            self.config.port,
-            self.config.remote.directory.trim_start_matches('/')
-        )
-    }
-
     fn fail(&self, what: &str, e: impl std::fmt::Display, transient: bool) -> SourceError {
         SourceError::Remote {
-            message: format!("{}: {what}: {e}", self.url()),
+            message: format!("{}: {what}: {e}", self.config.url()),
             transient,
         }
     }
@@ -108,7 +97,7 @@ impl SftpSource {
         let c = &self.config;
         if !c.host_key_checking {
             tracing::warn!(
-                server = self.url(),
+                server = self.config.url(),
                 "host key checking is OFF for this source: the server's identity is not verified"
             );
             return Ok(());
