@@ -151,6 +151,17 @@ fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
 }
 
 impl Store {
+    /// A run as it stands: read-only, no writer holds the store, so a run
+    /// still recorded `running` is one a stopped process left behind.
+    fn as_seen(&self, run: duckdb::Result<RunRecord>) -> duckdb::Result<RunRecord> {
+        let mut run = run?;
+        if self.read_only && run.status == RunStatus::Running {
+            run.status = RunStatus::Interrupted;
+            run.message = Some(super::INTERRUPTED.to_string());
+        }
+        Ok(run)
+    }
+
     /// Records a run. A run recorded `running` that never finishes is marked
     /// `interrupted` the next time the store is opened.
     pub fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
@@ -215,7 +226,9 @@ impl Store {
             .prepare(&sql)
             .map_err(self.query_error("reading history"))?;
         let rows = stmt
-            .query_map(params![integration, integration], from_row)
+            .query_map(params![integration, integration], |r| {
+                self.as_seen(from_row(r))
+            })
             .map_err(self.query_error("reading history"))?;
         rows.collect::<Result<_, _>>()
             .map_err(self.query_error("reading history"))
@@ -232,7 +245,7 @@ impl Store {
             .prepare(&sql)
             .map_err(self.query_error("reading a run"))?;
         let found: Vec<RunRecord> = stmt
-            .query_map(params![id, id, id], from_row)
+            .query_map(params![id, id, id], |r| self.as_seen(from_row(r)))
             .map_err(self.query_error("reading a run"))?
             .collect::<Result<_, _>>()
             .map_err(self.query_error("reading a run"))?;

@@ -41,6 +41,9 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Opened read-only: no process holds the store for writing, so no run
+    /// can be in progress.
+    read_only: bool,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -113,6 +116,7 @@ impl Store {
         let store = Store {
             conn,
             path: path.to_path_buf(),
+            read_only: false,
         };
         store.migrate()?;
         store.mark_interrupted()?;
@@ -136,6 +140,7 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            read_only: true,
         })
     }
 
@@ -184,9 +189,10 @@ impl Store {
         let n = self
             .conn
             .execute(
-                "UPDATE dropsync_runs SET status = 'interrupted', completed_at = ?,
-                    message = 'the process stopped before the run finished; nothing of it was applied'
-                 WHERE status = 'running'",
+                &format!(
+                    "UPDATE dropsync_runs SET status = 'interrupted', completed_at = ?, message = '{INTERRUPTED}'
+                     WHERE status = 'running'"
+                ),
                 duckdb::params![now()],
             )
             .map_err(self.query_error("marking interrupted runs"))?;
@@ -292,6 +298,9 @@ fn open_error(path: &Path, source: duckdb::Error) -> StoreError {
         }
     }
 }
+
+/// What an interrupted run's record says.
+const INTERRUPTED: &str = "the process stopped before the run finished; nothing of it was applied";
 
 /// A quoted SQL identifier.
 pub(crate) fn ident(name: &str) -> String {

@@ -282,7 +282,11 @@ pattern = "accounts_{date:%Y%m%d}.csv"
     signal(&run, "KILL");
     let _ = run.wait();
 
-    // The next start marks the run interrupted, and syncs the file anew.
+    // Nothing holds the store now: the run is reported as interrupted...
+    let history = ws.dropsync(&["history", "--json"]);
+    history.code(0);
+    assert_eq!(history.json()[0]["status"], "interrupted", "{history}");
+    // ...and the next start records it so, and syncs the file anew.
     ws.dropsync(&["run"])
         .code(0)
         .stdout_has(&["accounts_20260101.csv  success  rows 300000 ok 300000"]);
