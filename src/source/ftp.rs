@@ -29,10 +29,7 @@ impl FtpSource {
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display, transient: bool) -> SourceError {
-        SourceError::Remote {
-            message: format!("{}: {what}: {e}", self.config.url()),
-            transient,
-        }
+        remote::failure(&self.config.url(), what, e, transient)
     }
 
     fn ftp_error(&self, what: &str, e: FtpError) -> SourceError {

@@ -125,6 +125,14 @@ pub fn settled(first: &[RemoteEntry], second: Vec<RemoteEntry>) -> Vec<RemoteEnt
         .collect()
 }
 
+/// A server's failure: where, doing what, and what it said.
+pub fn failure(url: &str, what: &str, e: impl std::fmt::Display, transient: bool) -> SourceError {
+    SourceError::Remote {
+        message: format!("{url}: {what}: {e}"),
+        transient,
+    }
+}
+
 /// `directory/name`, as the server sees it.
 pub fn remote_path(directory: &str, name: &str) -> String {
     match directory.trim_end_matches('/') {

@@ -24,10 +24,7 @@ impl SftpSource {
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display, transient: bool) -> SourceError {
-        SourceError::Remote {
-            message: format!("{}: {what}: {e}", self.config.url()),
-            transient,
-        }
+        remote::failure(&self.config.url(), what, e, transient)
     }
 
     fn known_hosts_path(&self) -> PathBuf {
