@@ -286,7 +286,7 @@ fn a_file_still_being_written_is_left_for_the_next_run() {
     let ws = workspace(&sftp_source(&server, "settle_secs = 1\n"));
     let path = server.outbox.join("accounts_20260102.csv");
     let writer = std::thread::spawn(move || {
-        for i in 0..8 {
+        for i in 0..16 {
             std::thread::sleep(std::time::Duration::from_millis(200));
             let mut f = std::fs::OpenOptions::new()
                 .append(true)
@@ -307,7 +307,7 @@ fn a_file_still_being_written_is_left_for_the_next_run() {
     // Once it stopped changing, it is taken, whole.
     ws.dropsync(&["run"])
         .code(0)
-        .stdout_has(&["accounts_20260102.csv  success  rows 14 ok 14"]);
+        .stdout_has(&["accounts_20260102.csv  success  rows 22 ok 22"]);
 }
 
 #[test]
