@@ -423,3 +423,22 @@ max_delete_ratio = 1.0
         );
     }
 }
+
+#[test]
+fn logs_can_be_json_lines() {
+    let ws = Workspace::new(WATCHED);
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    let out = ws.dropsync(&["--log-format", "json", "-vv", "run"]);
+    out.code(0);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(!lines.is_empty(), "{out}");
+    for line in lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            event["timestamp"].is_string() && event["level"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(out.stderr.contains(r#""stage":"validate""#), "{out}");
+}
