@@ -147,6 +147,7 @@ fn list_directory<T: TlsStream + Send>(
 ) -> Result<Vec<RemoteEntry>, FtpError> {
     let path = (dir != ".").then_some(dir);
     if let Ok(lines) = s.mlsd(path) {
+        tracing::debug!(directory = dir, "listed with MLSD");
         return Ok(lines
             .iter()
             .filter_map(|line| ListParser::parse_mlsd(line).ok())
@@ -159,6 +160,10 @@ fn list_directory<T: TlsStream + Send>(
             .collect());
     }
     let lines = s.list(path)?;
+    tracing::debug!(
+        directory = dir,
+        "no MLSD: listed with LIST, then MDTM and SIZE per file"
+    );
     let mut out = Vec::new();
     for line in &lines {
         let Ok(file) = ListParser::parse_posix(line).or_else(|_| ListParser::parse_dos(line))

@@ -207,6 +207,37 @@ fn ftps_nightly_pull_then_archive() {
 }
 
 #[test]
+fn ftp_lists_with_mlsd_where_the_server_has_it() {
+    let server = servers::pyftpdlib();
+    three_nights(&server);
+    let ws = workspace(&ftp_source(&server, false, ""));
+    let out = ws.dropsync_env(
+        &["run"],
+        &[
+            (PASSWORD_ENV, servers::password()),
+            ("DROPSYNC_LOG", "dropsync=debug"),
+        ],
+    );
+    assert_three_nights_pulled(&ws, &out);
+    out.stderr_has(&["listed with MLSD"]);
+    assert!(!out.stderr.contains("no MLSD"), "{out}");
+
+    // vsftpd has no MLSD: LIST, then MDTM and SIZE.
+    let vsftpd = servers::vsftpd(false);
+    vsftpd.put("accounts_20260101.csv", six_accounts());
+    let ws = workspace(&ftp_source(&vsftpd, false, ""));
+    ws.dropsync_env(
+        &["run"],
+        &[
+            (PASSWORD_ENV, servers::password()),
+            ("DROPSYNC_LOG", "dropsync=debug"),
+        ],
+    )
+    .code(0)
+    .stderr_has(&["no MLSD: listed with LIST, then MDTM and SIZE per file"]);
+}
+
+#[test]
 fn ftps_refuses_a_certificate_it_cannot_verify() {
     let server = servers::vsftpd(true);
     server.put("accounts_20260101.csv", six_accounts());

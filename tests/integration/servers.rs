@@ -299,6 +299,38 @@ pub fn vsftpd(tls: bool) -> Server {
     }
 }
 
+/// pyftpdlib serving plain FTP from `outbox`, with a user of its own
+/// (`USER`, `password()`): unlike vsftpd, it lists with MLSD.
+pub fn pyftpdlib() -> Server {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let outbox = shared_dir(&dir);
+    let port = free_port();
+    let pasv = free_port();
+    let mut child = Command::new("python3")
+        .args(["-m", "pyftpdlib", "-i", "127.0.0.1", "-w", "-u", USER])
+        .arg("-P")
+        .arg(password())
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-r")
+        .arg(format!("{pasv}-{}", pasv.saturating_add(20)))
+        .arg("-d")
+        .arg(&outbox)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 -m pyftpdlib (scripts/test installs pyftpdlib)");
+    wait_for_port(port, &mut child, "pyftpdlib");
+    Server {
+        child,
+        port,
+        outbox,
+        dir,
+        _tmp: tmp,
+    }
+}
+
 /// Forwards 127.0.0.1:port to `target`; connection number `cut` (from 0)
 /// is cut once `cut_after` bytes came back from the server. Stops when dropped.
 pub struct FlakyProxy {
