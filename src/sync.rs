@@ -227,28 +227,34 @@ fn sync_candidate(
     candidate: &Candidate,
     opts: RunOptions,
 ) -> Vec<FileOutcome> {
-    let mut outcomes: Vec<FileOutcome> =
-        sync_one(store, config, integration, source, candidate, opts)
-            .into_iter()
-            .collect();
     // Done with the file when its content has been applied: by this run,
     // or before (a repeat passed over now, which a failed archive or delete
     // may have left behind).
-    let hash = match outcomes.first() {
-        Some(FileOutcome::Ran(r)) => r.record.content_hash.clone(),
-        Some(FileOutcome::Error { .. }) => None,
-        None => store
-            .fetched_hash(&integration.name, candidate)
-            .ok()
-            .flatten(),
-    };
-    let done = hash.is_some_and(|hash| {
+    let applied_before = |hash: &str| {
         store
-            .run_with_content(&integration.name, &hash)
+            .run_with_content(&integration.name, hash)
             .ok()
             .flatten()
             .is_some_and(|r| matches!(r.status, RunStatus::Success | RunStatus::Partial))
-    });
+    };
+    let (mut outcomes, done) = match sync_one(store, config, integration, source, candidate, opts) {
+        Synced::PassedOver { applied } => (Vec::new(), applied),
+        Synced::Outcome(outcome) => {
+            let done = match &outcome {
+                FileOutcome::Ran(r) => match r.record.status {
+                    RunStatus::Success | RunStatus::Partial => true,
+                    // A repeat of applied content, or an older snapshot.
+                    RunStatus::Skipped => {
+                        r.record.content_hash.as_deref().is_some_and(applied_before)
+                    }
+                    _ => false,
+                },
+                FileOutcome::Error { .. } => false,
+            };
+            (vec![outcome], done)
+        }
+        Synced::Repeat { content_hash } => (Vec::new(), applied_before(&content_hash)),
+    };
     if done
         && !opts.dry_run
         && let Err(e) = source.finish(candidate)
@@ -262,6 +268,16 @@ fn sync_candidate(
     outcomes
 }
 
+/// What became of one candidate.
+enum Synced {
+    /// Ran (or failed) and reported.
+    Outcome(FileOutcome),
+    /// Fetched before, unchanged, and its content has had its run: not read again.
+    PassedOver { applied: bool },
+    /// Fetched, but its content has had its run before; nothing recorded.
+    Repeat { content_hash: String },
+}
+
 fn sync_one(
     store: &Store,
     config: &Config,
@@ -269,9 +285,9 @@ fn sync_one(
     source: &dyn Source,
     candidate: &Candidate,
     opts: RunOptions,
-) -> Option<FileOutcome> {
+) -> Synced {
     let error = |e: String| {
-        Some(FileOutcome::Error {
+        Synced::Outcome(FileOutcome::Error {
             integration: integration.name.clone(),
             file: Some(candidate.name.clone()),
             error: e,
@@ -287,7 +303,11 @@ fn sync_one(
                 None => Ok(None),
             });
         match seen {
-            Ok(Some(_)) => return None,
+            Ok(Some(previous)) => {
+                return Synced::PassedOver {
+                    applied: matches!(previous.status, RunStatus::Success | RunStatus::Partial),
+                };
+            }
             Ok(None) => {}
             Err(e) => return error(e.to_string()),
         }
@@ -297,7 +317,7 @@ fn sync_one(
     let staged = match source.fetch(candidate, &staging) {
         Ok(staged) => staged,
         Err(e) => {
-            return Some(failed(
+            return Synced::Outcome(failed(
                 store,
                 integration,
                 Some(candidate),
@@ -313,8 +333,10 @@ fn sync_one(
         return error(e.to_string());
     }
     match pipeline::sync_file(store, config, integration, &staged, opts) {
-        Ok(Some(report)) => Some(FileOutcome::Ran(Box::new(report))),
-        Ok(None) => None,
+        Ok(Some(report)) => Synced::Outcome(FileOutcome::Ran(Box::new(report))),
+        Ok(None) => Synced::Repeat {
+            content_hash: staged.content_hash,
+        },
         Err(e) => error(e.to_string()),
     }
 }

@@ -273,26 +273,28 @@ mod tests {
         );
         // 02:30 does not exist on March 29 (02:00 -> 03:00): it fires at 03:00 local.
         let gap = Schedule::parse("daily 02:30", Some("Europe/Berlin")).unwrap();
-        let fires = gap.fires_between(local(2026, 3, 28, 12, 0), local(2026, 3, 30, 12, 0), 10);
-        let hours: Vec<String> = fires
-            .iter()
-            .map(|t| {
-                t.with_timezone(&berlin)
-                    .format("%m-%d %H:%M %Z")
-                    .to_string()
-            })
-            .collect();
+        let local_times = |fires: Vec<DateTime<Utc>>| -> Vec<String> {
+            fires
+                .iter()
+                .map(|t| {
+                    t.with_timezone(&berlin)
+                        .format("%m-%d %H:%M %Z")
+                        .to_string()
+                })
+                .collect()
+        };
+        let hours = local_times(gap.fires_between(
+            local(2026, 3, 28, 12, 0),
+            local(2026, 3, 30, 12, 0),
+            10,
+        ));
         assert_eq!(hours, ["03-29 03:00 CEST", "03-30 02:30 CEST"]);
         // 02:30 happens twice on October 25 (03:00 -> 02:00): it fires once.
-        let fires = gap.fires_between(local(2026, 10, 24, 12, 0), local(2026, 10, 26, 12, 0), 10);
-        let hours: Vec<String> = fires
-            .iter()
-            .map(|t| {
-                t.with_timezone(&berlin)
-                    .format("%m-%d %H:%M %Z")
-                    .to_string()
-            })
-            .collect();
+        let hours = local_times(gap.fires_between(
+            local(2026, 10, 24, 12, 0),
+            local(2026, 10, 26, 12, 0),
+            10,
+        ));
         assert_eq!(hours, ["10-25 02:30 CEST", "10-26 02:30 CET"]);
     }
 }
