@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use dropsync::cli::{self, Cli, Outcome};
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -42,8 +43,19 @@ fn init_logging(format: &str, verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        without_secrets(builder.json().finish()).init();
     } else {
-        builder.init();
+        without_secrets(builder.finish()).init();
     }
+}
+
+/// Library log lines that could carry a secret (an FTP password) are never
+/// written, whatever `DROPSYNC_LOG` asks for.
+fn without_secrets(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> impl tracing::Subscriber + Send + Sync + 'static {
+    use tracing_subscriber::layer::SubscriberExt;
+    subscriber.with(tracing_subscriber::filter::filter_fn(
+        dropsync::source::log_line_allowed,
+    ))
 }

@@ -237,27 +237,36 @@ fn sync_candidate(
             .flatten()
             .is_some_and(|r| matches!(r.status, RunStatus::Success | RunStatus::Partial))
     };
+    // The hash of the content, when it has been applied.
     let (mut outcomes, done) = match sync_one(store, config, integration, source, candidate, opts) {
-        Synced::PassedOver { applied } => (Vec::new(), applied),
+        Synced::PassedOver {
+            applied,
+            content_hash,
+        } => (Vec::new(), applied.then_some(content_hash)),
         Synced::Outcome(outcome) => {
             let done = match &outcome {
                 FileOutcome::Ran(r) => match r.record.status {
-                    RunStatus::Success | RunStatus::Partial => true,
+                    RunStatus::Success | RunStatus::Partial => r.record.content_hash.clone(),
                     // A repeat of applied content, or an older snapshot.
-                    RunStatus::Skipped => {
-                        r.record.content_hash.as_deref().is_some_and(applied_before)
-                    }
-                    _ => false,
+                    RunStatus::Skipped => r
+                        .record
+                        .content_hash
+                        .clone()
+                        .filter(|hash| applied_before(hash)),
+                    _ => None,
                 },
-                FileOutcome::Error { .. } => false,
+                FileOutcome::Error { .. } => None,
             };
             (vec![outcome], done)
         }
-        Synced::Repeat { content_hash } => (Vec::new(), applied_before(&content_hash)),
+        Synced::Repeat { content_hash } => (
+            Vec::new(),
+            applied_before(&content_hash).then_some(content_hash),
+        ),
     };
-    if done
+    if let Some(content_hash) = done
         && !opts.dry_run
-        && let Err(e) = source.finish(candidate)
+        && let Err(e) = source.finish(candidate, &content_hash)
     {
         outcomes.push(FileOutcome::Error {
             integration: integration.name.clone(),
@@ -273,7 +282,7 @@ enum Synced {
     /// Ran (or failed) and reported.
     Outcome(FileOutcome),
     /// Fetched before, unchanged, and its content has had its run: not read again.
-    PassedOver { applied: bool },
+    PassedOver { applied: bool, content_hash: String },
     /// Fetched, but its content has had its run before; nothing recorded.
     Repeat { content_hash: String },
 }
@@ -299,13 +308,16 @@ fn sync_one(
         let seen = store
             .fetched_hash(&integration.name, candidate)
             .and_then(|hash| match hash {
-                Some(hash) => store.run_with_content(&integration.name, &hash),
+                Some(hash) => Ok(store
+                    .run_with_content(&integration.name, &hash)?
+                    .map(|run| (run, hash))),
                 None => Ok(None),
             });
         match seen {
-            Ok(Some(previous)) => {
+            Ok(Some((previous, content_hash))) => {
                 return Synced::PassedOver {
                     applied: matches!(previous.status, RunStatus::Success | RunStatus::Partial),
+                    content_hash,
                 };
             }
             Ok(None) => {}

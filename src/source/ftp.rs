@@ -4,17 +4,18 @@
 //! against the system's roots or a CA file; TLS sessions are resumed on data
 //! connections, as vsftpd requires.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
+use suppaftp::Status;
 use suppaftp::list::ListParser;
 use suppaftp::types::FileType;
 use suppaftp::{FtpError, ImplFtpStream, RustlsConnector, RustlsFtpStream, TlsStream};
 
-use super::remote::{self, RemoteEntry};
+use super::remote::{self, RemoteEntry, TimePrecision};
 use super::{Candidate, FilePattern, Source, SourceError, StagedFile};
 use crate::config::{AfterSync, FtpConfig, FtpTls};
 
@@ -33,20 +34,47 @@ impl FtpSource {
     }
 
     fn ftp_error(&self, what: &str, e: FtpError) -> SourceError {
+        if let Some(tls) = tls_error(&e) {
+            // The same certificate will fail the same way on every retry.
+            return self.fail(what, format!("{e}; {}", self.tls_hint(tls)), false);
+        }
         // Connection trouble is worth another try; a refusal is not.
         let transient = matches!(e, FtpError::ConnectionError(_));
         self.fail(what, e, transient)
+    }
+
+    /// What to do about a TLS failure.
+    fn tls_hint(&self, e: &rustls::Error) -> String {
+        use rustls::{CertificateError, Error};
+        let c = &self.config;
+        let trust = match &c.ca_file {
+            Some(path) => format!("the CA in ca_file {}", path.display()),
+            None => "the system's trusted roots".to_string(),
+        };
+        match e {
+            Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+                "the server's certificate is not signed by {trust}: if the server uses a private CA, set ca_file to that CA's PEM file"
+            ),
+            Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => format!(
+                "the server's certificate is not issued for {}: set host to a name the certificate holds",
+                c.host
+            ),
+            Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            ) => "the server's certificate has expired: its operator must renew it".to_string(),
+            Error::InvalidCertificate(_) => format!(
+                "the server's certificate cannot be verified against {trust}"
+            ),
+            _ => "the server's TLS setup is not one dropsync accepts (TLS 1.2 or later, with a verifiable certificate)".to_string(),
+        }
     }
 
     /// Connects, secures and logs in; in the remote directory, binary mode.
     fn connect(&self) -> Result<Session, SourceError> {
         let c = &self.config;
         let timeout = Duration::from_secs(c.remote.timeout_secs.max(1));
-        let addr: SocketAddr = (c.host.as_str(), c.port)
-            .to_socket_addrs()
-            .map_err(|e| self.fail("cannot resolve the host", e, true))?
-            .next()
-            .ok_or_else(|| self.fail("cannot resolve the host", "no address", true))?;
         let password = remote::secret(
             c.password_env.as_deref(),
             c.password_file.as_deref(),
@@ -60,7 +88,15 @@ impl FtpSource {
             stream.set_write_timeout(Some(timeout))?;
             Ok(stream)
         };
-        let control = socket(addr).map_err(|e| self.fail("cannot connect", e, true))?;
+        let control = remote::connect_tcp(&c.host, c.port, timeout)
+            .and_then(|stream| {
+                stream
+                    .set_read_timeout(Some(timeout))
+                    .and_then(|()| stream.set_write_timeout(Some(timeout)))
+                    .map_err(|e| e.to_string())?;
+                Ok(stream)
+            })
+            .map_err(|e| self.fail("cannot connect", e, true))?;
         let data = move |addr| socket(addr).map_err(FtpError::ConnectionError);
         let mut session = match c.tls {
             FtpTls::None => {
@@ -132,18 +168,40 @@ impl FtpSource {
         remote::with_retries(&self.config.remote, "listing", || {
             let mut session = self.connect()?;
             let dir = &self.config.remote.directory;
-            let entries = session.with(|s| s.list_entries(dir));
+            let wanted = |name: &str| remote::wanted(name, &self.pattern);
+            let entries = session.with(|s| s.list_entries(dir, &wanted));
             let _ = session.with(|s| s.quit());
             entries.map_err(|e| self.ftp_error(&format!("cannot list {dir}"), e))
         })
     }
 }
 
-/// MLSD where the server has it; else LIST, with MDTM and SIZE per file
-/// (LIST often gives times to the minute only).
+/// Whether a log line may be written at all, whatever `DROPSYNC_LOG` asks
+/// for: suppaftp traces every command it sends on the control connection,
+/// `PASS <password>` among them, so its trace level never gets through.
+pub fn log_line_allowed(meta: &tracing::Metadata<'_>) -> bool {
+    let suppaftp = meta.target() == "suppaftp" || meta.target().starts_with("suppaftp::");
+    !(suppaftp && *meta.level() == tracing::Level::TRACE)
+}
+
+/// The TLS failure behind an FTP error, if that is what it is: rustls's
+/// error travels inside the I/O error of the connection it broke.
+fn tls_error(e: &FtpError) -> Option<&rustls::Error> {
+    match e {
+        FtpError::ConnectionError(io) => io.get_ref()?.downcast_ref::<rustls::Error>(),
+        _ => None,
+    }
+}
+
+/// MLSD where the server has it; else LIST, with MDTM and SIZE for the
+/// names `wanted` accepts (LIST often gives times to the minute only). A
+/// server that refuses MDTM or SIZE outright is not asked again: the LIST
+/// line's time (to the minute) and size stand, which still tell a file seen
+/// before from a new one and a young file from an old one.
 fn list_directory<T: TlsStream + Send>(
     s: &mut ImplFtpStream<T>,
     dir: &str,
+    wanted: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<RemoteEntry>, FtpError> {
     let path = (dir != ".").then_some(dir);
     if let Ok(lines) = s.mlsd(path) {
@@ -155,45 +213,84 @@ fn list_directory<T: TlsStream + Send>(
             .map(|f| RemoteEntry {
                 name: f.name().to_string(),
                 size: f.size() as u64,
-                modified: Some(chrono::DateTime::<chrono::Utc>::from(f.modified()).naive_utc()),
+                modified: Some(utc(f.modified())),
+                precision: TimePrecision::Second,
             })
             .collect());
     }
     let lines = s.list(path)?;
-    tracing::debug!(
-        directory = dir,
-        "no MLSD: listed with LIST, then MDTM and SIZE per file"
-    );
+    let (mut mdtm, mut size) = (true, true);
     let mut out = Vec::new();
     for line in &lines {
         let Ok(file) = ListParser::parse_posix(line).or_else(|_| ListParser::parse_dos(line))
         else {
             continue;
         };
-        if !file.is_file() || remote::unsafe_name(file.name()).is_some() {
-            // Unsafe names are reported by the caller; never sent back to the server.
-            if file.is_file() {
-                out.push(RemoteEntry {
-                    name: file.name().to_string(),
-                    size: file.size() as u64,
-                    modified: None,
-                });
-            }
+        if !file.is_file() {
             continue;
         }
-        let full = remote::remote_path(dir, file.name());
-        let modified = s.mdtm(&full).ok();
-        let size = s
-            .size(&full)
-            .map(|n| n as u64)
-            .unwrap_or(file.size() as u64);
-        out.push(RemoteEntry {
+        let mut entry = RemoteEntry {
             name: file.name().to_string(),
-            size,
-            modified,
-        });
+            size: file.size() as u64,
+            modified: Some(utc(file.modified())),
+            precision: TimePrecision::Minute,
+        };
+        // Unsafe names are reported by the caller, and never sent back to the server.
+        if !wanted(&entry.name) {
+            out.push(entry);
+            continue;
+        }
+        let full = remote::remote_path(dir, &entry.name);
+        if mdtm {
+            match s.mdtm(&full) {
+                Ok(time) => {
+                    entry.modified = Some(time);
+                    entry.precision = TimePrecision::Second;
+                }
+                Err(e) if refused_outright(&e) => {
+                    tracing::debug!(
+                        directory = dir,
+                        "the server has no MDTM: LIST times, to the minute"
+                    );
+                    mdtm = false;
+                }
+                Err(_) => {}
+            }
+        }
+        if size {
+            match s.size(&full) {
+                Ok(n) => entry.size = n as u64,
+                Err(e) if refused_outright(&e) => size = false,
+                Err(_) => {}
+            }
+        }
+        out.push(entry);
     }
+    tracing::debug!(
+        directory = dir,
+        "no MLSD: listed with LIST{}",
+        match (mdtm, size) {
+            (true, true) => ", then MDTM and SIZE per file",
+            (true, false) => ", then MDTM per file",
+            (false, true) => ", then SIZE per file",
+            (false, false) => " alone",
+        }
+    );
     Ok(out)
+}
+
+/// Whether the server does not know the command at all (as opposed to a
+/// refusal for this one file).
+fn refused_outright(e: &FtpError) -> bool {
+    matches!(
+        e,
+        FtpError::UnexpectedResponse(r)
+            if matches!(r.status, Status::BadCommand | Status::NotImplemented | Status::NotImplementedParameter)
+    )
+}
+
+fn utc(time: std::time::SystemTime) -> chrono::NaiveDateTime {
+    chrono::DateTime::<chrono::Utc>::from(time).naive_utc()
 }
 
 /// A logged-in connection, plain or secured.
@@ -216,7 +313,11 @@ trait FtpOps {
     fn login(&mut self, user: &str, password: &str) -> Result<(), FtpError>;
     fn transfer_type(&mut self, t: FileType) -> Result<(), FtpError>;
     fn quit(&mut self) -> Result<(), FtpError>;
-    fn list_entries(&mut self, dir: &str) -> Result<Vec<RemoteEntry>, FtpError>;
+    fn list_entries(
+        &mut self,
+        dir: &str,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<RemoteEntry>, FtpError>;
     fn download(
         &mut self,
         path: &str,
@@ -237,8 +338,12 @@ impl<T: TlsStream + Send + 'static> FtpOps for ImplFtpStream<T> {
     fn quit(&mut self) -> Result<(), FtpError> {
         ImplFtpStream::quit(self)
     }
-    fn list_entries(&mut self, dir: &str) -> Result<Vec<RemoteEntry>, FtpError> {
-        list_directory(self, dir)
+    fn list_entries(
+        &mut self,
+        dir: &str,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<RemoteEntry>, FtpError> {
+        list_directory(self, dir, wanted)
     }
     fn download(
         &mut self,
@@ -286,7 +391,7 @@ impl Source for FtpSource {
         })
     }
 
-    fn finish(&self, candidate: &Candidate) -> Result<(), SourceError> {
+    fn finish(&self, candidate: &Candidate, content_hash: &str) -> Result<(), SourceError> {
         let options = &self.config.remote;
         if options.after == AfterSync::Leave {
             return Ok(());
@@ -297,7 +402,9 @@ impl Source for FtpSource {
             let done = match (options.after, &options.archive_directory) {
                 (AfterSync::Archive, Some(dir)) => {
                     let _ = session.with(|s| s.mkdir(dir));
-                    let to = remote::remote_path(dir, &candidate.name);
+                    let archived =
+                        remote::archive_name(&candidate.name, content_hash, chrono::Utc::now());
+                    let to = remote::remote_path(dir, &archived);
                     session
                         .with(|s| s.rename(&path, &to))
                         .map_err(|e| self.ftp_error(&format!("cannot move {path} to {to}"), e))

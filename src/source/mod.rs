@@ -4,6 +4,7 @@
 
 mod folder;
 mod ftp;
+mod known_hosts;
 mod pattern;
 mod remote;
 mod sftp;
@@ -16,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{IntegrationConfig, SourceConfig};
 pub use folder::FolderSource;
-pub use ftp::FtpSource;
+pub use ftp::{FtpSource, log_line_allowed};
 pub use pattern::{FilePattern, PatternError};
 pub use remote::{RemoteEntry, unsafe_name};
 pub use sftp::SftpSource;
@@ -94,9 +95,9 @@ pub trait Source {
     fn list(&self) -> Result<Vec<Candidate>, SourceError>;
     /// Copies a candidate into staging.
     fn fetch(&self, candidate: &Candidate, staging: &Path) -> Result<StagedFile, SourceError>;
-    /// What the source does with a file once its run succeeded (remote
-    /// sources: leave, delete or archive it).
-    fn finish(&self, _candidate: &Candidate) -> Result<(), SourceError> {
+    /// What the source does with a file once its content (of this hash)
+    /// has been applied (remote sources: leave, delete or archive it).
+    fn finish(&self, _candidate: &Candidate, _content_hash: &str) -> Result<(), SourceError> {
         Ok(())
     }
 }

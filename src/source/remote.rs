@@ -3,6 +3,7 @@
 //! downloading into staging so that a staged file is always whole.
 
 use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +18,36 @@ pub struct RemoteEntry {
     pub name: String,
     pub size: u64,
     pub modified: Option<NaiveDateTime>,
+    /// How exactly the server gave `modified`.
+    pub precision: TimePrecision,
+}
+
+/// How exactly a listing gives a file's modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimePrecision {
+    /// To the second: SFTP, FTP's MLSD and MDTM.
+    Second,
+    /// To the minute, rounded down: an FTP LIST line ("Nov 25 23:30"), all
+    /// a server without MDTM and MLSD gives. The file may have been
+    /// written up to a minute later than it says.
+    Minute,
+}
+
+impl TimePrecision {
+    /// How much later than the listed time the file may have changed.
+    fn slack(self) -> chrono::Duration {
+        match self {
+            TimePrecision::Second => chrono::Duration::zero(),
+            TimePrecision::Minute => chrono::Duration::seconds(59),
+        }
+    }
+}
+
+/// Whether a listed name could become a candidate: named safely, not a
+/// temporary name, and fitting the pattern. Only such names are worth
+/// asking the server more about.
+pub fn wanted(name: &str, pattern: &FilePattern) -> bool {
+    unsafe_name(name).is_none() && !is_temporary_name(name) && pattern.matches(name).is_some()
 }
 
 /// Why a remote name is refused, if it is: names come from the server and
@@ -60,9 +91,10 @@ pub fn candidates(
         let Some(date) = pattern.matches(&entry.name) else {
             continue;
         };
-        let young = entry
-            .modified
-            .is_some_and(|m| (now - m).num_seconds() < options.min_age_secs as i64);
+        // The latest the file may have been written, as far as the listing can tell.
+        let young = entry.modified.is_some_and(|m| {
+            (now - (m + entry.precision.slack())).num_seconds() < options.min_age_secs as i64
+        });
         if young {
             tracing::info!(
                 name = entry.name,
@@ -131,6 +163,53 @@ pub fn failure(url: &str, what: &str, e: impl std::fmt::Display, transient: bool
         message: format!("{url}: {what}: {e}"),
         transient,
     }
+}
+
+/// Connects to `host` on `port`, trying each address the name resolves to
+/// (IPv6 and IPv4, in the resolver's order) until one answers, each within
+/// `timeout`. The error names every address tried and why it failed.
+pub fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{host} resolves to no address"));
+    }
+    let mut failures = Vec::new();
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, timeout) {
+            Ok(stream) => {
+                if !failures.is_empty() {
+                    tracing::info!(
+                        %addr,
+                        "connected after {} other address(es) of {host} failed: {}",
+                        failures.len(),
+                        failures.join("; ")
+                    );
+                }
+                return Ok(stream);
+            }
+            Err(e) => failures.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(failures.join("; "))
+}
+
+/// The name a synced file is archived under: `<stem>.<UTC time>-<hash><ext>`,
+/// e.g. `accounts_20261103.20261104T020013Z-3f2a9c1b7d4e.csv`, the time it
+/// was archived to the second and the first 12 hex digits of its content
+/// hash (its staged copy is `staging/<integration>/<hash>.csv`). A file
+/// delivered again under the same name, corrected or not, never clashes
+/// with an earlier copy: SFTP's rename would refuse it, and FTP servers
+/// overwrite it.
+pub fn archive_name(name: &str, content_hash: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+    let (stem, ext) = match name.rfind('.') {
+        Some(dot) if dot > 0 => name.split_at(dot),
+        _ => (name, ""),
+    };
+    let hash: String = content_hash.chars().take(12).collect();
+    format!("{stem}.{}-{hash}{ext}", now.format("%Y%m%dT%H%M%SZ"))
 }
 
 /// `directory/name`, as the server sees it.
@@ -241,6 +320,27 @@ mod tests {
     }
 
     #[test]
+    fn archive_names_keep_the_extension_and_carry_time_and_hash() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-04T02:00:13Z")
+            .unwrap()
+            .to_utc();
+        let hash = "3f2a9c1b7d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+        for (name, archived) in [
+            (
+                "accounts_20261103.csv",
+                "accounts_20261103.20261104T020013Z-3f2a9c1b7d4e.csv",
+            ),
+            (
+                "export.tar.gz",
+                "export.tar.20261104T020013Z-3f2a9c1b7d4e.gz",
+            ),
+            ("README", "README.20261104T020013Z-3f2a9c1b7d4e"),
+        ] {
+            assert_eq!(archive_name(name, hash, now), archived);
+        }
+    }
+
+    #[test]
     fn remote_paths() {
         assert_eq!(remote_path(".", "a.csv"), "a.csv");
         assert_eq!(remote_path("/", "a.csv"), "/a.csv");
@@ -258,6 +358,7 @@ mod tests {
             name: name.to_string(),
             size: 10,
             modified: Some(now - chrono::Duration::seconds(age_secs)),
+            precision: TimePrecision::Second,
         };
         let options: RemoteOptions = toml::from_str("min_age_secs = 60").unwrap();
         let pattern = FilePattern::parse("a_{date:%Y%m%d}.csv").unwrap();
@@ -289,11 +390,39 @@ mod tests {
     }
 
     #[test]
+    fn a_time_to_the_minute_counts_from_the_end_of_that_minute() {
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap();
+        let listed = |name: &str, age_secs: i64| RemoteEntry {
+            name: name.to_string(),
+            size: 10,
+            modified: Some(now - chrono::Duration::seconds(age_secs)),
+            precision: TimePrecision::Minute,
+        };
+        let options: RemoteOptions = toml::from_str("min_age_secs = 60").unwrap();
+        let pattern = FilePattern::parse("a_{date:%Y%m%d}.csv").unwrap();
+        // Listed 90 s ago to the minute: it may have been written as late
+        // as 31 s ago, too recently for min_age_secs = 60.
+        let got = candidates(
+            vec![listed("a_20260101.csv", 90), listed("a_20260102.csv", 120)],
+            &pattern,
+            "/out",
+            &options,
+            now,
+        );
+        let names: Vec<&str> = got.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a_20260102.csv"]);
+    }
+
+    #[test]
     fn files_that_changed_between_listings_are_left() {
         let e = |name: &str, size| RemoteEntry {
             name: name.into(),
             size,
             modified: None,
+            precision: TimePrecision::Second,
         };
         let kept = settled(
             &[e("a", 1), e("b", 1)],

@@ -3,13 +3,13 @@
 //! changed key refuses the connection, with what to do about it. Logins by
 //! key (with an optional passphrase) or password.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ssh2::{CheckResult, KnownHostFileKind, Session};
+use ssh2::{MethodType, Session};
 
-use super::remote::{self, RemoteEntry};
+use super::known_hosts::{self, HostKeyVerdict, KnownHostKeys};
+use super::remote::{self, RemoteEntry, TimePrecision};
 use super::{Candidate, FilePattern, Source, SourceError, StagedFile};
 use crate::config::{AfterSync, SftpConfig};
 
@@ -38,20 +38,20 @@ impl SftpSource {
     fn connect(&self) -> Result<(Session, ssh2::Sftp), SourceError> {
         let c = &self.config;
         let timeout = Duration::from_secs(c.remote.timeout_secs.max(1));
-        let addr: SocketAddr = (c.host.as_str(), c.port)
-            .to_socket_addrs()
-            .map_err(|e| self.fail("cannot resolve the host", e, true))?
-            .next()
-            .ok_or_else(|| self.fail("cannot resolve the host", "no address", true))?;
-        let tcp = TcpStream::connect_timeout(&addr, timeout)
+        let tcp = remote::connect_tcp(&c.host, c.port, timeout)
             .map_err(|e| self.fail("cannot connect", e, true))?;
         let mut session = Session::new().map_err(|e| self.fail("cannot start SSH", e, false))?;
         session.set_tcp_stream(tcp);
         session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
+        let known = if c.host_key_checking {
+            Some(self.known_host_keys(&session)?)
+        } else {
+            None
+        };
         session
             .handshake()
             .map_err(|e| self.fail("SSH handshake failed", e, true))?;
-        self.check_host_key(&session)?;
+        self.check_host_key(&session, known.as_ref())?;
 
         if let Some(key) = &c.private_key {
             let passphrase = remote::secret(c.passphrase_env.as_deref(), None, "key passphrase")?;
@@ -90,60 +90,81 @@ impl SftpSource {
         Ok((session, sftp))
     }
 
-    fn check_host_key(&self, session: &Session) -> Result<(), SourceError> {
+    /// The keys known_hosts records for this server; the handshake is told
+    /// to ask for their algorithms first, as OpenSSH does, so a server with
+    /// several host keys proves itself with one that was recorded.
+    fn known_host_keys(&self, session: &Session) -> Result<KnownHostKeys, SourceError> {
         let c = &self.config;
-        if !c.host_key_checking {
+        let path = self.known_hosts_path();
+        let known = KnownHostKeys::read(&path, &c.host, c.port).map_err(|e| {
+            self.fail(
+                &format!("cannot read known_hosts {}", path.display()),
+                e,
+                false,
+            )
+        })?;
+        let supported = session
+            .supported_algs(MethodType::HostKey)
+            .map_err(|e| self.fail("cannot start SSH", e, false))?;
+        let preference = known.algorithm_preference(&supported).join(",");
+        session
+            .method_pref(MethodType::HostKey, &preference)
+            .map_err(|e| self.fail("cannot start SSH", e, false))?;
+        Ok(known)
+    }
+
+    /// Refuses the server unless known_hosts records the key it presented;
+    /// `known` is `None` when checking is turned off.
+    fn check_host_key(
+        &self,
+        session: &Session,
+        known: Option<&KnownHostKeys>,
+    ) -> Result<(), SourceError> {
+        let c = &self.config;
+        let Some(known) = known else {
             tracing::warn!(
                 server = self.config.url(),
                 "host key checking is OFF for this source: the server's identity is not verified"
             );
             return Ok(());
-        }
+        };
         let (key, _) = session
             .host_key()
             .ok_or_else(|| self.fail("host key check", "the server sent no host key", false))?;
+        let key_type = known_hosts::blob_key_type(key).unwrap_or("unknown");
         let path = self.known_hosts_path();
-        let mut known = session
-            .known_hosts()
-            .map_err(|e| self.fail("host key check", e, false))?;
-        if path.exists() {
-            known
-                .read_file(&path, KnownHostFileKind::OpenSSH)
-                .map_err(|e| {
-                    self.fail(
-                        &format!("cannot read known_hosts {}", path.display()),
-                        e,
-                        false,
-                    )
-                })?;
-        }
-        let scan = if c.port == 22 {
-            format!("ssh-keyscan {} >> {}", c.host, path.display())
+        let (host_entry, scan) = if c.port == 22 {
+            (
+                c.host.clone(),
+                format!("ssh-keyscan {} >> {}", c.host, path.display()),
+            )
         } else {
-            format!("ssh-keyscan -p {} {} >> {}", c.port, c.host, path.display())
+            (
+                format!("[{}]:{}", c.host, c.port),
+                format!("ssh-keyscan -p {} {} >> {}", c.port, c.host, path.display()),
+            )
         };
-        match known.check_port(&c.host, c.port, key) {
-            CheckResult::Match => Ok(()),
-            CheckResult::NotFound => Err(self.fail(
-                "host key check",
-                format!(
-                    "the server's host key is not in {}; if you trust this server, add it (check its fingerprint first): {scan}",
-                    path.display()
-                ),
-                false,
+        let refuse = |why: String| Err(self.fail("host key check", why, false));
+        match known.check(key) {
+            HostKeyVerdict::Known => Ok(()),
+            HostKeyVerdict::Unknown { other_types } if other_types.is_empty() => refuse(format!(
+                "the server's host key is not in {}; if you trust this server, add it (check its fingerprint first): {scan}",
+                path.display()
             )),
-            CheckResult::Mismatch => Err(self.fail(
-                "host key check",
-                format!(
-                    "the server's host key has CHANGED since it was recorded in {}: someone may be impersonating it. If the server's key was replaced on purpose, remove the old entry (ssh-keygen -R '[{}]:{}' -f {}) and add the new one",
-                    path.display(),
-                    c.host,
-                    c.port,
-                    path.display()
-                ),
-                false,
+            HostKeyVerdict::Unknown { other_types } => refuse(format!(
+                "the server's host key ({key_type}) is not in {}, which records only {} keys for {host_entry}, and the server no longer offers those; if the server's keys were replaced on purpose, check the new key's fingerprint and add it: {scan}",
+                path.display(),
+                other_types.join(", "),
             )),
-            CheckResult::Failure => Err(self.fail("host key check", "libssh2 could not check the key", false)),
+            HostKeyVerdict::Changed => refuse(format!(
+                "the server's host key has CHANGED since it was recorded in {}: someone may be impersonating it. If the server's key was replaced on purpose, remove the old entry (ssh-keygen -R '{host_entry}' -f {}) and add the new one",
+                path.display(),
+                path.display()
+            )),
+            HostKeyVerdict::Revoked => refuse(format!(
+                "the server's host key ({key_type}) is marked @revoked in {}",
+                path.display()
+            )),
         }
     }
 
@@ -166,6 +187,7 @@ impl SftpSource {
                             .mtime
                             .and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
                             .map(|t| t.naive_utc()),
+                        precision: TimePrecision::Second,
                     })
                 })
                 .collect())
@@ -192,7 +214,7 @@ impl Source for SftpSource {
         })
     }
 
-    fn finish(&self, candidate: &Candidate) -> Result<(), SourceError> {
+    fn finish(&self, candidate: &Candidate, content_hash: &str) -> Result<(), SourceError> {
         let options = &self.config.remote;
         if options.after == AfterSync::Leave {
             return Ok(());
@@ -203,7 +225,9 @@ impl Source for SftpSource {
             match (options.after, &options.archive_directory) {
                 (AfterSync::Archive, Some(dir)) => {
                     let _ = sftp.mkdir(Path::new(dir), 0o755);
-                    let to = PathBuf::from(remote::remote_path(dir, &candidate.name));
+                    let archived =
+                        remote::archive_name(&candidate.name, content_hash, chrono::Utc::now());
+                    let to = PathBuf::from(remote::remote_path(dir, &archived));
                     sftp.rename(from, &to, None).map_err(|e| {
                         self.fail(
                             &format!("cannot move {} to {}", from.display(), to.display()),

@@ -14,6 +14,7 @@ mod pipeline;
 mod references;
 mod regression;
 mod remote;
+mod remote_hardening;
 mod replay;
 mod results;
 mod servers;

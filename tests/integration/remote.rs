@@ -5,18 +5,18 @@
 use crate::common::{ACCOUNTS_HEADER, Workspace, accounts, six_accounts, six_accounts_table};
 use crate::servers::{self, Server, USER};
 
-const PASSWORD_ENV: &str = "DROPSYNC_TEST_PASSWORD";
+pub(crate) const PASSWORD_ENV: &str = "DROPSYNC_TEST_PASSWORD";
 
 /// A workspace whose `partner` integration pulls accounts from `source`
 /// (the body of its `[integrations.partner.source]` table).
-fn workspace(source: &str) -> Workspace {
+pub(crate) fn workspace(source: &str) -> Workspace {
     Workspace::new(&format!(
         "[integrations.partner]\ndataset = \"accounts\"\npattern = \"accounts_{{date:%Y%m%d}}.csv\"\n\n\
          [integrations.partner.source]\n{source}\nmin_age_secs = 0\nretry_delay_ms = 50\ntimeout_secs = 10\n"
     ))
 }
 
-fn sftp_source(server: &Server, extra: &str) -> String {
+pub(crate) fn sftp_source(server: &Server, extra: &str) -> String {
     format!(
         "type = \"sftp\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{USER}\"\n\
          private_key = \"{d}/client_key\"\nknown_hosts = \"{d}/known_hosts\"\ndirectory = \"{}\"\n{extra}",
@@ -26,7 +26,7 @@ fn sftp_source(server: &Server, extra: &str) -> String {
     )
 }
 
-fn ftp_source(server: &Server, tls: bool, extra: &str) -> String {
+pub(crate) fn ftp_source(server: &Server, tls: bool, extra: &str) -> String {
     let tls = if tls {
         format!(
             "tls = \"explicit\"\nca_file = \"{}/ca.pem\"\n",
@@ -42,7 +42,7 @@ fn ftp_source(server: &Server, tls: bool, extra: &str) -> String {
     )
 }
 
-fn with_password() -> [(&'static str, &'static str); 1] {
+pub(crate) fn with_password() -> [(&'static str, &'static str); 1] {
     [(PASSWORD_ENV, servers::password())]
 }
 
@@ -196,14 +196,15 @@ fn ftps_nightly_pull_then_archive() {
         Vec::<String>::new(),
         "all moved out of the drop directory"
     );
-    assert_eq!(
-        server.files("done"),
-        [
-            "accounts_20260101.csv",
-            "accounts_20260102.csv",
-            "accounts_20260103.csv"
-        ]
-    );
+    let archived = server.files("done");
+    assert_eq!(archived.len(), 3, "{archived:?}");
+    for run in ws.db().runs() {
+        let (name, hash) = (run.file_name.unwrap(), run.content_hash.unwrap());
+        assert!(
+            crate::remote_hardening::archived_as(&archived, &name, &hash),
+            "{name} archived: {archived:?}"
+        );
+    }
 }
 
 #[test]

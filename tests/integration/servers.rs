@@ -155,22 +155,33 @@ impl Server {
 /// OpenSSH's sshd serving SFTP, with a fresh host key; also writes a
 /// known_hosts file and a client key pair the account accepts.
 pub fn sshd() -> Server {
+    sshd_with_host_keys(&["ed25519"])
+}
+
+/// sshd with fresh host keys of these types (`ed25519`, `rsa`, `ecdsa`),
+/// each in `host_key_<type>.pub`; known_hosts records the first.
+pub fn sshd_with_host_keys(types: &[&str]) -> Server {
     let _ = password();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let outbox = shared_dir(&dir);
     std::fs::create_dir_all("/run/sshd").unwrap();
-    let keygen = |path: &Path| {
+    let keygen = |path: &Path, key_type: &str| {
         run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .args(["-q", "-t", key_type, "-N", "", "-f"])
             .arg(path));
     };
-    keygen(&dir.join("host_key"));
-    keygen(&dir.join("client_key"));
+    let mut host_keys = String::new();
+    for key_type in types {
+        let path = dir.join(format!("host_key_{key_type}"));
+        keygen(&path, key_type);
+        host_keys.push_str(&format!("HostKey {}\n", path.display()));
+    }
+    keygen(&dir.join("client_key"), "ed25519");
     std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
     set_mode(&dir.join("authorized_keys"), 0o644);
     let port = free_port();
-    let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
+    let host_pub = std::fs::read_to_string(dir.join(format!("host_key_{}.pub", types[0]))).unwrap();
     let mut parts = host_pub.split_whitespace();
     let (kind, key) = (parts.next().unwrap(), parts.next().unwrap());
     std::fs::write(
@@ -179,7 +190,7 @@ pub fn sshd() -> Server {
     )
     .unwrap();
     let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+        "Port {port}\nListenAddress 127.0.0.1\n{host_keys}PidFile {d}/sshd.pid\n\
          AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
          PasswordAuthentication yes\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
          PermitRootLogin no\nAllowUsers {USER}\nSubsystem sftp internal-sftp\nLogLevel ERROR\n",
@@ -329,6 +340,75 @@ pub fn pyftpdlib() -> Server {
         dir,
         _tmp: tmp,
     }
+}
+
+/// pyftpdlib serving plain FTP like `pyftpdlib()`, but answering the
+/// `refused` commands (e.g. MDTM, MLSD) with "500 not understood", as
+/// servers without those features do; every command it receives is logged
+/// in `dir/commands.log` (see `commands_received`).
+pub fn pyftpdlib_refusing(refused: &[&str]) -> Server {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let outbox = shared_dir(&dir);
+    let port = free_port();
+    let pasv = free_port();
+    let script = r#"
+import logging, sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.log import config_logging
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+
+port, pasv, user, password, root, log, refused = sys.argv[1:8]
+refused = set(refused.split(",")) - {""}
+
+class Handler(FTPHandler):
+    proto_cmds = {k: v for k, v in FTPHandler.proto_cmds.items() if k not in refused}
+
+    def pre_process_command(self, line, cmd, arg):
+        with open(log, "a") as f:
+            f.write(cmd + "\n")
+        return super().pre_process_command(line, cmd, arg)
+
+authorizer = DummyAuthorizer()
+authorizer.add_user(user, password, root, perm="elradfmwMT")
+Handler.authorizer = authorizer
+Handler.passive_ports = range(int(pasv), int(pasv) + 21)
+# Quiet: nobody reads its standard error while it runs.
+config_logging(level=logging.ERROR)
+FTPServer(("127.0.0.1", int(port)), Handler).serve_forever()
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(pasv.to_string())
+        .arg(USER)
+        .arg(password())
+        .arg(&outbox)
+        .arg(dir.join("commands.log"))
+        .arg(refused.join(","))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with pyftpdlib (scripts/test installs pyftpdlib)");
+    wait_for_port(port, &mut child, "pyftpdlib");
+    Server {
+        child,
+        port,
+        outbox,
+        dir,
+        _tmp: tmp,
+    }
+}
+
+/// The commands a `pyftpdlib_refusing` server received so far, in order.
+pub fn commands_received(server: &Server) -> Vec<String> {
+    std::fs::read_to_string(server.dir.join("commands.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Forwards 127.0.0.1:port to `target`; connection number `cut` (from 0)
