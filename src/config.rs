@@ -140,9 +140,16 @@ pub struct IntegrationConfig {
     /// `monthly 1 03:00`, or a cron expression).
     #[serde(default)]
     pub schedule: Option<String>,
-    /// The IANA time zone the schedule's times are in. Default UTC.
+    /// The IANA time zone the schedule's and `expect`'s times are in.
+    /// Default UTC.
     #[serde(default)]
     pub timezone: Option<String>,
+    /// When its file is expected: `daily by 07:00`, `weekly mon by 09:00`,
+    /// `monthly day 3 by 12:00` (local time in `timezone`). A deadline that
+    /// passes without a file makes the integration overdue in `status` and
+    /// `check`, and the daemon says so at the deadline.
+    #[serde(default)]
+    pub expect: Option<crate::freshness::Expectation>,
     /// After downtime, the daemon syncs what the missed schedules would
     /// have: `all` new files, oldest business date first (the default), or
     /// only the `latest`.
@@ -582,8 +589,17 @@ impl Config {
             if let Some(schedule) = &integration.schedule {
                 crate::schedule::Schedule::parse(schedule, integration.timezone.as_deref())
                     .map_err(|e| fail(e.to_string()))?;
-            } else if integration.timezone.is_some() {
-                return Err(fail("timezone is set but there is no schedule".into()));
+            } else if integration.timezone.is_some() && integration.expect.is_none() {
+                return Err(fail(
+                    "timezone is set but there is neither a schedule nor an expect".into(),
+                ));
+            }
+            if let Some(name) = &integration.timezone
+                && name.parse::<chrono_tz::Tz>().is_err()
+            {
+                return Err(fail(format!(
+                    "unknown time zone `{name}` (use an IANA name like Europe/Berlin)"
+                )));
             }
             let table = integration.table_name();
             if !is_identifier(table) || table.starts_with("dropsync_") {
@@ -673,6 +689,15 @@ impl Config {
 }
 
 impl IntegrationConfig {
+    /// The time zone its schedule and deadlines are in (checked when the
+    /// config was read).
+    pub fn zone(&self) -> chrono_tz::Tz {
+        self.timezone
+            .as_deref()
+            .and_then(|name| name.parse().ok())
+            .unwrap_or(chrono_tz::Tz::UTC)
+    }
+
     /// The table its changes land in.
     pub fn table_name(&self) -> &str {
         self.table.as_deref().unwrap_or(&self.dataset)
@@ -710,6 +735,28 @@ mod tests {
         assert!(err.contains("max_delete_ration"), "{err}");
         assert!(err.contains("line 8"), "{err}");
         assert!(err.contains("/etc/dropsync.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_expect_names_the_file_the_line_and_what_to_write() {
+        let text = "[integrations.a]\ndataset = \"accounts\"\npattern = \"a.csv\"\nsource = { type = \"folder\", path = \"in\" }\nexpect = \"daily at 07:00\"\n";
+        let err = Config::parse(text, Path::new("/etc/dropsync.toml"))
+            .unwrap_err()
+            .to_string();
+        for needle in ["/etc/dropsync.toml", "line 5", "expect", "daily by HH:MM"] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let text = "[integrations.a]\ndataset = \"accounts\"\npattern = \"a.csv\"\nsource = { type = \"folder\", path = \"in\" }\nexpect = \"daily by 07:00\"\ntimezone = \"Mars/Olympus\"\n";
+        let err = Config::parse(text, Path::new("/etc/dropsync.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown time zone `Mars/Olympus`"), "{err}");
+        let text = "[integrations.a]\ndataset = \"accounts\"\npattern = \"a.csv\"\nsource = { type = \"folder\", path = \"in\" }\nexpect = \"weekly mon by 09:00\"\ntimezone = \"Europe/Berlin\"\n";
+        let config = Config::parse(text, Path::new("/etc/dropsync.toml")).unwrap();
+        assert_eq!(
+            config.integrations["a"].zone(),
+            chrono_tz::Tz::Europe__Berlin
+        );
     }
 
     #[test]

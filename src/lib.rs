@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod freshness;
 pub mod pipeline;
 pub mod schedule;
 pub mod schema;

@@ -11,7 +11,7 @@ fn main() {
         Err(e) => {
             let _ = e.print();
             std::process::exit(if e.use_stderr() {
-                Outcome::Usage as i32
+                Outcome::Usage.code()
             } else {
                 0
             });
@@ -27,7 +27,7 @@ fn main() {
             e.outcome
         }
     };
-    std::process::exit(code as i32);
+    std::process::exit(code.code());
 }
 
 fn init_logging(format: &str, verbose: u8) {

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::freshness::{self, Freshness};
 use crate::pipeline::{Integration, PipelineError};
 use crate::schedule::Schedule;
 use crate::store::{RunRecord, Store};
@@ -20,6 +21,8 @@ pub struct Card {
     pub timezone: Option<String>,
     pub next_run: Option<DateTime<Utc>>,
     pub last_run: Option<RunRecord>,
+    /// Fresh, due, overdue or failing, and how late.
+    pub freshness: Freshness,
 }
 
 /// The cards of every integration; runs come from `store` when there is one.
@@ -41,6 +44,7 @@ pub fn cards(
             Some(store) => store.runs(Some(name), 1)?.into_iter().next(),
             None => None,
         };
+        let freshness = freshness_of(store, name, c, now)?;
         out.push(Card {
             integration: name.clone(),
             dataset: integration.dataset.name.clone(),
@@ -50,7 +54,25 @@ pub fn cards(
             timezone: c.timezone.clone(),
             next_run,
             last_run,
+            freshness,
         });
     }
     Ok(out)
+}
+
+/// How one integration stands at `now`; with no store, it never ran.
+pub fn freshness_of(
+    store: Option<&Store>,
+    name: &str,
+    integration: &crate::config::IntegrationConfig,
+    now: DateTime<Utc>,
+) -> Result<Freshness, crate::store::StoreError> {
+    let zone = integration.zone();
+    let expect = integration.expect.as_ref();
+    let since = expect.map_or(now, |e| e.judged_since(now, zone));
+    let arrivals = match store {
+        Some(store) => store.arrivals(name, since.naive_utc())?,
+        None => Default::default(),
+    };
+    Ok(freshness::assess(expect, zone, &arrivals, now))
 }

@@ -2,6 +2,8 @@
 //! here, and each command is carried out against the library. What it prints
 //! lives in `output`.
 
+mod check;
+mod generate;
 mod output;
 
 use std::io::Write;
@@ -21,13 +23,43 @@ use crate::sync::{self, FileOutcome, Selection};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Everything asked for succeeded (or was already done).
-    Success = 0,
+    Success,
     /// At least one run failed, or the command could not do its work.
-    Failed = 1,
+    Failed,
     /// The command line or the config is wrong.
-    Usage = 2,
+    Usage,
     /// Everything was applied, but some rows were rejected.
-    Partial = 3,
+    Partial,
+    /// `dropsync check`'s verdict, in the Nagios plugin convention.
+    Check(CheckState),
+}
+
+impl Outcome {
+    /// The process exit code.
+    pub fn code(self) -> i32 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Failed => 1,
+            Outcome::Usage => 2,
+            Outcome::Partial => 3,
+            Outcome::Check(state) => state.code(),
+        }
+    }
+}
+
+pub use check::CheckState;
+
+/// `0.1.0 (DuckDB v1.5.6)`: the version, and the DuckDB library this binary
+/// runs on (asked of the loaded library, so it is the one really in use).
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (DuckDB {})",
+            env!("CARGO_PKG_VERSION"),
+            crate::store::duckdb_version()
+        )
+    })
 }
 
 /// A command-line error: what went wrong, and which exit code it means.
@@ -56,7 +88,7 @@ fn usage(message: impl Into<String>) -> CliError {
 #[derive(Debug, Parser)]
 #[command(
     name = "dropsync",
-    version,
+    version = version(),
     about = "Validate, diff and apply the CSV files partner systems drop."
 )]
 pub struct Cli {
@@ -93,11 +125,27 @@ pub enum Command {
     /// Export data back out.
     #[command(subcommand)]
     Export(ExportCommand),
-    /// Each integration: its source, schedule, next run and last run.
+    /// Each integration: its source, schedule, next run, last run, and
+    /// whether its file is fresh, due, overdue or failing.
     Status(StatusArgs),
+    /// One line and an exit code for cron or a monitoring probe (Nagios
+    /// convention): 0 OK, 1 WARNING (a file is overdue), 2 CRITICAL (a last
+    /// run failed), 3 UNKNOWN (config or store unreadable).
+    Check,
     /// Run the schedules, watch the folder sources, and serve the command
     /// line, until SIGTERM.
     Daemon,
+    /// Man pages and shell completions, for packaging.
+    #[command(subcommand, hide = true)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Write dropsync.1 and one page per command into DIR.
+    Man { dir: PathBuf },
+    /// Print the completion script for SHELL.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Args)]
@@ -303,24 +351,30 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         }
         Command::Status(args) => {
             let config = load_config(&cli.config)?;
-            let cards = match via_daemon(&config, &api::Request::Status)? {
-                Some(api::Response::Status(cards)) => cards,
-                Some(other) => return Err(unexpected(other)),
-                None => {
-                    let store = if config.store.path.exists() {
-                        Some(Store::open_read_only(&config.store.path)?)
-                    } else {
-                        None
-                    };
-                    crate::status::cards(store.as_ref(), &config, chrono::Utc::now())
-                        .map_err(|e| usage(e.to_string()))?
-                }
-            };
+            let cards = status_cards(&config)?;
             if args.json {
                 output::json(out, &cards)?;
             } else {
                 output::status(out, &cards)?;
             }
+            Ok(Outcome::Success)
+        }
+        Command::Check => {
+            let cards = load_config(&cli.config).and_then(|config| status_cards(&config));
+            let state = match cards {
+                Ok(cards) => check::report(out, &cards)?,
+                Err(e) => check::unknown(out, &e.error)?,
+            };
+            Ok(Outcome::Check(state))
+        }
+        Command::Generate(GenerateCommand::Man { dir }) => {
+            for page in generate::man_pages(&dir)? {
+                writeln!(out, "{}", page.display())?;
+            }
+            Ok(Outcome::Success)
+        }
+        Command::Generate(GenerateCommand::Completions { shell }) => {
+            generate::completions(shell, out)?;
             Ok(Outcome::Success)
         }
         Command::Daemon => {
@@ -359,6 +413,23 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             };
             tracing::info!(records = n, "unsubscribes exported");
             Ok(Outcome::Success)
+        }
+    }
+}
+
+/// Every integration's card, from the daemon when one holds the store.
+fn status_cards(config: &Config) -> Result<Vec<crate::status::Card>, CliError> {
+    match via_daemon(config, &api::Request::Status)? {
+        Some(api::Response::Status(cards)) => Ok(cards),
+        Some(other) => Err(unexpected(other)),
+        None => {
+            let store = if config.store.path.exists() {
+                Some(Store::open_read_only(&config.store.path)?)
+            } else {
+                None
+            };
+            crate::status::cards(store.as_ref(), config, chrono::Utc::now())
+                .map_err(|e| usage(e.to_string()))
         }
     }
 }

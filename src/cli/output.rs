@@ -314,6 +314,7 @@ pub fn status(out: &mut dyn Write, cards: &[crate::status::Card]) -> io::Result<
                 "  schedule  none (run by hand, a timer, or a watched folder)"
             )?,
         }
+        freshness(out, c)?;
         match &c.last_run {
             Some(r) => {
                 writeln!(
@@ -337,4 +338,50 @@ pub fn status(out: &mut dyn Write, cards: &[crate::status::Card]) -> io::Result<
         }
     }
     Ok(())
+}
+
+/// `  freshness overdue by 2h 13m: expected daily by 07:00 (UTC), ...`
+fn freshness(out: &mut dyn Write, c: &crate::status::Card) -> io::Result<()> {
+    use crate::freshness::{FreshnessState, human_duration};
+    let f = &c.freshness;
+    let zone: chrono_tz::Tz = c
+        .timezone
+        .as_deref()
+        .and_then(|z| z.parse().ok())
+        .unwrap_or(chrono_tz::Tz::UTC);
+    let local = |t: &chrono::DateTime<chrono::Utc>| {
+        t.with_timezone(&zone)
+            .format("%Y-%m-%d %H:%M %Z")
+            .to_string()
+    };
+    let expected = match &f.expect {
+        Some(expect) => format!("expected {expect}"),
+        None => "no expected time".to_string(),
+    };
+    let state = match f.state {
+        FreshnessState::Overdue => format!(
+            "overdue by {} ({} missed since {})",
+            human_duration(f.late_secs.unwrap_or(0)),
+            match f.missed_deadlines {
+                1 => "1 deadline".to_string(),
+                n => format!("{n} deadlines"),
+            },
+            f.overdue_since.as_ref().map(local).unwrap_or_default()
+        ),
+        FreshnessState::Failing => format!(
+            "failing (run {} did not succeed)",
+            f.failed_run.as_deref().unwrap_or("-")
+        ),
+        FreshnessState::Due => "due".to_string(),
+        FreshnessState::Fresh => match f.last_file_late_secs {
+            Some(late) if late > 0 => format!("fresh (last file {} late)", human_duration(late)),
+            _ => "fresh".to_string(),
+        },
+        FreshnessState::Untracked => "untracked".to_string(),
+    };
+    let next = match &f.next_deadline {
+        Some(next) => format!(", next by {}", local(next)),
+        None => String::new(),
+    };
+    writeln!(out, "  freshness {state}: {expected}{next}")
 }

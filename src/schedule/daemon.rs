@@ -244,6 +244,16 @@ async fn serve(
     for (name, schedule) in schedules {
         tokio::spawn(fire_on_schedule(name, schedule, worker.clone()));
     }
+    for (name, integration) in &config.integrations {
+        if let Some(expect) = &integration.expect {
+            tokio::spawn(watch_deadline(
+                name.clone(),
+                expect.clone(),
+                integration.zone(),
+                worker.clone(),
+            ));
+        }
+    }
     let _watcher = watch_folders(&config, worker.clone())?;
     tracing::info!(
         integrations = config.integrations.len(),
@@ -291,6 +301,45 @@ async fn fire_on_schedule(name: String, schedule: Schedule, worker: Worker) {
             }
         }));
         worker.sync(&name, Trigger::Schedule, false);
+    }
+}
+
+/// Looks at `name` at each of its `expect` deadlines, so a file that does not
+/// come is noticed when it was due, not when the next one arrives.
+async fn watch_deadline(
+    name: String,
+    expect: crate::freshness::Expectation,
+    zone: chrono_tz::Tz,
+    worker: Worker,
+) {
+    loop {
+        let now = Utc::now();
+        let Some(deadline) = expect.next_after(now, zone) else {
+            return;
+        };
+        tokio::time::sleep((deadline - now).to_std().unwrap_or_default()).await;
+        while Utc::now() <= deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let name = name.clone();
+        let _ = worker.jobs.send(Box::new(move |store, config| {
+            let Some(integration) = config.integrations.get(&name) else {
+                return;
+            };
+            match crate::status::freshness_of(Some(store), &name, integration, Utc::now()) {
+                Ok(f) if f.state == crate::freshness::FreshnessState::Overdue => {
+                    tracing::warn!(
+                        integration = name,
+                        expect = f.expect.as_deref().unwrap_or_default(),
+                        deadline = %deadline,
+                        missed_deadlines = f.missed_deadlines,
+                        "file missing: no file arrived by the deadline"
+                    );
+                }
+                Ok(f) => tracing::debug!(integration = name, state = %f.state, "deadline passed"),
+                Err(e) => tracing::warn!(integration = name, "cannot judge freshness: {e}"),
+            }
+        }));
     }
 }
 

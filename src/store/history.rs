@@ -354,6 +354,79 @@ impl Store {
             .map_err(self.query_error("looking up staged files"))
     }
 
+    /// What freshness needs of `integration`'s history: when its applied
+    /// files arrived (from `since` on; a replay is no arrival), when it first
+    /// ran, and how its last decisive run ended.
+    pub fn arrivals(
+        &self,
+        integration: &str,
+        since: NaiveDateTime,
+    ) -> Result<crate::freshness::Arrivals, StoreError> {
+        use crate::freshness::{Arrivals, LastOutcome, utc};
+        let context = "reading arrivals";
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT started_at FROM dropsync_runs
+                 WHERE integration = ? AND status IN ('success', 'partial')
+                   AND trigger <> 'replay' AND started_at >= ?
+                 ORDER BY started_at",
+            )
+            .map_err(self.query_error(context))?;
+        let applied = stmt
+            .query_map(params![integration, since], |r| {
+                r.get::<_, NaiveDateTime>(0)
+            })
+            .map_err(self.query_error(context))?
+            .map(|t| t.map(utc))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.query_error(context))?;
+        let first_run: Option<NaiveDateTime> = self
+            .conn()
+            .query_row(
+                "SELECT min(started_at) FROM dropsync_runs WHERE integration = ?",
+                [integration],
+                |r| r.get(0),
+            )
+            .map_err(self.query_error(context))?;
+        // A run still `running` is in progress, unless nothing holds the
+        // store for writing: then a stopped process left it behind.
+        let decisive = if self.read_only {
+            "('success', 'partial', 'failed', 'interrupted', 'running')"
+        } else {
+            "('success', 'partial', 'failed', 'interrupted')"
+        };
+        let last_outcome = self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT execution_id, status, started_at FROM dropsync_runs
+                     WHERE integration = ? AND status IN {decisive}
+                     ORDER BY started_at DESC, execution_id DESC LIMIT 1"
+                ),
+                [integration],
+                |r| {
+                    let status = RunStatus::parse(&r.get::<_, String>(1)?);
+                    Ok(LastOutcome {
+                        execution_id: r.get(0)?,
+                        failed: !matches!(status, RunStatus::Success | RunStatus::Partial),
+                        at: utc(r.get(2)?),
+                    })
+                },
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                duckdb::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(self.query_error(context))?;
+        Ok(Arrivals {
+            applied,
+            first_run: first_run.map(utc),
+            last_outcome,
+        })
+    }
+
     /// The newest business date applied for `integration`.
     pub fn latest_applied_date(&self, integration: &str) -> Result<Option<NaiveDate>, StoreError> {
         self.conn()

@@ -299,6 +299,15 @@ fn open_error(path: &Path, source: duckdb::Error) -> StoreError {
     }
 }
 
+/// The version of the DuckDB library this process runs on, as it says
+/// itself (`v1.5.6`).
+pub fn duckdb_version() -> String {
+    // SAFETY: duckdb_library_version takes nothing and returns a pointer to
+    // a static, NUL-terminated string owned by the library.
+    let version = unsafe { std::ffi::CStr::from_ptr(duckdb::ffi::duckdb_library_version()) };
+    version.to_string_lossy().into_owned()
+}
+
 /// What an interrupted run's record says.
 const INTERRUPTED: &str = "the process stopped before the run finished; nothing of it was applied";
 
