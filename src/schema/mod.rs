@@ -6,6 +6,8 @@
 //! default mode, conditional requirements, the status field that drives
 //! subscribe/unsubscribe, and whether the dataset holds typed metrics.
 
+#[cfg(test)]
+mod conformance;
 mod parse;
 pub mod results;
 pub mod validate;
@@ -59,6 +61,10 @@ pub struct TableSchema {
     pub missing_values: Vec<String>,
     #[serde(default)]
     pub fields_match: FieldsMatch,
+    /// Sets of fields whose values together must be unique in a file; a row
+    /// with any of them missing is unique (as in SQL).
+    #[serde(default)]
+    pub unique_keys: Vec<Vec<String>>,
     #[serde(default)]
     pub dropsync: Extensions,
 }
@@ -140,6 +146,31 @@ pub struct Field {
     /// Field-level override of the schema's missing values.
     #[serde(default)]
     pub missing_values: Option<Vec<String>>,
+    /// The values a categorical field may take (string and integer fields).
+    #[serde(default)]
+    pub categories: Option<Vec<Category>>,
+    /// Whether the categories have an order; informational only.
+    #[serde(default)]
+    pub categories_ordered: bool,
+}
+
+/// One category: a bare value, or a value with a label.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Category {
+    /// `{"value": 1, "label": "..."}`: the label is for people, not checked.
+    Labelled {
+        value: serde_json::Value,
+    },
+    Value(serde_json::Value),
+}
+
+impl Category {
+    pub fn value(&self) -> &serde_json::Value {
+        match self {
+            Category::Value(v) | Category::Labelled { value: v, .. } => v,
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -147,7 +178,7 @@ fn default_true() -> bool {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum FieldType {
     #[default]
     String,
@@ -156,25 +187,121 @@ pub enum FieldType {
     Boolean,
     Date,
     Datetime,
+    Time,
+    Year,
+    YearMonth,
+    Duration,
     Any,
 }
 
+/// Table Schema types dropsync does not read: a schema using one is refused.
+const UNSUPPORTED_TYPES: &[&str] = &["geopoint", "geojson", "object", "array", "list"];
+
+impl TryFrom<String> for FieldType {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<FieldType, String> {
+        Ok(match name.as_str() {
+            "string" => FieldType::String,
+            "integer" => FieldType::Integer,
+            "number" => FieldType::Number,
+            "boolean" => FieldType::Boolean,
+            "date" => FieldType::Date,
+            "datetime" => FieldType::Datetime,
+            "time" => FieldType::Time,
+            "year" => FieldType::Year,
+            "yearmonth" => FieldType::YearMonth,
+            "duration" => FieldType::Duration,
+            "any" => FieldType::Any,
+            other if UNSUPPORTED_TYPES.contains(&other) => {
+                return Err(format!(
+                    "field type `{other}` is not supported by dropsync (supported: {})",
+                    FieldType::SUPPORTED
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "unknown field type `{other}` (supported: {})",
+                    FieldType::SUPPORTED
+                ));
+            }
+        })
+    }
+}
+
 impl FieldType {
-    /// The DuckDB column type values of this field are stored as.
+    const SUPPORTED: &'static str =
+        "string, integer, number, boolean, date, datetime, time, year, yearmonth, duration, any";
+
+    /// The DuckDB column type values of this field are stored as. A year-month
+    /// and a duration are kept as their canonical ISO 8601 text (`2026-01`,
+    /// `P1Y2M`): DuckDB has no year-month type, and an INTERVAL loses the
+    /// difference between `P1M` and `P30D` that the file made.
     pub fn sql_type(self) -> &'static str {
         match self {
-            FieldType::String | FieldType::Any => "VARCHAR",
+            FieldType::String | FieldType::Any | FieldType::YearMonth | FieldType::Duration => {
+                "VARCHAR"
+            }
             FieldType::Integer => "BIGINT",
             FieldType::Number => "DOUBLE",
             FieldType::Boolean => "BOOLEAN",
             FieldType::Date => "DATE",
             FieldType::Datetime => "TIMESTAMP",
+            FieldType::Time => "TIME",
+            FieldType::Year => "INTEGER",
         }
+    }
+
+    /// The name Table Schema gives the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Integer => "integer",
+            FieldType::Number => "number",
+            FieldType::Boolean => "boolean",
+            FieldType::Date => "date",
+            FieldType::Datetime => "datetime",
+            FieldType::Time => "time",
+            FieldType::Year => "year",
+            FieldType::YearMonth => "yearmonth",
+            FieldType::Duration => "duration",
+            FieldType::Any => "any",
+        }
+    }
+
+    /// Whether values of this type are compared as written: no parsing
+    /// gives two spellings one value.
+    pub fn is_text(self) -> bool {
+        matches!(self, FieldType::String | FieldType::Any)
+    }
+
+    /// Whether `minimum` and `maximum` order values of this type.
+    fn is_ordered(self) -> bool {
+        matches!(
+            self,
+            FieldType::Integer
+                | FieldType::Number
+                | FieldType::Date
+                | FieldType::Datetime
+                | FieldType::Time
+                | FieldType::Year
+                | FieldType::YearMonth
+        )
+    }
+
+    /// Whether a `format` other than `default` means something for this type.
+    fn has_pattern_formats(self) -> bool {
+        matches!(
+            self,
+            FieldType::Date | FieldType::Datetime | FieldType::Time
+        )
     }
 }
 
+/// A field's constraints. A constraint dropsync does not know is refused
+/// when the schema loads, never silently ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Constraints {
     #[serde(default)]
     pub required: bool,
@@ -188,6 +315,10 @@ pub struct Constraints {
     pub minimum: Option<serde_json::Value>,
     #[serde(default)]
     pub maximum: Option<serde_json::Value>,
+    #[serde(default)]
+    pub exclusive_minimum: Option<serde_json::Value>,
+    #[serde(default)]
+    pub exclusive_maximum: Option<serde_json::Value>,
     #[serde(default)]
     pub pattern: Option<String>,
     #[serde(rename = "enum", default)]
@@ -283,7 +414,17 @@ impl Dataset {
             origin: origin.to_string(),
             message,
         };
-        let schema: TableSchema = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut schema: TableSchema =
+            serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for field in &mut schema.fields {
+            // Table Schema v1 wrote patterns as `fmt:%d/%m/%Y`; v2 still
+            // accepts that spelling.
+            if let Some(format) = &mut field.format
+                && let Some(pattern) = format.strip_prefix("fmt:")
+            {
+                *format = pattern.to_string();
+            }
+        }
         if schema.fields.is_empty() {
             return Err(invalid("a schema needs at least one field".into()));
         }
@@ -331,11 +472,22 @@ impl Dataset {
                 status.field
             )));
         }
+        for key in &schema.unique_keys {
+            if key.is_empty() {
+                return Err(invalid("a uniqueKeys entry names no field".into()));
+            }
+            for f in key {
+                if !known(f) {
+                    return Err(invalid(format!("uniqueKeys names unknown field `{f}`")));
+                }
+            }
+        }
         for field in &schema.fields {
             if let Some(p) = &field.constraints.pattern {
                 regex::Regex::new(p)
                     .map_err(|e| invalid(format!("field `{}`: bad pattern: {e}", field.name)))?;
             }
+            check_field(field).map_err(|m| invalid(format!("field `{}`: {m}", field.name)))?;
         }
         Ok(Dataset {
             name: name.to_string(),
@@ -347,6 +499,71 @@ impl Dataset {
     pub fn default_mode(&self) -> Mode {
         self.schema.dropsync.mode.unwrap_or(Mode::Snapshot)
     }
+}
+
+/// The string formats dropsync checks.
+const STRING_FORMATS: &[&str] = &["email", "uri", "uuid", "binary"];
+
+/// Refuses what a field asks for that dropsync would not enforce: a format
+/// or a constraint its type does not have, a bound or an allowed value that
+/// is not a value of the type. The spec lets an implementation refuse what
+/// it does not support; ignoring it would let bad values through unseen.
+fn check_field(field: &Field) -> Result<(), String> {
+    let kind = field.kind;
+    let type_name = kind.name();
+    match field.format.as_deref() {
+        None | Some("default") => {}
+        Some(f) if kind == FieldType::String => {
+            if !STRING_FORMATS.contains(&f) {
+                return Err(format!(
+                    "string format `{f}` is not supported (supported: default, {})",
+                    STRING_FORMATS.join(", ")
+                ));
+            }
+        }
+        Some("any") if kind.has_pattern_formats() => {}
+        Some(f) if kind.has_pattern_formats() => {
+            use chrono::format::{Item, StrftimeItems};
+            if StrftimeItems::new(f).any(|item| matches!(item, Item::Error)) {
+                return Err(format!("format `{f}` is not a valid strftime pattern"));
+            }
+        }
+        Some(f) => {
+            return Err(format!(
+                "format `{f}` is not supported for type {type_name} (it has only `default`)"
+            ));
+        }
+    }
+    let c = &field.constraints;
+    for (name, value) in [
+        ("minimum", &c.minimum),
+        ("maximum", &c.maximum),
+        ("exclusiveMinimum", &c.exclusive_minimum),
+        ("exclusiveMaximum", &c.exclusive_maximum),
+    ] {
+        let Some(value) = value else { continue };
+        if !kind.is_ordered() {
+            return Err(format!(
+                "constraint `{name}` is not supported for type {type_name}"
+            ));
+        }
+        validate::bound(field, value).map_err(|m| format!("{name}: {m}"))?;
+    }
+    for value in c.allowed.iter().flatten() {
+        validate::canonical_json(field, value).map_err(|m| format!("enum: {m}"))?;
+    }
+    if let Some(categories) = &field.categories {
+        if !matches!(kind, FieldType::String | FieldType::Integer) {
+            return Err(format!(
+                "`categories` is not supported for type {type_name} (only string and integer)"
+            ));
+        }
+        for category in categories {
+            validate::canonical_json(field, category.value())
+                .map_err(|m| format!("categories: {m}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl TableSchema {

@@ -67,6 +67,8 @@ fn metric_field(name: &str, kind: MetricType) -> Field {
         group_char: (field_type == FieldType::Number).then(|| ",".to_string()),
         decimal_char: None,
         missing_values: None,
+        categories: None,
+        categories_ordered: false,
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use foldhash::{HashMap as FastMap, HashMapExt, HashSet as FastSet};
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use polars::prelude::*;
 use regex::Regex;
 
@@ -111,6 +111,7 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         }
         let series = convert(field, values, raw_column, &mut push);
         check_constraints(field, values, &mut push);
+        check_categories(field, values, &mut push);
         (series.into_column(), issues)
     });
     let mut columns: Vec<Column> = Vec::with_capacity(fields.len() + 1);
@@ -127,19 +128,36 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         columns.push(attributes.into_series().into_column());
     }
 
-    // Rules across fields and rows: references, and the key.
+    // Rules across fields and rows compare typed values: `01` and `1` are
+    // one integer key, one reference, one unique value.
+    let compared = compared_fields(schema);
+    let typed: Vec<Option<Vec<Option<String>>>> = in_parallel(&fields, |(index, field, _)| {
+        (compared[*index] && !field.kind.is_text()).then(|| {
+            present[*index]
+                .iter()
+                .map(|v| v.and_then(|v| canonical(field, v).ok().map(Cow::into_owned)))
+                .collect()
+        })
+    });
+    let comparable = Comparable {
+        present: &present,
+        typed,
+    };
+
+    // Rules across fields and rows: references, unique keys, and the key.
     let (mut cross, duplicate_rows) = std::thread::scope(|scope| {
         let references = scope.spawn(|| {
             let mut issues = Vec::new();
-            check_required_when(schema, &present, &mut issues);
-            check_foreign_keys(schema, &present, ctx, &mut issues);
+            check_required_when(schema, &comparable, &mut issues);
+            check_foreign_keys(schema, &comparable, ctx, &mut issues);
+            check_unique_keys(schema, &comparable, raw, &mut issues);
             issues
         });
         let mut key_issues = Vec::new();
         let duplicates = if ctx.key_checked_later {
             HashSet::new()
         } else {
-            check_keys(schema, &present, raw, ctx, &mut key_issues)
+            check_keys(schema, &comparable, raw, ctx, &mut key_issues)
         };
         let mut cross = references.join().expect("reference checks do not panic");
         cross.extend(key_issues);
@@ -160,6 +178,16 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
             .collect();
         (!parts.is_empty()).then(|| parts.join("|"))
     };
+    // A rejected row protects its stored copy by key: the typed key, spelled
+    // as the store spells it, when the key's values read.
+    let stored_key_of = |row: usize| -> Option<String> {
+        if key_fields.is_empty() {
+            return None;
+        }
+        composite(&comparable, &key_fields, row)
+            .map(Cow::into_owned)
+            .or_else(|| key_of(row))
+    };
     let field_order = |f: &Option<String>| {
         f.as_ref()
             .and_then(|f| schema.fields.iter().position(|x| &x.name == f))
@@ -173,7 +201,7 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         let row = issue.row as usize;
         if !bad[row] {
             bad[row] = true;
-            rejected_keys.extend(key_of(row));
+            rejected_keys.extend(stored_key_of(row));
         }
         errors.push(RowError {
             line: raw.lines[row],
@@ -317,7 +345,152 @@ fn convert(
                 .cast(&DataType::Datetime(TimeUnit::Microseconds, None))
                 .expect("i64 casts to datetime")
         }
+        FieldType::Time => {
+            // The store keeps microseconds; nanoseconds beyond them are dropped
+            // here, so that what is compared is what is stored.
+            let nanos = typed_values(values, report, |v| {
+                parse_time(field.format.as_deref(), v).map(|t| time_micros(t) * 1000)
+            });
+            Series::new(name, nanos)
+                .cast(&DataType::Time)
+                .expect("i64 casts to time")
+        }
+        FieldType::Year => Series::new(name, typed_values(values, report, parse_year)),
+        FieldType::YearMonth => Series::new(
+            name,
+            typed_values(values, report, |v| {
+                parse_yearmonth(v).map(|(y, m)| format!("{y:04}-{m:02}"))
+            }),
+        ),
+        FieldType::Duration => Series::new(
+            name,
+            typed_values(values, report, |v| parse_duration(v).map(|d| d.to_string())),
+        ),
     }
+}
+
+/// A cell's value in one spelling per value of its type: what enum, unique,
+/// keys and references compare, so `01` and `1` are one integer and `TRUE`
+/// and `true` one boolean. Text is its own spelling. Typed values are spelled
+/// as the store writes the stored value as text (`CAST(x AS VARCHAR)`), so
+/// that a rejected row's key finds its stored copy.
+pub(crate) fn canonical<'a>(field: &Field, v: &'a str) -> Result<Cow<'a, str>, String> {
+    let format = field.format.as_deref();
+    Ok(match field.kind {
+        FieldType::String | FieldType::Any => Cow::Borrowed(v),
+        FieldType::Integer => Cow::Owned(parse_integer(field, v)?.to_string()),
+        FieldType::Number => Cow::Owned(number_text(parse_number(field, v)?)),
+        FieldType::Boolean => Cow::Borrowed(if parse_boolean(field, v)? {
+            "true"
+        } else {
+            "false"
+        }),
+        FieldType::Date => Cow::Owned(parse_date(format, v)?.format("%Y-%m-%d").to_string()),
+        FieldType::Datetime => {
+            let t = parse_datetime(format, v)?;
+            Cow::Owned(format!(
+                "{}{}",
+                t.format("%Y-%m-%d %H:%M:%S"),
+                fraction_text(t.nanosecond() / 1000)
+            ))
+        }
+        FieldType::Time => {
+            let t = parse_time(format, v)?;
+            Cow::Owned(format!(
+                "{}{}",
+                t.format("%H:%M:%S"),
+                fraction_text(t.nanosecond() / 1000)
+            ))
+        }
+        FieldType::Year => Cow::Owned(parse_year(v)?.to_string()),
+        FieldType::YearMonth => {
+            let (y, m) = parse_yearmonth(v)?;
+            Cow::Owned(format!("{y:04}-{m:02}"))
+        }
+        FieldType::Duration => Cow::Owned(parse_duration(v)?.to_string()),
+    })
+}
+
+/// A value given in the schema itself (an `enum` item, a category) in the
+/// canonical spelling of `field`'s type. Text is read as a cell would be
+/// (then in the type's default format); JSON numbers and booleans as what
+/// they are.
+pub(crate) fn canonical_json(field: &Field, value: &serde_json::Value) -> Result<String, String> {
+    use serde_json::Value;
+    let wrong = || {
+        format!(
+            "`{}` is not of type {}",
+            json_text(value),
+            field.kind.name()
+        )
+    };
+    match (value, field.kind) {
+        (Value::String(s), _) => canonical(field, s)
+            .or_else(|e| canonical(&plain_field(field), s).map_err(|_| e))
+            .map(Cow::into_owned),
+        (Value::Number(n), FieldType::Integer | FieldType::Year) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|x| x.fract() == 0.0 && x.abs() < 9.0e15)
+                    .map(|x| x as i64)
+            })
+            .map(|i| i.to_string())
+            .ok_or_else(wrong),
+        (Value::Number(n), FieldType::Number) => n.as_f64().map(number_text).ok_or_else(wrong),
+        (Value::Bool(b), FieldType::Boolean) => Ok(b.to_string()),
+        (Value::Number(_) | Value::Bool(_), kind) if kind.is_text() => Ok(value.to_string()),
+        _ => Err(wrong()),
+    }
+}
+
+/// `field` with only its name and type: how values the store gives back as
+/// text are read (default formats, `true`/`false`, `.` decimals).
+fn plain_field(field: &Field) -> Field {
+    Field {
+        name: field.name.clone(),
+        kind: field.kind,
+        format: None,
+        constraints: Default::default(),
+        true_values: None,
+        false_values: None,
+        bare_number: true,
+        group_char: None,
+        decimal_char: None,
+        missing_values: None,
+        categories: None,
+        categories_ordered: false,
+    }
+}
+
+/// A double as text: whole numbers keep a `.0`, as the store writes them;
+/// zero has one sign.
+fn number_text(x: f64) -> String {
+    if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf".into() } else { "-inf".into() }
+    } else if x == 0.0 {
+        "0.0".into()
+    } else if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.1}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// `.123` for 123000 microseconds: the fraction without trailing zeros, or
+/// nothing for none.
+fn fraction_text(micros: u32) -> String {
+    if micros == 0 {
+        return String::new();
+    }
+    let digits = format!(".{micros:06}");
+    digits.trim_end_matches('0').to_string()
+}
+
+fn time_micros(t: NaiveTime) -> i64 {
+    i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1000)
 }
 
 /// Parses every present value; one that does not parse is reported and
@@ -345,14 +518,9 @@ fn typed_values<T>(
 fn check_string_format(format: &str, v: &str) -> Result<(), String> {
     let ok = match format {
         "email" => is_email(v),
-        "uri" => v.split_once(':').is_some_and(|(scheme, rest)| {
-            !scheme.is_empty()
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-                && !rest.is_empty()
-        }),
+        "uri" => is_uri(v),
         "uuid" => uuid::Uuid::parse_str(v).is_ok(),
+        "binary" => is_base64(v),
         _ => true,
     };
     if ok {
@@ -362,17 +530,88 @@ fn check_string_format(format: &str, v: &str) -> Result<(), String> {
     }
 }
 
+/// A mailbox as RFC 5321 defines it (`Local-part "@" Domain`), with the
+/// UTF-8 that RFC 6531 allows: the local part is dot-separated atoms or a
+/// quoted string, the domain dot-separated labels (at least two: an address
+/// a partner sends is never local to a host) or an address literal. Display
+/// forms (`Name <a@b.example>`) and lists are not addresses.
 fn is_email(v: &str) -> bool {
+    // The domain holds no `@`; a quoted local part may.
     let Some((local, domain)) = v.rsplit_once('@') else {
         return false;
     };
-    !local.is_empty()
-        && local.len() <= 64
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
+    v.len() <= 254 && is_local_part(local) && is_mail_domain(domain)
+}
+
+fn is_local_part(local: &str) -> bool {
+    if local.is_empty() || local.len() > 64 {
+        return false;
+    }
+    if let Some(quoted) = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        let mut chars = quoted.chars();
+        while let Some(c) = chars.next() {
+            let ok = match c {
+                '\\' => chars.next().is_some_and(|c| (' '..='~').contains(&c)),
+                '"' => false,
+                c => (' '..='~').contains(&c) || (!c.is_ascii() && !c.is_control()),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        return true;
+    }
+    let atext = |c: char| {
+        c.is_ascii_alphanumeric()
+            || "!#$%&'*+-/=?^_`{|}~".contains(c)
+            || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+    };
+    local
+        .split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
+fn is_mail_domain(domain: &str) -> bool {
+    if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+        return match literal.strip_prefix("IPv6:") {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => literal.parse::<std::net::Ipv4Addr>().is_ok(),
+        };
+    }
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| {
+                c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && c.is_alphanumeric())
+            })
+    };
+    domain.len() <= 253 && domain.contains('.') && domain.split('.').all(label)
+}
+
+/// An absolute URI (RFC 3986): a scheme that starts with a letter, a colon,
+/// then something, with no whitespace or control characters anywhere.
+fn is_uri(v: &str) -> bool {
+    let Some((scheme, rest)) = v.split_once(':') else {
+        return false;
+    };
+    let mut scheme_chars = scheme.chars();
+    scheme_chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme_chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !rest.is_empty()
         && !v.chars().any(|c| c.is_whitespace() || c.is_control())
-        && !domain.contains('@')
+}
+
+/// Standard base64 (RFC 4648), padded: what Table Schema's `binary` holds.
+fn is_base64(v: &str) -> bool {
+    let b = v.as_bytes();
+    let padding = b.iter().rev().take_while(|&&c| c == b'=').count();
+    b.len().is_multiple_of(4)
+        && padding <= 2
+        && b[..b.len() - padding]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
 /// Strips what a non-bare number may carry around it ("€ 1,200.50",
@@ -403,6 +642,10 @@ fn numeric_text(field: &Field, v: &str) -> Option<String> {
         } else if decimal != "." && rest.starts_with(decimal) {
             out.push('.');
             rest = &rest[decimal.len()..];
+        } else if decimal != "." && c == '.' {
+            // With another decimal character a `.` is neither that nor a
+            // group separator: `1.5` is not a number there.
+            return None;
         } else {
             out.push(c);
             rest = &rest[c.len_utf8()..];
@@ -424,11 +667,19 @@ pub(crate) fn parse_number(field: &Field, v: &str) -> Result<f64, String> {
     if let Some(x) = plain_number(field, v).and_then(|v| v.parse().ok()) {
         return Ok(x);
     }
+    // Table Schema's special values, in any case.
+    for (name, x) in [
+        ("nan", f64::NAN),
+        ("inf", f64::INFINITY),
+        ("+inf", f64::INFINITY),
+        ("-inf", f64::NEG_INFINITY),
+    ] {
+        if v.trim().eq_ignore_ascii_case(name) {
+            return Ok(x);
+        }
+    }
     numeric_text(field, v)
         .and_then(|s| match s.as_str() {
-            "NaN" => Some(f64::NAN),
-            "INF" => Some(f64::INFINITY),
-            "-INF" => Some(f64::NEG_INFINITY),
             s if s
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) =>
@@ -502,17 +753,15 @@ fn iso_date(v: &str) -> Option<NaiveDate> {
 /// none means UTC), or a strftime `format`.
 pub(crate) fn parse_datetime(format: Option<&str>, v: &str) -> Result<NaiveDateTime, String> {
     let parsed = match format {
+        // Seconds are part of the default form, with an offset or without:
+        // `10:20` and `10:20Z` are refused alike.
         None | Some("default") | Some("any") => DateTime::parse_from_rfc3339(v)
             .map(|t| t.naive_utc())
             .ok()
             .or_else(|| {
-                [
-                    "%Y-%m-%dT%H:%M:%S%.f",
-                    "%Y-%m-%d %H:%M:%S%.f",
-                    "%Y-%m-%dT%H:%M",
-                ]
-                .iter()
-                .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
+                ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                    .iter()
+                    .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
             })
             .or_else(|| {
                 DateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f%:z")
@@ -520,12 +769,24 @@ pub(crate) fn parse_datetime(format: Option<&str>, v: &str) -> Result<NaiveDateT
                     .map(|t| t.naive_utc())
             })
             .or_else(|| {
-                (format == Some("any"))
-                    .then(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
-                    .flatten()
-                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                if format != Some("any") {
+                    return None;
+                }
+                let utc = v.strip_suffix('Z').unwrap_or(v);
+                ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
+                    .iter()
+                    .find_map(|f| NaiveDateTime::parse_from_str(utc, f).ok())
+                    .or_else(|| {
+                        NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                            .ok()
+                            .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    })
             }),
-        Some(f) => NaiveDateTime::parse_from_str(v, f).ok(),
+        // A pattern with an offset gives an instant, kept in UTC.
+        Some(f) => DateTime::parse_from_str(v, f)
+            .map(|t| t.naive_utc())
+            .ok()
+            .or_else(|| NaiveDateTime::parse_from_str(v, f).ok()),
     };
     parsed.ok_or_else(|| match format {
         None | Some("default") | Some("any") => {
@@ -535,6 +796,183 @@ pub(crate) fn parse_datetime(format: Option<&str>, v: &str) -> Result<NaiveDateT
     })
 }
 
+/// A time of day: ISO 8601 `hh:mm:ss` (a fraction allowed, `Z` allowed)
+/// by default, a strftime `format`, or `any` of the common forms.
+pub(crate) fn parse_time(format: Option<&str>, v: &str) -> Result<NaiveTime, String> {
+    let parsed = match format {
+        None | Some("default") => {
+            NaiveTime::parse_from_str(v.strip_suffix('Z').unwrap_or(v), "%H:%M:%S%.f").ok()
+        }
+        Some("any") => {
+            let v = v.strip_suffix('Z').unwrap_or(v);
+            ["%H:%M:%S%.f", "%H:%M", "%I:%M:%S %p", "%I:%M %p", "%H%M%S"]
+                .iter()
+                .find_map(|f| NaiveTime::parse_from_str(v, f).ok())
+        }
+        Some(f) => NaiveTime::parse_from_str(v, f).ok(),
+    };
+    parsed.ok_or_else(|| match format {
+        None | Some("default") | Some("any") => {
+            format!("`{v}` is not a time (expected hh:mm:ss, like 09:30:00)")
+        }
+        Some(f) => format!("`{v}` is not a time in the format `{f}`"),
+    })
+}
+
+/// A calendar year, `YYYY`.
+pub(crate) fn parse_year(v: &str) -> Result<i32, String> {
+    if v.len() == 4 && v.bytes().all(|b| b.is_ascii_digit()) {
+        v.parse()
+            .map_err(|_| format!("`{v}` is not a year (expected YYYY)"))
+    } else {
+        Err(format!("`{v}` is not a year (expected YYYY)"))
+    }
+}
+
+/// A month of a year, `YYYY-MM`.
+pub(crate) fn parse_yearmonth(v: &str) -> Result<(i32, u32), String> {
+    let wrong = || format!("`{v}` is not a year and month (expected YYYY-MM)");
+    let (year, month) = v.split_once('-').ok_or_else(wrong)?;
+    let year = parse_year(year).map_err(|_| wrong())?;
+    if month.len() != 2 || !month.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(wrong());
+    }
+    let month: u32 = month.parse().map_err(|_| wrong())?;
+    if !(1..=12).contains(&month) {
+        return Err(wrong());
+    }
+    Ok((year, month))
+}
+
+/// An ISO 8601 duration, as Table Schema's `duration` holds it: `P1Y2M10D`,
+/// `PT2H30M`, `P2W`, `-P1D`, a fraction on the seconds only. Its text form
+/// leaves out zero parts and counts weeks as days, so one length of time
+/// written two ways compares equal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct IsoDuration {
+    negative: bool,
+    years: u64,
+    months: u64,
+    days: u64,
+    hours: u64,
+    minutes: u64,
+    seconds: u64,
+    /// Fraction of a second, in nanoseconds.
+    nanos: u32,
+}
+
+impl std::fmt::Display for IsoDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let date = [(self.years, 'Y'), (self.months, 'M'), (self.days, 'D')];
+        let time = [(self.hours, 'H'), (self.minutes, 'M')];
+        let no_time = self.hours == 0 && self.minutes == 0 && self.seconds == 0 && self.nanos == 0;
+        if no_time && date.iter().all(|(n, _)| *n == 0) {
+            return f.write_str("PT0S");
+        }
+        if self.negative {
+            f.write_str("-")?;
+        }
+        f.write_str("P")?;
+        for (n, unit) in date {
+            if n != 0 {
+                write!(f, "{n}{unit}")?;
+            }
+        }
+        if !no_time {
+            f.write_str("T")?;
+            for (n, unit) in time {
+                if n != 0 {
+                    write!(f, "{n}{unit}")?;
+                }
+            }
+            if self.seconds != 0 || self.nanos != 0 {
+                let fraction = format!(".{:09}", self.nanos);
+                let fraction = fraction.trim_end_matches('0').trim_end_matches('.');
+                write!(f, "{}{fraction}S", self.seconds)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn parse_duration(v: &str) -> Result<IsoDuration, String> {
+    let wrong = || format!("`{v}` is not a duration (expected ISO 8601, like P1Y2M10DT2H30M)");
+    let (negative, rest) = match v.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let rest = rest.strip_prefix('P').ok_or_else(wrong)?;
+    let (date, time) = match rest.split_once('T') {
+        Some((_, "")) => return Err(wrong()),
+        Some((date, time)) => (date, Some(time)),
+        None => (rest, None),
+    };
+    let mut d = IsoDuration {
+        negative,
+        ..IsoDuration::default()
+    };
+    let date_parts = duration_parts(date, "YMWD", false, &mut d).ok_or_else(wrong)?;
+    let time_parts = match time {
+        Some(time) => match duration_parts(time, "HMS", true, &mut d) {
+            Some(0) | None => return Err(wrong()),
+            Some(n) => n,
+        },
+        None => 0,
+    };
+    if date_parts + time_parts == 0 {
+        return Err(wrong());
+    }
+    Ok(d)
+}
+
+/// Reads the date or the time half of a duration into `d`: each part is
+/// digits then its unit, units in the order of `units`, each at most once.
+/// Gives how many parts there were.
+fn duration_parts(text: &str, units: &str, time_part: bool, d: &mut IsoDuration) -> Option<usize> {
+    let mut rest = text;
+    let mut allowed = units;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !c.is_ascii_digit() && c != '.' && c != ',')?;
+        let (number, tail) = rest.split_at(end);
+        let unit = tail.chars().next()?;
+        let at = allowed.find(unit)?;
+        allowed = &allowed[at + unit.len_utf8()..];
+        rest = &tail[unit.len_utf8()..];
+        let (whole, fraction) = match number.split_once(['.', ',']) {
+            Some((w, f)) if time_part && unit == 'S' && !f.is_empty() && f.len() <= 9 => {
+                (w, Some(f))
+            }
+            Some(_) => return None,
+            None => (number, None),
+        };
+        if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = whole.parse().ok()?;
+        match (time_part, unit) {
+            (false, 'Y') => d.years = n,
+            (false, 'M') => d.months = n,
+            (false, 'W') => d.days = d.days.checked_add(n.checked_mul(7)?)?,
+            (false, 'D') => d.days = d.days.checked_add(n)?,
+            (true, 'H') => d.hours = n,
+            (true, 'M') => d.minutes = n,
+            (true, 'S') => {
+                d.seconds = n;
+                if let Some(f) = fraction {
+                    if !f.bytes().all(|b| b.is_ascii_digit()) {
+                        return None;
+                    }
+                    d.nanos = format!("{f:0<9}").parse().ok()?;
+                }
+            }
+            _ => return None,
+        }
+        parts += 1;
+    }
+    Some(parts)
+}
+
 fn check_constraints(
     field: &Field,
     values: &[Option<&str>],
@@ -542,21 +980,7 @@ fn check_constraints(
 ) {
     let c = &field.constraints;
     if let Some(allowed) = &c.allowed {
-        let allowed: FastSet<String> = allowed.iter().map(json_text).collect();
-        let mut listed: Vec<&String> = allowed.iter().collect();
-        listed.sort();
-        let listed = listed
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        for (row, v) in values.iter().enumerate() {
-            if let Some(v) = v
-                && !allowed.contains(*v)
-            {
-                report(row, format!("`{v}` is not one of: {listed}"));
-            }
-        }
+        check_one_of(field, allowed.iter(), values, "one of", report);
     }
     if let Some(pattern) = &c.pattern {
         let re = Regex::new(&format!("^(?:{pattern})$")).expect("checked when loaded");
@@ -584,20 +1008,63 @@ fn check_constraints(
             }
         }
     }
-    if c.minimum.is_some() || c.maximum.is_some() {
+    if c.minimum.is_some()
+        || c.maximum.is_some()
+        || c.exclusive_minimum.is_some()
+        || c.exclusive_maximum.is_some()
+    {
         check_bounds(field, values, report);
     }
     if c.unique {
-        let mut first: FastMap<&str, usize> = FastMap::with_capacity(values.len());
+        // Typed: `1` and `01` are one integer. A value that does not read as
+        // its type is already an error of its own.
+        let mut first: FastMap<Cow<str>, usize> = FastMap::with_capacity(values.len());
         for (row, v) in values.iter().enumerate() {
             if let Some(v) = v
-                && first.insert(v, row).is_some()
+                && let Ok(value) = canonical(field, v)
+                && first.insert(value, row).is_some()
             {
                 report(
                     row,
                     format!("`{v}` is not unique (it appears on an earlier row)"),
                 );
             }
+        }
+    }
+}
+
+/// A categorical field's values must be among its categories.
+fn check_categories(field: &Field, values: &[Option<&str>], report: &mut dyn FnMut(usize, String)) {
+    if let Some(categories) = &field.categories {
+        let allowed = categories.iter().map(super::Category::value);
+        check_one_of(field, allowed, values, "one of the categories", report);
+    }
+}
+
+/// Reports each value whose typed value is not among `allowed` (an `enum`,
+/// the categories).
+fn check_one_of<'v>(
+    field: &Field,
+    allowed: impl Iterator<Item = &'v serde_json::Value>,
+    values: &[Option<&str>],
+    what: &str,
+    report: &mut dyn FnMut(usize, String),
+) {
+    let allowed: Vec<&serde_json::Value> = allowed.collect();
+    let typed: FastSet<String> = allowed
+        .iter()
+        .filter_map(|a| canonical_json(field, a).ok())
+        .collect();
+    let mut listed: Vec<String> = allowed.iter().map(|a| json_text(a)).collect();
+    listed.sort();
+    listed.dedup();
+    let listed = listed.join(", ");
+    for (row, v) in values.iter().enumerate() {
+        if let Some(v) = v
+            && let Ok(value) = canonical(field, v)
+            && !typed.contains(value.as_ref())
+        {
+            report(row, format!("`{v}` is not {what}: {listed}"));
         }
     }
 }
@@ -609,64 +1076,180 @@ fn json_text(v: &serde_json::Value) -> String {
     }
 }
 
-fn check_bounds(field: &Field, values: &[Option<&str>], report: &mut dyn FnMut(usize, String)) {
-    let c = &field.constraints;
-    // Compare in a common order: numbers as f64, dates and datetimes by value.
-    let key = |text: &str| -> Option<f64> {
-        match field.kind {
-            FieldType::Integer => parse_integer(field, text).ok().map(|i| i as f64),
-            FieldType::Number => parse_number(field, text).ok(),
-            FieldType::Date => parse_date(None, text)
-                .or_else(|_| parse_date(field.format.as_deref(), text))
-                .ok()
-                .map(|d| d.to_epoch_days() as f64),
-            FieldType::Datetime => parse_datetime(None, text)
-                .or_else(|_| parse_datetime(field.format.as_deref(), text))
-                .ok()
-                .map(|t| t.and_utc().timestamp() as f64),
-            _ => None,
-        }
-    };
-    let bound = |b: &Option<serde_json::Value>| -> Option<(f64, String)> {
-        let b = b.as_ref()?;
-        let text = json_text(b);
-        let k = b.as_f64().or_else(|| key(&text))?;
-        Some((k, text))
-    };
-    let (min, max) = (bound(&c.minimum), bound(&c.maximum));
-    for (row, v) in values.iter().enumerate() {
-        let Some(x) = v.and_then(key) else { continue };
-        if let Some((m, text)) = &min
-            && x < *m
-        {
-            report(
-                row,
-                format!("`{}` is less than the minimum {text}", v.unwrap_or("")),
-            );
-        }
-        if let Some((m, text)) = &max
-            && x > *m
-        {
-            report(
-                row,
-                format!("`{}` is more than the maximum {text}", v.unwrap_or("")),
-            );
+/// Where a value of an ordered type stands: integers, days, microseconds
+/// and months as integers; numbers as doubles.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ordinal {
+    Int(i64),
+    Float(f64),
+}
+
+impl PartialEq for Ordinal {
+    fn eq(&self, other: &Ordinal) -> bool {
+        self.partial_cmp(other) == Some(std::cmp::Ordering::Equal)
+    }
+}
+
+impl PartialOrd for Ordinal {
+    fn partial_cmp(&self, other: &Ordinal) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Ordinal::Int(a), Ordinal::Int(b)) => Some(a.cmp(b)),
+            _ => self.as_f64().partial_cmp(&other.as_f64()),
         }
     }
 }
 
-fn check_required_when(
-    schema: &TableSchema,
-    present: &[Vec<Option<&str>>],
-    issues: &mut Vec<Issue>,
-) {
+impl Ordinal {
+    fn as_f64(self) -> f64 {
+        match self {
+            Ordinal::Int(i) => i as f64,
+            Ordinal::Float(x) => x,
+        }
+    }
+}
+
+/// Where a cell of `field` stands in its type's order; none for a value
+/// that does not read, or a type without an order.
+fn ordinal(field: &Field, v: &str) -> Option<Ordinal> {
+    let format = field.format.as_deref();
+    Some(match field.kind {
+        FieldType::Integer => Ordinal::Int(parse_integer(field, v).ok()?),
+        FieldType::Number => Ordinal::Float(parse_number(field, v).ok()?),
+        FieldType::Date => Ordinal::Int(i64::from(parse_date(format, v).ok()?.to_epoch_days())),
+        FieldType::Datetime => {
+            Ordinal::Int(parse_datetime(format, v).ok()?.and_utc().timestamp_micros())
+        }
+        FieldType::Time => Ordinal::Int(time_micros(parse_time(format, v).ok()?)),
+        FieldType::Year => Ordinal::Int(i64::from(parse_year(v).ok()?)),
+        FieldType::YearMonth => {
+            let (y, m) = parse_yearmonth(v).ok()?;
+            Ordinal::Int(i64::from(y) * 12 + i64::from(m) - 1)
+        }
+        FieldType::String | FieldType::Any | FieldType::Boolean | FieldType::Duration => {
+            return None;
+        }
+    })
+}
+
+/// A bound given in the schema (`minimum`, `exclusiveMaximum`, ...): a JSON
+/// number for numeric types, else text in the type's default form or the
+/// field's format.
+pub(crate) fn bound(field: &Field, value: &serde_json::Value) -> Result<Ordinal, String> {
+    let wrong = || {
+        format!(
+            "`{}` is not of type {}",
+            json_text(value),
+            field.kind.name()
+        )
+    };
+    match value {
+        serde_json::Value::Number(n)
+            if matches!(field.kind, FieldType::Integer | FieldType::Year) =>
+        {
+            Ok(n.as_i64().map_or_else(
+                || Ordinal::Float(n.as_f64().unwrap_or(f64::NAN)),
+                Ordinal::Int,
+            ))
+        }
+        serde_json::Value::Number(n) if field.kind == FieldType::Number => {
+            n.as_f64().map(Ordinal::Float).ok_or_else(wrong)
+        }
+        serde_json::Value::String(s) => ordinal(&plain_field(field), s)
+            .or_else(|| ordinal(field, s))
+            .ok_or_else(wrong),
+        _ => Err(wrong()),
+    }
+}
+
+fn check_bounds(field: &Field, values: &[Option<&str>], report: &mut dyn FnMut(usize, String)) {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let c = &field.constraints;
+    // Each bound, with the orders it forbids and how to say so.
+    let limits: Vec<(Ordinal, String, &[std::cmp::Ordering], &str)> = [
+        (&c.minimum, &[Less][..], "is less than the minimum"),
+        (&c.maximum, &[Greater][..], "is more than the maximum"),
+        (
+            &c.exclusive_minimum,
+            &[Less, Equal][..],
+            "is not more than the exclusive minimum",
+        ),
+        (
+            &c.exclusive_maximum,
+            &[Greater, Equal][..],
+            "is not less than the exclusive maximum",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(b, forbidden, message)| {
+        let b = b.as_ref()?;
+        Some((bound(field, b).ok()?, json_text(b), forbidden, message))
+    })
+    .collect();
+    for (row, v) in values.iter().enumerate() {
+        let Some(v) = v else { continue };
+        let Some(x) = ordinal(field, v) else { continue };
+        for (limit, text, forbidden, message) in &limits {
+            if let Some(order) = x.partial_cmp(limit)
+                && forbidden.contains(&order)
+            {
+                report(row, format!("`{v}` {message} {text}"));
+            }
+        }
+    }
+}
+
+/// Each field's values as the rules across rows compare them: text as read,
+/// typed values (of the fields those rules use) in their canonical spelling.
+struct Comparable<'a> {
+    present: &'a [Vec<Option<&'a str>>],
+    typed: Vec<Option<Vec<Option<String>>>>,
+}
+
+impl Comparable<'_> {
+    fn get(&self, field: usize, row: usize) -> Option<&str> {
+        match &self.typed[field] {
+            Some(typed) => typed[row].as_deref(),
+            None => self.present[field][row],
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.present.first().map_or(0, Vec::len)
+    }
+}
+
+/// Which fields the rules across rows compare: keys, references, unique
+/// keys, and the conditions of `requiredWhen`.
+fn compared_fields(schema: &TableSchema) -> Vec<bool> {
+    let mut names: Vec<String> = schema.primary_key();
+    for fk in &schema.foreign_keys {
+        names.extend(fk.fields.to_vec());
+        if fk.reference.resource.is_empty() {
+            names.extend(fk.reference.fields.to_vec());
+        }
+    }
+    names.extend(schema.unique_keys.iter().flatten().cloned());
+    names.extend(schema.dropsync.required_when.iter().map(|r| r.when.clone()));
+    schema
+        .fields
+        .iter()
+        .map(|f| names.contains(&f.name))
+        .collect()
+}
+
+fn check_required_when(schema: &TableSchema, values: &Comparable, issues: &mut Vec<Issue>) {
     let index = |name: &str| schema.fields.iter().position(|f| f.name == name);
     for rule in &schema.dropsync.required_when {
         let (Some(field), Some(when)) = (index(&rule.field), index(&rule.when)) else {
             continue;
         };
-        for (row, (value, condition)) in present[field].iter().zip(&present[when]).enumerate() {
-            if value.is_none() && *condition == Some(rule.equals.as_str()) {
+        // The condition is a value of the `when` field: compared typed.
+        let equals = canonical(&schema.fields[when], &rule.equals)
+            .unwrap_or(Cow::Borrowed(rule.equals.as_str()));
+        for row in 0..values.rows() {
+            if values.present[field][row].is_none()
+                && values.get(when, row) == Some(equals.as_ref())
+            {
                 issues.push(Issue {
                     row: row as u32,
                     field: Some(rule.field.clone()),
@@ -684,29 +1267,25 @@ fn check_required_when(
 
 /// Joins the values of `fields` in `row` with `|`; none if any is missing.
 /// A single-field key borrows its value.
-fn composite<'a>(
-    present: &[Vec<Option<&'a str>>],
-    fields: &[usize],
-    row: usize,
-) -> Option<Cow<'a, str>> {
+fn composite<'a>(values: &'a Comparable, fields: &[usize], row: usize) -> Option<Cow<'a, str>> {
     if let [f] = fields {
-        return present[*f][row].map(Cow::Borrowed);
+        return values.get(*f, row).map(Cow::Borrowed);
     }
     let mut parts = Vec::with_capacity(fields.len());
     for &f in fields {
-        parts.push(present[f][row]?);
+        parts.push(values.get(f, row)?);
     }
     Some(Cow::Owned(parts.join("|")))
 }
 
 fn check_foreign_keys(
     schema: &TableSchema,
-    present: &[Vec<Option<&str>>],
+    values: &Comparable,
     ctx: &Context,
     issues: &mut Vec<Issue>,
 ) {
     let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
-    let rows = present.first().map_or(0, Vec::len);
+    let rows = values.rows();
     let no_keys = FastSet::default();
     for fk in &schema.foreign_keys {
         let fields: Vec<usize> = fk.fields.to_vec().iter().filter_map(index).collect();
@@ -728,30 +1307,107 @@ fn check_foreign_keys(
                 .filter_map(index)
                 .collect();
             let known: FastSet<Cow<str>> = (0..rows)
-                .filter_map(|row| composite(present, &targets, row))
+                .filter_map(|row| composite(values, &targets, row))
                 .collect();
             let whose = format!("no row of this file has that {target_names}");
             for row in 0..rows {
-                if let Some(value) = composite(present, &fields, row)
+                if let Some(value) = composite(values, &fields, row)
                     && !known.contains(&value)
                 {
                     report(row, &value, &whose);
                 }
             }
         } else {
-            let known = ctx
+            let stored = ctx
                 .references
                 .get(&fk.reference.resource)
                 .unwrap_or(&no_keys);
+            let typed = typed_references(schema, &fields, stored);
+            let known = typed.as_ref().unwrap_or(stored);
             let whose = format!(
                 "no {} record has that {target_names}",
                 fk.reference.resource
             );
             for row in 0..rows {
-                if let Some(value) = composite(present, &fields, row)
+                if let Some(value) = composite(values, &fields, row)
                     && !known.contains(value.as_ref())
                 {
                     report(row, &value, &whose);
+                }
+            }
+        }
+    }
+}
+
+/// The keys another dataset holds, as the store gives them back as text,
+/// respelled the way this file's typed values are (a stored `2.0` is the
+/// number `2`); none when every field of the reference is text, which needs
+/// no respelling.
+fn typed_references(
+    schema: &TableSchema,
+    fields: &[usize],
+    stored: &FastSet<String>,
+) -> Option<FastSet<String>> {
+    let plain: Vec<Field> = fields
+        .iter()
+        .map(|&f| plain_field(&schema.fields[f]))
+        .collect();
+    if plain.iter().all(|f| f.kind.is_text()) {
+        return None;
+    }
+    let respell = |text: &str| -> Option<String> {
+        let parts: Vec<&str> = if plain.len() == 1 {
+            vec![text]
+        } else {
+            text.split('|').collect()
+        };
+        if parts.len() != plain.len() {
+            return None;
+        }
+        let typed: Vec<Cow<str>> = parts
+            .iter()
+            .zip(&plain)
+            .map(|(p, f)| canonical(f, p).ok())
+            .collect::<Option<_>>()?;
+        Some(typed.join("|"))
+    };
+    Some(stored.iter().filter_map(|k| respell(k)).collect())
+}
+
+/// Each of the schema's `uniqueKeys` must be unique in the file. A row
+/// with any of the key's values missing is unique, as in SQL; a repeat is
+/// reported on every row after the first.
+fn check_unique_keys(
+    schema: &TableSchema,
+    values: &Comparable,
+    raw: &RawTable,
+    issues: &mut Vec<Issue>,
+) {
+    for names in &schema.unique_keys {
+        let fields: Vec<usize> = names
+            .iter()
+            .filter_map(|n| schema.fields.iter().position(|f| &f.name == n))
+            .collect();
+        let label = names.join(", ");
+        let mut first: FastMap<Cow<str>, u32> = FastMap::with_capacity(values.rows());
+        for row in 0..values.rows() {
+            let Some(value) = composite(values, &fields, row) else {
+                continue;
+            };
+            match first.entry(value) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(row as u32);
+                }
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    issues.push(Issue {
+                        row: row as u32,
+                        field: Some(label.clone()),
+                        message: format!(
+                            "`{}` is not unique for {label} (line {} has it too)",
+                            e.key(),
+                            raw.lines[*e.get() as usize]
+                        ),
+                    });
                 }
             }
         }
@@ -763,7 +1419,7 @@ fn check_foreign_keys(
 /// skip: the returned rows.
 fn check_keys(
     schema: &TableSchema,
-    present: &[Vec<Option<&str>>],
+    values: &Comparable,
     raw: &RawTable,
     ctx: &Context,
     issues: &mut Vec<Issue>,
@@ -777,12 +1433,12 @@ fn check_keys(
     if key.is_empty() {
         return skipped;
     }
-    let rows = present.first().map_or(0, Vec::len);
+    let rows = values.rows();
     // First row of every key; the rows of keys seen more than once.
     let mut first: FastMap<Cow<str>, u32> = FastMap::with_capacity(rows);
     let mut repeated: FastMap<Cow<str>, Vec<u32>> = FastMap::new();
     for row in 0..rows {
-        if let Some(k) = composite(present, &key, row) {
+        if let Some(k) = composite(values, &key, row) {
             match first.entry(k) {
                 std::collections::hash_map::Entry::Vacant(e) => {
                     e.insert(row as u32);

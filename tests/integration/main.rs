@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod conformance;
 mod daemon;
 mod demo;
 mod error_policy;
