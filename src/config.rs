@@ -282,7 +282,9 @@ pub struct RemoteOptions {
     #[serde(default = "default_directory")]
     pub directory: String,
     /// What to do with a remote file once its run succeeded: `leave` (the
-    /// default), `delete`, or `archive` (move to `archive_directory`).
+    /// default), `delete`, or `archive` (move to `archive_directory` as
+    /// `<stem>.<UTC time>-<hash><ext>`, which never clashes with an earlier
+    /// copy of the same name).
     #[serde(default)]
     pub after: AfterSync,
     #[serde(default)]

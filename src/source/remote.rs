@@ -91,6 +91,18 @@ pub fn candidates(
         let Some(date) = pattern.matches(&entry.name) else {
             continue;
         };
+        // A LIST time is in whatever zone the server lists in; one well
+        // ahead of now is most likely local time east of UTC.
+        if entry.precision == TimePrecision::Minute
+            && let Some(m) = entry.modified
+            && (m - now).num_minutes() > 2
+        {
+            tracing::warn!(
+                name = entry.name,
+                ahead_minutes = (m - now).num_minutes(),
+                "the server lists this file as modified in the future: its LIST times may be in a local time zone, which min_age_secs cannot correct for; settle_secs (two listings) does not depend on the time"
+            );
+        }
         // The latest the file may have been written, as far as the listing can tell.
         let young = entry.modified.is_some_and(|m| {
             (now - (m + entry.precision.slack())).num_seconds() < options.min_age_secs as i64
