@@ -174,3 +174,59 @@ fn user_ids_that_are_not_addresses_are_rejected() {
             "line 6 [d@example.com,e@example.com] UserID:",
         ]);
 }
+
+/// A row rejected today keeps its stored copy, found by its typed key:
+/// today's file spells the key `01` and `11:20:30.25+01:00`, the store holds
+/// `1` and `10:20:30.25`.
+#[test]
+fn a_rejected_row_keeps_its_stored_copy_whatever_the_key_spelling() {
+    let ws = Workspace::new(
+        r#"
+[store]
+schemas = "schemas"
+
+[integrations.meters]
+dataset = "meters"
+source = { type = "folder", path = "drops" }
+pattern = "meters_{date:%Y%m%d}.csv"
+on_error = { policy = "skip", max_ratio = 0.5 }
+"#,
+    );
+    ws.write(
+        "schemas/meters.json",
+        r#"{
+          "fields": [
+            {"name": "Meter", "type": "integer"},
+            {"name": "ReadAt", "type": "datetime"},
+            {"name": "Reading", "type": "number", "constraints": {"minimum": 0}}
+          ],
+          "primaryKey": ["Meter", "ReadAt"],
+          "dropsync": {"mode": "snapshot"}
+        }"#,
+    );
+    let day = |n: u32, first: &str| {
+        let mut text = format!("Meter,ReadAt,Reading\n{first}\n");
+        for meter in 2..=5 {
+            text.push_str(&format!("{meter},2026-01-31T10:20:30Z,{n}\n"));
+        }
+        text
+    };
+    ws.drop_file(
+        "meters_20260201.csv",
+        day(1, "1,2026-01-31T10:20:30.250Z,7.5"),
+    );
+    ws.dropsync(&["run"]).code(0).stdout_has(&["+5 ~0 -0\n"]);
+    ws.drop_file(
+        "meters_20260202.csv",
+        day(2, "01,2026-01-31T11:20:30.25+01:00,-1"),
+    );
+    ws.dropsync(&["run"]).code(3).stdout_has(&[
+        "rows 5 ok 4 rejected 1 skipped 0  +0 ~4 -0\n",
+        "line 2 [01|2026-01-31T11:20:30.25+01:00] Reading: `-1` is less than the minimum 0\n",
+    ]);
+    assert_eq!(
+        ws.db()
+            .rows("SELECT Meter, CAST(ReadAt AS VARCHAR), Reading FROM meters WHERE Meter = 1"),
+        table(&[["1", "2026-01-31 10:20:30.25", "7.5"]])
+    );
+}
