@@ -65,7 +65,7 @@ impl FtpSource {
                 CertificateError::Expired | CertificateError::ExpiredContext { .. },
             ) => "the server's certificate has expired: its operator must renew it".to_string(),
             Error::InvalidCertificate(_) => format!(
-                "the server's certificate cannot be verified against {trust}"
+                "the server's certificate cannot be verified against {trust}: if the server uses a private CA, set ca_file to that CA's PEM file (a self-signed server certificate cannot be trusted: the server needs one signed by a CA)"
             ),
             _ => "the server's TLS setup is not one dropsync accepts (TLS 1.2 or later, with a verifiable certificate)".to_string(),
         }
