@@ -9,11 +9,12 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use polars::prelude::{ParquetCompression, ParquetWriter};
 
-use crate::config::{Config, IntegrationConfig, Mode, OnError};
+use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
 use crate::schema::{self, Dataset, MetricsSpec, RowError, StoredColumn, ValidRows};
 use crate::source::StagedFile;
 use crate::store::{
-    ApplyRequest, ChangeSet, Outcome, RunRecord, RunStatus, Store, StoreError, TargetTable,
+    ApplyRequest, ChangeSet, FailureKind, Outcome, RunRecord, RunStatus, Store, StoreError,
+    TargetTable,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -211,25 +212,35 @@ pub fn sync_file(
         dry_run: opts.dry_run,
     };
 
-    if !opts.force
-        && let Some(previous) = store.run_with_content(&integration.name, &file.content_hash)?
-    {
-        let applied = matches!(previous.status, RunStatus::Success | RunStatus::Partial);
-        if applied || !opts.explicit {
-            if !opts.explicit {
-                return Ok(None);
+    if !opts.force {
+        match prior(
+            store,
+            &integration.name,
+            &file.content_hash,
+            file.business_date,
+        )? {
+            Prior::Applied(previous) => {
+                if !opts.explicit {
+                    return Ok(None);
+                }
+                run.status = RunStatus::Skipped;
+                run.message = Some(format!(
+                    "the same content was already applied by run {} ({}); use --force to apply it again",
+                    previous.execution_id,
+                    previous.file_name.as_deref().unwrap_or("?")
+                ));
+                run.completed_at = Some(crate::store::now());
+                if !opts.dry_run {
+                    store.finish_run(&run, &[])?;
+                }
+                return Ok(Some(report(run, None, Vec::new(), Vec::new())));
             }
-            run.status = RunStatus::Skipped;
-            run.message = Some(format!(
-                "the same content was already applied by run {} ({}); use --force to apply it again",
-                previous.execution_id,
-                previous.file_name.as_deref().unwrap_or("?")
-            ));
-            run.completed_at = Some(crate::store::now());
-            if !opts.dry_run {
-                store.finish_run(&run, &[])?;
-            }
-            return Ok(Some(report(run, None, Vec::new(), Vec::new())));
+            Prior::Settled { .. } if !opts.explicit => return Ok(None),
+            Prior::Settled {
+                failed_attempts, ..
+            } => run.attempt = failed_attempts + 1,
+            Prior::Retry { attempt } => run.attempt = attempt,
+            Prior::New => {}
         }
     }
     if integration.mode == Mode::Snapshot
@@ -256,15 +267,93 @@ pub fn sync_file(
     match result {
         Ok((changes, errors, ignored)) => Ok(Some(report(run, changes, errors, ignored))),
         Err(e) => {
-            // The batch rolled back; say so in the history.
+            // The batch rolled back; say so in the history. Nothing was
+            // wrong with the file as far as anyone knows: the store, the
+            // disk or the hand-off failed, so a later scan tries it again.
             run.status = RunStatus::Failed;
-            run.message = Some(e.to_string());
+            run.failure = Some(FailureKind::Transient);
+            run.message = Some(with_retry_note(e.to_string(), run.attempt));
             run.completed_at = Some(crate::store::now());
-            if !opts.dry_run {
-                store.finish_run(&run, &[])?;
+            if opts.dry_run {
+                return Err(e);
             }
-            Err(e)
+            // Recorded: report it as the failed run it is, with what happens next.
+            store.finish_run(&run, &[])?;
+            Ok(Some(report(run, None, Vec::new(), Vec::new())))
         }
+    }
+}
+
+/// How many times scans try a file whose runs failed for a transient
+/// reason, counting the first run. Past this, it waits for a person.
+pub const RETRY_ATTEMPTS: i64 = 3;
+
+/// What the history says about one file (its content, for its business
+/// date) before it runs.
+#[derive(Debug)]
+pub enum Prior {
+    /// Never run.
+    New,
+    /// Its content is what the integration holds for its business date:
+    /// running it again would change nothing.
+    Applied(Box<RunRecord>),
+    /// Its last runs failed for a transient reason, fewer than
+    /// `RETRY_ATTEMPTS` times: a scan tries it again, as this attempt.
+    Retry { attempt: i64 },
+    /// It had its run and scans leave it alone: refused for its content,
+    /// skipped, replaced by another file of its date, or out of retries
+    /// (`failed_attempts` transient failures in a row). A person decides.
+    Settled {
+        last: Box<RunRecord>,
+        failed_attempts: i64,
+    },
+}
+
+/// Looks a file up in the history. The same content is not applied twice
+/// for the same business date; the same bytes for another date are that
+/// date's file, and are applied (a repeat of an older export can undo what
+/// came between, and a delta must record the newer date it speaks for).
+pub fn prior(
+    store: &Store,
+    integration: &str,
+    content_hash: &str,
+    date: NaiveDate,
+) -> Result<Prior, StoreError> {
+    if let Some(applied) = store.applied_for_date(integration, date)?
+        && applied.content_hash.as_deref() == Some(content_hash)
+    {
+        return Ok(Prior::Applied(Box::new(applied)));
+    }
+    let runs = store.runs_of_file(integration, content_hash, date, RETRY_ATTEMPTS as usize + 1)?;
+    let failed_attempts = runs
+        .iter()
+        .take_while(|r| {
+            r.status == RunStatus::Interrupted
+                || (r.status == RunStatus::Failed && r.failure == Some(FailureKind::Transient))
+        })
+        .count() as i64;
+    Ok(match runs.into_iter().next() {
+        None => Prior::New,
+        Some(_) if (1..RETRY_ATTEMPTS).contains(&failed_attempts) => Prior::Retry {
+            attempt: failed_attempts + 1,
+        },
+        Some(last) => Prior::Settled {
+            last: Box::new(last),
+            failed_attempts,
+        },
+    })
+}
+
+/// A transient failure's message, with what happens next.
+fn with_retry_note(message: String, attempt: i64) -> String {
+    if attempt < RETRY_ATTEMPTS {
+        format!(
+            "{message} (attempt {attempt} of {RETRY_ATTEMPTS}; the next scheduled run tries again)"
+        )
+    } else {
+        format!(
+            "{message} (attempt {attempt} of {RETRY_ATTEMPTS}; not retried any more: run it with --date or ingest)"
+        )
     }
 }
 
@@ -279,11 +368,16 @@ fn validate_and_apply(
     run: &mut RunRecord,
 ) -> Result<Applied, PipelineError> {
     let fail = |run: &mut RunRecord,
+                failure: FailureKind,
                 message: String,
                 errors: Vec<RowError>|
      -> Result<Applied, PipelineError> {
         run.status = RunStatus::Failed;
-        run.message = Some(message);
+        run.failure = Some(failure);
+        run.message = Some(match failure {
+            FailureKind::Transient => with_retry_note(message, run.attempt),
+            FailureKind::Content => message,
+        });
         run.completed_at = Some(crate::store::now());
         if !opts.dry_run {
             store.finish_run(run, &errors)?;
@@ -299,7 +393,12 @@ fn validate_and_apply(
         &integration.file_schema,
     ) {
         Ok(raw) => raw,
-        Err(e) => return fail(run, e.to_string(), Vec::new()),
+        // A file that cannot be read may read next time; one that reads
+        // but is malformed will not.
+        Err(e @ schema::ParseError::Io { .. }) => {
+            return fail(run, FailureKind::Transient, e.to_string(), Vec::new());
+        }
+        Err(e) => return fail(run, FailureKind::Content, e.to_string(), Vec::new()),
     };
     stage_done("parse", started);
     let started = std::time::Instant::now();
@@ -307,6 +406,10 @@ fn validate_and_apply(
         references: references(store, config, &integration.file_schema)?,
         repeats_are_duplicates: integration.mode == Mode::Append,
         key_checked_later: integration.metrics.is_some(),
+        keep_errors: Some(errors_to_describe(
+            &integration.config.on_error,
+            raw.records,
+        )),
     };
     let mut valid = schema::validate(&raw, &integration.file_schema, &ctx);
     if let Some(spec) = &integration.metrics {
@@ -323,11 +426,12 @@ fn validate_and_apply(
     if let Some(message) = policy_breach(&integration.config, &valid) {
         run.success_rows = 0;
         let ValidRows {
-            errors,
+            mut errors,
             ignored_columns,
             ..
         } = valid;
-        let (changes, errors, _) = fail(run, message, errors)?;
+        let message = keep_error_sample(message, &mut errors, run.error_rows);
+        let (changes, errors, _) = fail(run, FailureKind::Content, message, errors)?;
         return Ok((changes, errors, ignored_columns));
     }
 
@@ -382,7 +486,7 @@ fn validate_and_apply(
         Outcome::DryRun(changes) => Ok((Some(changes), errors, ignored_columns)),
         Outcome::Refused { changes, reason } => {
             run.success_rows = 0;
-            let (_, errors, _) = fail(run, reason, errors)?;
+            let (_, errors, _) = fail(run, FailureKind::Content, reason, errors)?;
             Ok((Some(changes), errors, ignored_columns))
         }
     }
@@ -394,6 +498,40 @@ pub(crate) fn stage_done(stage: &str, started: std::time::Instant) {
         ms = started.elapsed().as_millis() as u64,
         "stage done"
     );
+}
+
+/// Row errors a refused file keeps in the history: enough to see what went
+/// wrong, not every row of a file whose dates all switched format.
+pub const REFUSED_ERRORS_KEPT: usize = 1000;
+
+/// How many row errors validation describes in full: every one a file the
+/// policy still applies can have (its rejected rows are all recorded), and
+/// at least the sample a refused file keeps.
+fn errors_to_describe(policy: &ErrorPolicy, input_rows: u64) -> usize {
+    let tolerated = match policy.policy {
+        OnError::Reject => 0,
+        OnError::Skip => policy
+            .max_rows
+            .unwrap_or(u64::MAX)
+            .min((policy.max_ratio * input_rows as f64).floor() as u64),
+    };
+    usize::try_from(tolerated.saturating_add(1))
+        .unwrap_or(usize::MAX)
+        .max(REFUSED_ERRORS_KEPT)
+}
+
+/// Cuts a refused file's row errors to a sample, and says so.
+fn keep_error_sample(message: String, errors: &mut Vec<RowError>, error_rows: i64) -> String {
+    if errors.len() <= REFUSED_ERRORS_KEPT {
+        return message;
+    }
+    errors.truncate(REFUSED_ERRORS_KEPT);
+    errors.shrink_to_fit();
+    format!(
+        "{message}; the history keeps the first {} row errors, of {} rejected in all",
+        REFUSED_ERRORS_KEPT,
+        crate::rows(error_rows.max(0) as u64)
+    )
 }
 
 /// Why the rejected rows fail the whole file under the integration's policy.
@@ -508,4 +646,36 @@ pub fn dependency_rank(integration: &Integration, all: &[Integration]) -> usize 
 pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .map_err(|_| format!("`{s}` is not a date (expected YYYY-MM-DD)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_describes_every_error_a_file_may_be_applied_with() {
+        let policy = |policy, max_rows, max_ratio| ErrorPolicy {
+            policy,
+            max_rows,
+            max_ratio,
+        };
+        // Refused at the first bad row: a sample.
+        assert_eq!(
+            errors_to_describe(&policy(OnError::Reject, None, 0.1), 3_000_000),
+            REFUSED_ERRORS_KEPT
+        );
+        // 10% of 3M rows may be bad and still applied: all of them.
+        assert_eq!(
+            errors_to_describe(&policy(OnError::Skip, None, 0.1), 3_000_000),
+            300_001
+        );
+        assert_eq!(
+            errors_to_describe(&policy(OnError::Skip, Some(5000), 0.1), 3_000_000),
+            5001
+        );
+        assert_eq!(
+            errors_to_describe(&policy(OnError::Skip, None, 0.1), 100),
+            REFUSED_ERRORS_KEPT
+        );
+    }
 }

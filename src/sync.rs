@@ -5,10 +5,10 @@
 use chrono::NaiveDate;
 
 use crate::config::Config;
-use crate::pipeline::{self, Integration, PipelineError, RunOptions, RunReport, Trigger};
+use crate::pipeline::{self, Integration, PipelineError, Prior, RunOptions, RunReport, Trigger};
 use crate::source::{self, Candidate, Source, SourceError, StagedFile};
 use crate::store::Store;
-use crate::store::{RunRecord, RunStatus};
+use crate::store::{FailureKind, RunRecord, RunStatus};
 
 /// What to sync.
 #[derive(Debug, Clone, Default)]
@@ -191,6 +191,9 @@ fn failed(
         opts.trigger.as_str(),
     );
     run.status = RunStatus::Failed;
+    // The source failed, not the file: every scan lists and fetches afresh,
+    // so the next one tries again.
+    run.failure = Some(FailureKind::Transient);
     run.message = Some(message.clone());
     if let Some(c) = candidate {
         run.file_name = Some(c.name.clone());
@@ -303,24 +306,54 @@ fn sync_one(
         })
     };
     // A file fetched before, unchanged, whose content has had its run, is
-    // passed over without reading it again.
+    // passed over without reading it again, unless its run failed for a
+    // transient reason and it has retries left.
     if !opts.force && !opts.explicit {
         let seen = store
             .fetched_hash(&integration.name, candidate)
             .and_then(|hash| match hash {
-                Some(hash) => Ok(store
-                    .run_with_content(&integration.name, &hash)?
-                    .map(|run| (run, hash))),
+                Some(hash) => {
+                    pipeline::prior(store, &integration.name, &hash, candidate.business_date)
+                        .map(|prior| Some((prior, hash)))
+                }
                 None => Ok(None),
             });
         match seen {
-            Ok(Some((previous, content_hash))) => {
+            Ok(Some((Prior::Applied(_), content_hash))) => {
                 return Synced::PassedOver {
-                    applied: matches!(previous.status, RunStatus::Success | RunStatus::Partial),
+                    applied: true,
                     content_hash,
                 };
             }
-            Ok(None) => {}
+            Ok(Some((
+                Prior::Settled {
+                    last,
+                    failed_attempts,
+                },
+                content_hash,
+            ))) => {
+                if failed_attempts >= pipeline::RETRY_ATTEMPTS {
+                    tracing::warn!(
+                        integration = %integration.name,
+                        file = %candidate.name,
+                        attempts = failed_attempts,
+                        "not retried: its runs failed every time; run it with --date or ingest"
+                    );
+                }
+                return Synced::PassedOver {
+                    applied: matches!(last.status, RunStatus::Success | RunStatus::Partial),
+                    content_hash,
+                };
+            }
+            Ok(Some((Prior::Retry { attempt }, _))) => {
+                tracing::info!(
+                    integration = %integration.name,
+                    file = %candidate.name,
+                    attempt,
+                    "retrying a file whose last run failed for a transient reason"
+                );
+            }
+            Ok(Some((Prior::New, _)) | None) => {}
             Err(e) => return error(e.to_string()),
         }
     }

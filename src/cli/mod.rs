@@ -668,6 +668,7 @@ fn validate(
         references: Default::default(),
         repeats_are_duplicates: integration.mode == crate::config::Mode::Append,
         key_checked_later: integration.metrics.is_some(),
+        keep_errors: None,
     };
     let mut file_schema = integration.file_schema.clone();
     let unchecked: Vec<String> = file_schema

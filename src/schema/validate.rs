@@ -41,6 +41,11 @@ pub struct Context {
     /// The key is only complete later (typed metrics take their period from
     /// the business date), so its uniqueness is checked there.
     pub key_checked_later: bool,
+    /// How many problems of each kind to keep in full (message, key, raw
+    /// text); `None` keeps all. Past it, rows are still rejected and counted,
+    /// but not described: a file with that many bad rows is refused by its
+    /// error policy anyway, and describing millions of them costs gigabytes.
+    pub keep_errors: Option<usize>,
 }
 
 /// The rows that passed, typed, with everything known about those that did not.
@@ -75,6 +80,10 @@ struct Issue {
 /// Validates a raw table against `schema`.
 pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRows {
     let n = raw.lines.len();
+    let keep_errors = ctx.keep_errors.unwrap_or(usize::MAX);
+    // A row can have a few problems in one field (missing, mistyped, out of
+    // range), so each field keeps a few per row it describes.
+    let issue_cap = keep_errors.saturating_mul(4);
     let fields: Vec<(usize, &Field, &StringChunked)> = schema
         .fields
         .iter()
@@ -92,33 +101,42 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
     });
 
     // Each field converts and checks its own values: columns are independent.
-    let checked: Vec<(Column, Vec<Issue>)> = in_parallel(&fields, |(index, field, raw_column)| {
-        let values = &present[*index];
-        let mut issues = Vec::new();
-        let mut push = |row: usize, message: String| {
-            issues.push(Issue {
-                row: row as u32,
-                field: Some(field.name.clone()),
-                message,
-            })
-        };
-        if field.is_required(schema) {
-            for (row, v) in values.iter().enumerate() {
-                if v.is_none() {
-                    push(row, "a value is required".into());
+    let checked: Vec<(Column, Vec<Issue>, Vec<u32>)> =
+        in_parallel(&fields, |(index, field, raw_column)| {
+            let values = &present[*index];
+            let mut issues = Vec::new();
+            // Rows rejected past `keep_errors`: a bare row number each.
+            let mut undescribed: Vec<u32> = Vec::new();
+            let mut push = |row: usize, message: String| {
+                if issues.len() < issue_cap {
+                    issues.push(Issue {
+                        row: row as u32,
+                        field: Some(field.name.clone()),
+                        message,
+                    })
+                } else {
+                    undescribed.push(row as u32);
+                }
+            };
+            if field.is_required(schema) {
+                for (row, v) in values.iter().enumerate() {
+                    if v.is_none() {
+                        push(row, "a value is required".into());
+                    }
                 }
             }
-        }
-        let series = convert(field, values, raw_column, &mut push);
-        check_constraints(field, values, &mut push);
-        check_categories(field, values, &mut push);
-        (series.into_column(), issues)
-    });
+            let series = convert(field, values, raw_column, &mut push);
+            check_constraints(field, values, &mut push);
+            check_categories(field, values, &mut push);
+            (series.into_column(), issues, undescribed)
+        });
     let mut columns: Vec<Column> = Vec::with_capacity(fields.len() + 1);
     let mut issues: Vec<Issue> = Vec::new();
-    for (column, field_issues) in checked {
+    let mut undescribed: Vec<u32> = Vec::new();
+    for (column, field_issues, field_undescribed) in checked {
         columns.push(column);
         issues.extend(field_issues);
+        undescribed.extend(field_undescribed);
     }
     if schema.keeps_extra_columns() {
         let attributes = raw
@@ -145,7 +163,7 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
     };
 
     // Rules across fields and rows: references, unique keys, and the key.
-    let (mut cross, duplicate_rows) = std::thread::scope(|scope| {
+    let (mut cross, duplicate_rows): (Vec<Issue>, _) = std::thread::scope(|scope| {
         let references = scope.spawn(|| {
             let mut issues = Vec::new();
             check_required_when(schema, &comparable, &mut issues);
@@ -163,6 +181,10 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         cross.extend(key_issues);
         (cross, duplicates)
     });
+    if cross.len() > issue_cap {
+        cross.sort_by_key(|i| i.row);
+        undescribed.extend(cross.drain(issue_cap..).map(|i| i.row));
+    }
     issues.append(&mut cross);
 
     // Errors, with keys and raw text, in line order.
@@ -197,12 +219,23 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
     let mut bad = vec![false; n];
     let mut errors: Vec<RowError> = raw.errors.clone();
     let mut rejected_keys: Vec<String> = raw.errors.iter().filter_map(|e| e.key.clone()).collect();
-    for issue in issues {
-        let row = issue.row as usize;
+    // Keys protect rows from a snapshot's deletes, which only matters when
+    // the file is applied, that is when it has at most `keep_errors` bad rows.
+    let mut reject = |row: usize, bad: &mut [bool]| {
         if !bad[row] {
             bad[row] = true;
-            rejected_keys.extend(stored_key_of(row));
+            if rejected_keys.len() < keep_errors {
+                rejected_keys.extend(stored_key_of(row));
+            }
         }
+    };
+    for &row in &undescribed {
+        reject(row as usize, &mut bad);
+    }
+    drop(undescribed);
+    for issue in issues {
+        let row = issue.row as usize;
+        reject(row, &mut bad);
         errors.push(RowError {
             line: raw.lines[row],
             key: key_of(row),
@@ -1475,4 +1508,49 @@ fn check_keys(
         }
     }
     skipped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file whose dates all switched format: every row is rejected and
+    /// counted, but only the first `keep_errors` are described.
+    #[test]
+    fn rows_past_keep_errors_are_rejected_and_counted_but_not_described() {
+        let schema = super::super::Dataset::load("accounts", None)
+            .unwrap()
+            .schema;
+        let mut text = "AccountID,ParentID,Name,Type,Plan,Seats,CreatedDate\n".to_string();
+        for i in 0..50 {
+            text.push_str(&format!("A{i},,Acme,parent,pro,1,11/03/2020\n"));
+        }
+        text.push_str("B,,Beta,parent,pro,1,2020-11-03\n");
+        let raw = super::super::parse::parse_bytes(
+            text.into_bytes(),
+            "accounts.csv",
+            &crate::config::CsvDialect::default(),
+            &Default::default(),
+            &schema,
+        )
+        .unwrap();
+        let ctx = Context {
+            keep_errors: Some(10),
+            ..Default::default()
+        };
+        let valid = validate(&raw, &schema, &ctx);
+        assert_eq!((valid.input_rows, valid.error_rows), (51, 50));
+        assert_eq!(valid.frame.height(), 1, "the good row stays");
+        // Each field describes at most a few problems per kept row.
+        assert!(
+            (10..=40).contains(&valid.errors.len()),
+            "{}",
+            valid.errors.len()
+        );
+        assert_eq!(valid.errors[0].line, 2);
+        assert_eq!(valid.rejected_keys.len(), 10);
+
+        let all = validate(&raw, &schema, &Context::default());
+        assert_eq!((all.error_rows, all.errors.len()), (50, 50));
+    }
 }

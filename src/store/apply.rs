@@ -179,18 +179,45 @@ impl Store {
             .business_date
             .map(|d| format!("DATE '{d}'"))
             .unwrap_or_else(|| "NULL".into());
+        // In delta mode a stored row's `_business_date` is the newest date
+        // whose file spoke about its key, changed or not: a record re-sent
+        // unchanged is `confirm`ed (its date moves up), so a late file of an
+        // older date finds it newer and leaves it alone (`stale`).
+        let confirm = format!(
+            "WHEN t._business_date IS NULL OR t._business_date < {business_date} THEN 'confirm'"
+        );
         let present_kind = match req.mode {
             Mode::Append => "'duplicate'".to_string(),
-            // Changed records carry the state as of their business date: a
-            // row already stored from a later date is newer, and stays.
             Mode::Delta if !req.force => format!(
                 "CASE WHEN t._business_date > {business_date} THEN 'stale'
-                      WHEN {differs} THEN 'update' ELSE 'unchanged' END"
+                      WHEN {differs} THEN 'update' {confirm} ELSE 'unchanged' END"
             ),
-            _ => format!("CASE WHEN {differs} THEN 'update' ELSE 'unchanged' END"),
+            Mode::Delta => {
+                format!("CASE WHEN {differs} THEN 'update' {confirm} ELSE 'unchanged' END")
+            }
+            Mode::Snapshot => format!("CASE WHEN {differs} THEN 'update' ELSE 'unchanged' END"),
         };
         let integration = req.integration.replace('\'', "''");
-        let mine = format!("(SELECT * FROM {table} WHERE _integration = '{integration}')");
+        let partition_by_key = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+        let mine = match req.mode {
+            // An event is its typed key: one stored copy per instant, however
+            // the store came to hold it, so each incoming row matches once.
+            Mode::Append => format!(
+                "(SELECT * FROM {table} WHERE _integration = '{integration}'
+                  QUALIFY row_number() OVER (PARTITION BY {partition_by_key}) = 1)"
+            ),
+            _ => format!("(SELECT * FROM {table} WHERE _integration = '{integration}')"),
+        };
+        // Events are the same when their values are, not their text:
+        // `2026-11-02T23:57:16Z` and `2026-11-03T00:57:16+01:00` are one
+        // instant. Validation compares keys as written, so repeats that only
+        // typing reveals are left out here (and counted as duplicates).
+        let distinct_incoming = match req.mode {
+            Mode::Append => format!(
+                "(SELECT * FROM {incoming} QUALIFY row_number() OVER (PARTITION BY {partition_by_key}) = 1)"
+            ),
+            _ => incoming.clone(),
+        };
         // One join classifies every key. Snapshots join both ways, so a key
         // only the store has is a delete, unless its row was rejected today.
         // `changes` keeps each changed key (`_key0`, ...) with its new row;
@@ -223,7 +250,7 @@ impl Store {
                             ELSE {present_kind} END AS _kind,
                        CAST({old_status} AS VARCHAR) AS _old_status,
                        CAST({new_status} AS VARCHAR) AS _new_status
-                FROM {incoming} i {join_kind} {mine} t ON {join}
+                FROM {distinct_incoming} i {join_kind} {mine} t ON {join}
              )
              WHERE _kind <> 'unchanged'
                AND NOT (_kind = 'delete' AND {key_as_text} IN (SELECT k FROM protected))"
@@ -242,7 +269,9 @@ impl Store {
                 "update" => changes.updated = n,
                 "delete" => changes.deleted = n,
                 "stale" => changes.stale = n,
-                _ => changes.duplicates = n,
+                "duplicate" => changes.duplicates = n,
+                // Unchanged, its business date moved up: counted as unchanged.
+                _ => {}
             }
         }
         let count = |sql: &str| -> Result<u64, StoreError> {
@@ -250,7 +279,12 @@ impl Store {
                 .map(|n| n as u64)
                 .map_err(self.query_error("counting rows"))
         };
-        changes.unchanged = count(&format!("SELECT count(*) FROM {incoming}"))?.saturating_sub(
+        let incoming_rows = count(&format!("SELECT count(*) FROM {incoming}"))?;
+        if req.mode == Mode::Append {
+            changes.duplicates += incoming_rows
+                .saturating_sub(count(&format!("SELECT count(*) FROM {distinct_incoming}"))?);
+        }
+        changes.unchanged = incoming_rows.saturating_sub(
             changes.inserted + changes.updated + changes.stale + changes.duplicates,
         );
         changes.existing = count(&format!("SELECT count(*) FROM {mine}"))?;
@@ -365,7 +399,9 @@ impl Store {
                 WHERE {table}._integration = '{integration}' AND c._kind IN ('update', 'delete') AND {matches_key};
              INSERT INTO {table} ({data_cols}, _integration, _execution_id, _business_date, _updated_at)
                 SELECT {data_cols}, '{integration}', '{execution_id}', {business_date}, now()::TIMESTAMP
-                FROM changes WHERE _kind IN ('insert', 'update');"
+                FROM changes WHERE _kind IN ('insert', 'update');
+             UPDATE {table} SET _business_date = {business_date} FROM changes c
+                WHERE {table}._integration = '{integration}' AND c._kind = 'confirm' AND {matches_key};"
         ))
         .map_err(self.query_error(format!("applying changes to {}", req.table.name)))?;
 
@@ -377,7 +413,7 @@ impl Store {
         run.unsubscribed = changes.unsubscribed as i64;
         // Rows the store already had (or has newer) were valid, but skipped.
         run.skipped_rows += (changes.duplicates + changes.stale) as i64;
-        run.success_rows -= (changes.duplicates + changes.stale) as i64;
+        run.success_rows = (run.success_rows - (changes.duplicates + changes.stale) as i64).max(0);
         if changes.stale > 0 {
             let note = format!(
                 "{} left alone: the stored row is from a later business date (--force applies them)",

@@ -44,6 +44,36 @@ impl RunStatus {
     }
 }
 
+/// Why a run failed, which decides whether a later scan tries it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// Something around the file failed (the disk, the store, the server):
+    /// the same file may well go through next time, so scans retry it.
+    Transient,
+    /// The file itself was refused (its rows, its header, the mass-delete
+    /// guard): the same bytes will fail the same way, so it waits for a
+    /// person (a corrected file, `--force`, or `--date`).
+    Content,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Transient => "transient",
+            FailureKind::Content => "content",
+        }
+    }
+
+    fn parse(s: &str) -> Option<FailureKind> {
+        match s {
+            "transient" => Some(FailureKind::Transient),
+            "content" => Some(FailureKind::Content),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for RunStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -59,6 +89,13 @@ pub struct RunRecord {
     pub mode: String,
     pub trigger: String,
     pub status: RunStatus,
+    /// For a failed run: whether trying the same file again may help.
+    #[serde(default)]
+    pub failure: Option<FailureKind>,
+    /// Which attempt at this file (content and business date) this run is:
+    /// 1, or more when a scan retried it after a transient failure.
+    #[serde(default = "first_attempt")]
+    pub attempt: i64,
     pub message: Option<String>,
     pub file_name: Option<String>,
     pub source: Option<String>,
@@ -81,6 +118,10 @@ pub struct RunRecord {
     pub completed_at: Option<NaiveDateTime>,
 }
 
+fn first_attempt() -> i64 {
+    1
+}
+
 impl RunRecord {
     /// A new run, not yet started in the store.
     pub fn new(integration: &str, dataset: &str, mode: &str, trigger: &str) -> RunRecord {
@@ -91,6 +132,8 @@ impl RunRecord {
             mode: mode.to_string(),
             trigger: trigger.to_string(),
             status: RunStatus::Running,
+            failure: None,
+            attempt: 1,
             message: None,
             file_name: None,
             source: None,
@@ -117,7 +160,8 @@ impl RunRecord {
 
 const COLUMNS: &str = "execution_id, integration, dataset, mode, trigger, status, message, file_name, source,
     staged_path, content_hash, file_size, business_date, forced, input_rows, success_rows, error_rows,
-    skipped_rows, inserted, updated, deleted, unchanged, subscribed, unsubscribed, started_at, completed_at";
+    skipped_rows, inserted, updated, deleted, unchanged, subscribed, unsubscribed, started_at, completed_at,
+    failure, attempt";
 
 fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
     Ok(RunRecord {
@@ -147,6 +191,11 @@ fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
         unsubscribed: r.get(23)?,
         started_at: r.get(24)?,
         completed_at: r.get(25)?,
+        failure: r
+            .get::<_, Option<String>>(26)?
+            .as_deref()
+            .and_then(FailureKind::parse),
+        attempt: r.get::<_, Option<i64>>(27)?.unwrap_or(1),
     })
 }
 
@@ -319,6 +368,55 @@ impl Store {
             .map_err(self.query_error("looking up content"))
     }
 
+    /// The run whose content is what `integration` holds for `date`: the
+    /// latest applied run of that business date.
+    pub fn applied_for_date(
+        &self,
+        integration: &str,
+        date: NaiveDate,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM dropsync_runs WHERE integration = ? AND business_date = ?
+               AND status IN ('success', 'partial')
+             ORDER BY started_at DESC, execution_id DESC LIMIT 1"
+        );
+        let mut stmt = self
+            .conn()
+            .prepare(&sql)
+            .map_err(self.query_error("looking up the applied file of a date"))?;
+        let mut rows = stmt
+            .query_map(params![integration, date], from_row)
+            .map_err(self.query_error("looking up the applied file of a date"))?;
+        rows.next()
+            .transpose()
+            .map_err(self.query_error("looking up the applied file of a date"))
+    }
+
+    /// The finished (or interrupted) runs of one file, its content for its
+    /// business date, newest first; at most `limit`.
+    pub fn runs_of_file(
+        &self,
+        integration: &str,
+        content_hash: &str,
+        date: NaiveDate,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM dropsync_runs
+             WHERE integration = ? AND content_hash = ? AND business_date = ? AND status <> 'running'
+             ORDER BY started_at DESC, execution_id DESC LIMIT {limit}"
+        );
+        let mut stmt = self
+            .conn()
+            .prepare(&sql)
+            .map_err(self.query_error("looking up a file's runs"))?;
+        let rows = stmt
+            .query_map(params![integration, content_hash, date], from_row)
+            .map_err(self.query_error("looking up a file's runs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.query_error("looking up a file's runs"))
+    }
+
     /// For each business date in `from..=to`, the latest staged copy that
     /// `integration` ran (applied, or failed after staging).
     pub fn staged_files(
@@ -441,7 +539,7 @@ impl Store {
 }
 
 fn insert_run(conn: &duckdb::Connection, run: &RunRecord) -> duckdb::Result<usize> {
-    let placeholders = vec!["?"; 26].join(", ");
+    let placeholders = vec!["?"; 28].join(", ");
     conn.execute(
         &format!("INSERT INTO dropsync_runs ({COLUMNS}) VALUES ({placeholders})"),
         params![
@@ -471,6 +569,8 @@ fn insert_run(conn: &duckdb::Connection, run: &RunRecord) -> duckdb::Result<usiz
             run.unsubscribed,
             run.started_at,
             run.completed_at,
+            run.failure.map(FailureKind::as_str),
+            run.attempt,
         ],
     )
 }

@@ -13,7 +13,7 @@ use chrono::NaiveDateTime;
 use duckdb::Connection;
 
 pub use apply::{ApplyRequest, ChangeSet, Outcome, TargetTable};
-pub use history::{RunRecord, RunStatus};
+pub use history::{FailureKind, RunRecord, RunStatus};
 pub use unsubscribes::UnsubscribeFilter;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,10 @@ const MIGRATIONS: &[&str] = &[
         integration VARCHAR NOT NULL,
         last_fired TIMESTAMP NOT NULL
      );",
+    // 4: why a run failed (transient: retried by scans; content: waits for a
+    // person), and which attempt at its file a run is.
+    "ALTER TABLE dropsync_runs ADD COLUMN failure VARCHAR;
+     ALTER TABLE dropsync_runs ADD COLUMN attempt BIGINT DEFAULT 1;",
 ];
 
 impl Store {

@@ -8,6 +8,7 @@ mod common;
 mod bad_input;
 mod cli;
 mod conformance;
+mod correctness;
 mod daemon;
 mod demo;
 mod error_policy;

@@ -91,11 +91,6 @@ fn same_content_is_applied_once_unless_forced() {
     ws.dropsync(&["run"])
         .code(0)
         .stdout_has(&["nothing new to sync"]);
-    // So does the same content under another name.
-    ws.drop_file("accounts_20260102.csv", six_accounts());
-    ws.dropsync(&["run"])
-        .code(0)
-        .stdout_has(&["nothing new to sync"]);
     assert_eq!(ws.db().runs().len(), 1);
 
     // Asked for explicitly, it is recorded as skipped.
@@ -133,6 +128,18 @@ fn same_content_is_applied_once_unless_forced() {
     );
     assert_eq!(db.runs().len(), 4);
     assert_eq!(accounts(&db), six_accounts_table());
+    drop(db);
+
+    // The same bytes for another date are that date's export: applied,
+    // changing nothing, and the state now stands as of that date.
+    ws.drop_file("accounts_20260102.csv", six_accounts());
+    ws.dropsync(&["run"]).code(0).stdout_has(&[
+        "accounts  2026-01-02  accounts_20260102.csv  success  rows 6 ok 6 rejected 0 skipped 0  +0 ~0 -0",
+    ]);
+    ws.dropsync(&["run"])
+        .code(0)
+        .stdout_has(&["nothing new to sync"]);
+    assert_eq!(ws.db().runs().len(), 5);
 }
 
 #[test]

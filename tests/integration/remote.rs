@@ -89,7 +89,8 @@ fn sftp_nightly_pull_with_a_key() {
         !ws.path("staging/partner").exists(),
         "known files are not fetched again"
     );
-    // The same bytes under a new name are the same content.
+    // The same bytes under a new name are the next date's export: applied,
+    // changing nothing.
     std::fs::rename(
         server.outbox.join("accounts_20260103.csv"),
         server.outbox.join("accounts_20260104.csv"),
@@ -97,8 +98,11 @@ fn sftp_nightly_pull_with_a_key() {
     .unwrap();
     ws.dropsync(&["run"])
         .code(0)
+        .stdout_has(&["accounts_20260104.csv  success", "+0 ~0 -0"]);
+    ws.dropsync(&["run"])
+        .code(0)
         .stdout_has(&["nothing new to sync\n"]);
-    assert_eq!(ws.db().runs().len(), 3);
+    assert_eq!(ws.db().runs().len(), 4);
 }
 
 #[test]
