@@ -280,11 +280,14 @@ fn ftp_wrong_password_then_delete_after_sync() {
         "deleted once synced"
     );
     assert_eq!(accounts(&ws.db()), six_accounts_table());
-    // Delivered again under another name: nothing new, and cleared away too.
+    // The same bytes as the next date's export: applied, changing nothing,
+    // and cleared away too.
     server.put("accounts_20260102.csv", six_accounts());
     ws.dropsync_env(&["run"], &with_password())
         .code(0)
-        .stdout_has(&["nothing new to sync\n"]);
+        .stdout_has(&[
+            "accounts_20260102.csv  success  rows 6 ok 6 rejected 0 skipped 0  +0 ~0 -0",
+        ]);
     assert_eq!(
         server.files(""),
         Vec::<String>::new(),
