@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use foldhash::{HashMap as FastMap, HashMapExt, HashSet as FastSet};
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use polars::prelude::*;
 use regex::Regex;
 
@@ -101,42 +101,50 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
     });
 
     // Each field converts and checks its own values: columns are independent.
-    let checked: Vec<(Column, Vec<Issue>, Vec<u32>)> =
-        in_parallel(&fields, |(index, field, raw_column)| {
-            let values = &present[*index];
-            let mut issues = Vec::new();
-            // Rows rejected past `keep_errors`: a bare row number each.
-            let mut undescribed: Vec<u32> = Vec::new();
-            let mut push = |row: usize, message: String| {
-                if issues.len() < issue_cap {
-                    issues.push(Issue {
-                        row: row as u32,
-                        field: Some(field.name.clone()),
-                        message,
-                    })
-                } else {
-                    undescribed.push(row as u32);
-                }
-            };
-            if field.is_required(schema) {
-                for (row, v) in values.iter().enumerate() {
-                    if v.is_none() {
-                        push(row, "a value is required".into());
-                    }
+    // Rules across fields and rows compare typed values: `01` and `1` are
+    // one integer key, one reference, one unique value. The fields they use
+    // get their values' canonical spelling, made from the converted column.
+    let compared = compared_fields(schema);
+    type Checked = (Column, Vec<Issue>, Vec<u32>, Option<Vec<Option<String>>>);
+    let checked: Vec<Checked> = in_parallel(&fields, |(index, field, raw_column)| {
+        let values = &present[*index];
+        let mut issues = Vec::new();
+        // Rows rejected past `keep_errors`: a bare row number each.
+        let mut undescribed: Vec<u32> = Vec::new();
+        let mut push = |row: usize, message: String| {
+            if issues.len() < issue_cap {
+                issues.push(Issue {
+                    row: row as u32,
+                    field: Some(field.name.clone()),
+                    message,
+                })
+            } else {
+                undescribed.push(row as u32);
+            }
+        };
+        if field.is_required(schema) {
+            for (row, v) in values.iter().enumerate() {
+                if v.is_none() {
+                    push(row, "a value is required".into());
                 }
             }
-            let series = convert(field, values, raw_column, &mut push);
-            check_constraints(field, values, &mut push);
-            check_categories(field, values, &mut push);
-            (series.into_column(), issues, undescribed)
-        });
+        }
+        let series = convert(field, values, raw_column, &mut push);
+        check_constraints(field, values, &mut push);
+        check_categories(field, values, &mut push);
+        let typed =
+            (compared[*index] && !field.kind.is_text()).then(|| canonical_column(field, &series));
+        (series.into_column(), issues, undescribed, typed)
+    });
     let mut columns: Vec<Column> = Vec::with_capacity(fields.len() + 1);
     let mut issues: Vec<Issue> = Vec::new();
     let mut undescribed: Vec<u32> = Vec::new();
-    for (column, field_issues, field_undescribed) in checked {
+    let mut typed: Vec<Option<Vec<Option<String>>>> = Vec::with_capacity(fields.len());
+    for (column, field_issues, field_undescribed, field_typed) in checked {
         columns.push(column);
         issues.extend(field_issues);
         undescribed.extend(field_undescribed);
+        typed.push(field_typed);
     }
     if schema.keeps_extra_columns() {
         let attributes = raw
@@ -146,17 +154,6 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         columns.push(attributes.into_series().into_column());
     }
 
-    // Rules across fields and rows compare typed values: `01` and `1` are
-    // one integer key, one reference, one unique value.
-    let compared = compared_fields(schema);
-    let typed: Vec<Option<Vec<Option<String>>>> = in_parallel(&fields, |(index, field, _)| {
-        (compared[*index] && !field.kind.is_text()).then(|| {
-            present[*index]
-                .iter()
-                .map(|v| v.and_then(|v| canonical(field, v).ok().map(Cow::into_owned)))
-                .collect()
-        })
-    });
     let comparable = Comparable {
         present: &present,
         typed,
@@ -418,23 +415,9 @@ pub(crate) fn canonical<'a>(field: &Field, v: &'a str) -> Result<Cow<'a, str>, S
         } else {
             "false"
         }),
-        FieldType::Date => Cow::Owned(parse_date(format, v)?.format("%Y-%m-%d").to_string()),
-        FieldType::Datetime => {
-            let t = parse_datetime(format, v)?;
-            Cow::Owned(format!(
-                "{}{}",
-                t.format("%Y-%m-%d %H:%M:%S"),
-                fraction_text(t.nanosecond() / 1000)
-            ))
-        }
-        FieldType::Time => {
-            let t = parse_time(format, v)?;
-            Cow::Owned(format!(
-                "{}{}",
-                t.format("%H:%M:%S"),
-                fraction_text(t.nanosecond() / 1000)
-            ))
-        }
+        FieldType::Date => Cow::Owned(date_text(parse_date(format, v)?)),
+        FieldType::Datetime => Cow::Owned(datetime_text(parse_datetime(format, v)?)),
+        FieldType::Time => Cow::Owned(time_text(time_micros(parse_time(format, v)?))),
         FieldType::Year => Cow::Owned(parse_year(v)?.to_string()),
         FieldType::YearMonth => {
             let (y, m) = parse_yearmonth(v)?;
@@ -512,14 +495,132 @@ fn number_text(x: f64) -> String {
     }
 }
 
-/// `.123` for 123000 microseconds: the fraction without trailing zeros, or
-/// nothing for none.
-fn fraction_text(micros: u32) -> String {
-    if micros == 0 {
-        return String::new();
+/// The canonical spelling of each value `convert` made of a field the rules
+/// across rows compare: the same as `canonical` gives for its cell, without
+/// reading the cell a second time.
+fn canonical_column(field: &Field, series: &Series) -> Vec<Option<String>> {
+    const CONVERTED: &str = "a converted column has its field's type";
+    match field.kind {
+        FieldType::Integer => series
+            .i64()
+            .expect(CONVERTED)
+            .iter()
+            .map(|v| v.map(|i| i.to_string()))
+            .collect(),
+        FieldType::Number => series
+            .f64()
+            .expect(CONVERTED)
+            .iter()
+            .map(|v| v.map(number_text))
+            .collect(),
+        FieldType::Boolean => series
+            .bool()
+            .expect(CONVERTED)
+            .iter()
+            .map(|v| v.map(|b| b.to_string()))
+            .collect(),
+        FieldType::Date => series
+            .date()
+            .expect(CONVERTED)
+            .physical()
+            .iter()
+            .map(|days| days.and_then(NaiveDate::from_epoch_days).map(date_text))
+            .collect(),
+        FieldType::Datetime => series
+            .datetime()
+            .expect(CONVERTED)
+            .physical()
+            .iter()
+            .map(|micros| {
+                micros
+                    .and_then(DateTime::from_timestamp_micros)
+                    .map(|t| datetime_text(t.naive_utc()))
+            })
+            .collect(),
+        FieldType::Time => series
+            .time()
+            .expect(CONVERTED)
+            .physical()
+            .iter()
+            .map(|nanos| nanos.map(|n| time_text(n / 1000)))
+            .collect(),
+        FieldType::Year => series
+            .i32()
+            .expect(CONVERTED)
+            .iter()
+            .map(|v| v.map(|y| y.to_string()))
+            .collect(),
+        FieldType::String | FieldType::Any | FieldType::YearMonth | FieldType::Duration => series
+            .str()
+            .expect(CONVERTED)
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect(),
     }
-    let digits = format!(".{micros:06}");
-    digits.trim_end_matches('0').to_string()
+}
+
+/// Writes `n` as `width` digits (zero-padded): a hand-rolled `{n:0width$}`,
+/// since keys are spelled once per row.
+fn push_padded(out: &mut String, n: u32, width: u32) {
+    for place in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+    }
+}
+
+/// `2026-01-31`, as the store writes a DATE.
+fn date_text(d: NaiveDate) -> String {
+    let mut out = String::with_capacity(26);
+    push_date(&mut out, d);
+    out
+}
+
+fn push_date(out: &mut String, d: NaiveDate) {
+    if !(0..=9999).contains(&d.year()) {
+        out.push_str(&d.format("%Y-%m-%d").to_string());
+        return;
+    }
+    push_padded(out, d.year() as u32, 4);
+    out.push('-');
+    push_padded(out, d.month(), 2);
+    out.push('-');
+    push_padded(out, d.day(), 2);
+}
+
+/// `2026-01-31 10:20:30.25`, as the store writes a TIMESTAMP: microseconds,
+/// trailing zeros of the fraction left out.
+fn datetime_text(t: NaiveDateTime) -> String {
+    let mut out = String::with_capacity(26);
+    push_date(&mut out, t.date());
+    out.push(' ');
+    push_time(&mut out, time_micros(t.time()));
+    out
+}
+
+/// `10:20:30.25`, as the store writes a TIME.
+fn time_text(micros: i64) -> String {
+    let mut out = String::with_capacity(15);
+    push_time(&mut out, micros);
+    out
+}
+
+fn push_time(out: &mut String, micros: i64) {
+    let seconds = (micros / 1_000_000) as u32;
+    let fraction = (micros % 1_000_000) as u32;
+    push_padded(out, seconds / 3600, 2);
+    out.push(':');
+    push_padded(out, seconds / 60 % 60, 2);
+    out.push(':');
+    push_padded(out, seconds % 60, 2);
+    if fraction != 0 {
+        let mut digits = 6;
+        let mut fraction = fraction;
+        while fraction.is_multiple_of(10) {
+            fraction /= 10;
+            digits -= 1;
+        }
+        out.push('.');
+        push_padded(out, fraction, digits);
+    }
 }
 
 fn time_micros(t: NaiveTime) -> i64 {
@@ -1552,5 +1653,48 @@ mod tests {
 
         let all = validate(&raw, &schema, &Context::default());
         assert_eq!((all.error_rows, all.errors.len()), (50, 50));
+    }
+
+    /// Keys are spelled from the converted column, single values from their
+    /// cell: both must spell a value the same, or a key would not find
+    /// itself.
+    #[test]
+    fn a_cell_and_its_converted_value_are_spelled_alike() {
+        let cases = [
+            (r#"{"name": "v", "type": "integer"}"#, "007"),
+            (r#"{"name": "v", "type": "number"}"#, "2.50"),
+            (r#"{"name": "v", "type": "number"}"#, "1e20"),
+            (r#"{"name": "v", "type": "number"}"#, "-0"),
+            (r#"{"name": "v", "type": "boolean"}"#, "TRUE"),
+            (
+                r#"{"name": "v", "type": "date", "format": "%d/%m/%Y"}"#,
+                "05/01/0999",
+            ),
+            (
+                r#"{"name": "v", "type": "datetime"}"#,
+                "2026-01-31T11:20:30.250+01:00",
+            ),
+            (
+                r#"{"name": "v", "type": "datetime"}"#,
+                "2026-01-31T10:20:30.000001Z",
+            ),
+            (r#"{"name": "v", "type": "time"}"#, "23:59:59.5"),
+            (r#"{"name": "v", "type": "time"}"#, "00:00:00"),
+            (r#"{"name": "v", "type": "year"}"#, "2026"),
+            (r#"{"name": "v", "type": "yearmonth"}"#, "2026-02"),
+            (r#"{"name": "v", "type": "duration"}"#, "P1Y2W"),
+        ];
+        for (descriptor, cell) in cases {
+            let field: Field = serde_json::from_str(descriptor).unwrap();
+            let raw = StringChunked::new("v".into(), [Some(cell)]);
+            let series = convert(&field, &[Some(cell)], &raw, &mut |_, m| panic!("{m}"));
+            let from_column = canonical_column(&field, &series);
+            let from_cell = canonical(&field, cell).unwrap();
+            assert_eq!(
+                from_column,
+                [Some(from_cell.to_string())],
+                "{descriptor} {cell}"
+            );
+        }
     }
 }
