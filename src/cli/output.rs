@@ -178,6 +178,14 @@ pub fn show(out: &mut dyn Write, r: &RunRecord, errors: &[RowError]) -> io::Resu
         r.integration, r.dataset, r.mode
     )?;
     writeln!(out, "status         {}", r.status)?;
+    if let Some(failure) = r.failure {
+        writeln!(
+            out,
+            "failure        {}, attempt {}",
+            failure.as_str(),
+            r.attempt
+        )?;
+    }
     if let Some(m) = &r.message {
         writeln!(out, "message        {m}")?;
     }

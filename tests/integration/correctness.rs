@@ -661,6 +661,10 @@ fn a_transiently_failed_file_is_retried_by_the_next_scans() {
         "accounts  2026-11-03  accounts_20261103.csv  failed",
         "(attempt 1 of 3; the next scheduled run tries again)",
     ]);
+    let failed = ws.db().last_run();
+    ws.dropsync(&["show", &failed.execution_id])
+        .code(0)
+        .stdout_has(&["status         failed\nfailure        transient, attempt 1\n"]);
     repair_the_accounts_table(&ws);
     ws.dropsync(&["run"]).code(0).stdout_has(&[
         "accounts_20261103.csv  success  rows 6 ok 6 rejected 0 skipped 0  +6 ~0 -0",
