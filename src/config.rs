@@ -394,7 +394,9 @@ pub struct CsvDialect {
     /// are taken in the schema's field order. Default true.
     #[serde(default = "default_true")]
     pub header: bool,
-    /// `utf-8` (a BOM is stripped) or `latin-1`. Default `utf-8`.
+    /// Any WHATWG encoding label: `utf-8` (a BOM is stripped),
+    /// `windows-1252` (what `latin1` and `iso-8859-1` mean),
+    /// `iso-8859-15`, `shift_jis`, `utf-16le`, ... Default `utf-8`.
     #[serde(default)]
     pub encoding: Encoding,
     /// Longest field accepted, in bytes; a longer one is a row error (it is
@@ -428,19 +430,59 @@ fn default_max_field_bytes() -> usize {
     16 * 1024 * 1024
 }
 
-/// Text encoding of a file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub enum Encoding {
-    #[default]
-    #[serde(rename = "utf-8", alias = "utf8", alias = "UTF-8")]
-    Utf8,
-    #[serde(
-        rename = "latin-1",
-        alias = "latin1",
-        alias = "iso-8859-1",
-        alias = "ISO-8859-1"
-    )]
-    Latin1,
+/// Text encoding of a file: any WHATWG encoding label (`utf-8`,
+/// `windows-1252`, `iso-8859-15`, `shift_jis`, `utf-16le`, ...), decoded by
+/// encoding_rs. As in browsers, `latin1` and `iso-8859-1` mean
+/// windows-1252: files labelled Latin-1 are nearly always written by
+/// Windows, where 0x80 is `€`, not a control character. `latin-1` is
+/// accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding(&'static encoding_rs::Encoding);
+
+impl Encoding {
+    /// The encoding a label names; `None` for an unknown label, and for
+    /// WHATWG's `replacement` encoding, which reads every file as one
+    /// error.
+    pub fn from_label(label: &str) -> Option<Encoding> {
+        let label = label.trim();
+        let encoding = if label.eq_ignore_ascii_case("latin-1") {
+            encoding_rs::WINDOWS_1252
+        } else {
+            encoding_rs::Encoding::for_label_no_replacement(label.as_bytes())?
+        };
+        Some(Encoding(encoding))
+    }
+
+    pub fn is_utf8(self) -> bool {
+        self.0 == encoding_rs::UTF_8
+    }
+
+    /// The encoding_rs decoder's encoding.
+    pub fn codec(self) -> &'static encoding_rs::Encoding {
+        self.0
+    }
+
+    /// The encoding's canonical name (`windows-1252`).
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+}
+
+impl Default for Encoding {
+    fn default() -> Self {
+        Encoding(encoding_rs::UTF_8)
+    }
+}
+
+impl<'de> Deserialize<'de> for Encoding {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let label = String::deserialize(deserializer)?;
+        Encoding::from_label(&label).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown encoding `{label}`: use a WHATWG encoding label such as utf-8, windows-1252, iso-8859-15, shift_jis or utf-16le"
+            ))
+        })
+    }
 }
 
 /// `[integrations.NAME.on_error]`

@@ -401,6 +401,7 @@ fn validate_and_apply(
         Err(e) => return fail(run, FailureKind::Content, e.to_string(), Vec::new()),
     };
     stage_done("parse", started);
+    let header_note = raw.header_note();
     let started = std::time::Instant::now();
     let ctx = schema::validate::Context {
         references: references(store, config, &integration.file_schema)?,
@@ -463,11 +464,13 @@ fn validate_and_apply(
     if valid.error_rows > 0 {
         run.message = Some(format!("{} rejected", crate::rows(valid.error_rows)));
     }
-    if !valid.ignored_columns.is_empty() {
-        let note = format!(
+    let ignored_note = (!valid.ignored_columns.is_empty()).then(|| {
+        format!(
             "columns not in the schema, kept in _attributes: {}",
             valid.ignored_columns.join(", ")
-        );
+        )
+    });
+    for note in [header_note, ignored_note].into_iter().flatten() {
         run.message = Some(match run.message.take() {
             Some(m) => format!("{m}; {note}"),
             None => note,

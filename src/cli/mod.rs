@@ -226,9 +226,10 @@ pub struct ValidateArgs {
     /// Field delimiter.
     #[arg(long)]
     pub delimiter: Option<char>,
-    /// `utf-8` or `latin-1`.
-    #[arg(long, value_parser = ["utf-8", "latin-1"])]
-    pub encoding: Option<String>,
+    /// The file's encoding: a WHATWG label (`utf-8`, `windows-1252`,
+    /// `latin1`, `iso-8859-15`, `shift_jis`, ...).
+    #[arg(long, value_parser = parse_encoding)]
+    pub encoding: Option<Encoding>,
     /// The file has no header row.
     #[arg(long)]
     pub no_header: bool,
@@ -601,6 +602,13 @@ fn overall(outcomes: &[FileOutcome]) -> Outcome {
     result
 }
 
+/// `--encoding`: a WHATWG label, checked once here.
+fn parse_encoding(label: &str) -> Result<Encoding, String> {
+    Encoding::from_label(label).ok_or_else(|| {
+        format!("unknown encoding `{label}`: use a WHATWG encoding label such as utf-8, windows-1252, iso-8859-15, shift_jis or utf-16le")
+    })
+}
+
 fn validate(
     config_path: &Path,
     args: ValidateArgs,
@@ -633,12 +641,8 @@ fn validate(
     if let Some(d) = args.delimiter {
         dialect.delimiter = d;
     }
-    if let Some(e) = &args.encoding {
-        dialect.encoding = if e == "latin-1" {
-            Encoding::Latin1
-        } else {
-            Encoding::Utf8
-        };
+    if let Some(encoding) = args.encoding {
+        dialect.encoding = encoding;
     }
     if args.no_header {
         dialect.header = false;

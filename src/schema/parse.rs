@@ -4,6 +4,12 @@
 //! columns. Problems with the file as a whole (empty, no usable header) are a
 //! `ParseError`; problems with one record (ragged, invalid UTF-8, a runaway
 //! field) are a `RowError` and the record is left out.
+//!
+//! Header names are matched to schema fields ignoring case, spaces and
+//! underscores, because partners write `User id` and `AccountId` for
+//! `UserID` and `AccountID`. Everything a header can make grow per row is
+//! bounded: a header name's length, and a row's `_attributes` object, whose
+//! keys are escaped once per file rather than once per row.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +22,14 @@ use crate::config::{CsvDialect, Encoding};
 
 /// The longest raw row kept in a row error.
 const RAW_ROW_LIMIT: usize = 4096;
+
+/// The longest header name accepted, in bytes. Real headers are words or
+/// short phrases; a longer one is a file that has no header, or garbage, and
+/// each extra column's name is repeated in every row's `_attributes`.
+pub const MAX_HEADER_NAME_BYTES: usize = 1024;
+
+/// Header names listed in a message, at most.
+const NAMES_SHOWN: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
@@ -38,6 +52,15 @@ pub enum ParseError {
         line: u64,
         message: String,
     },
+    #[error(
+        "{file}: line {line}: byte {byte} of the file is not valid {encoding}; is csv.encoding right?"
+    )]
+    Encoding {
+        file: String,
+        line: u64,
+        byte: usize,
+        encoding: &'static str,
+    },
 }
 
 /// A file's records as text columns, before any typing.
@@ -59,11 +82,31 @@ pub struct RawTable {
     pub records: u64,
     /// Header names the schema does not know (kept out of the store).
     pub ignored_columns: Vec<String>,
-    /// The file's text (Latin-1 already turned into UTF-8), for raw rows.
+    /// Header names that matched a field only once case, spaces and
+    /// underscores were ignored: (header, field).
+    pub renamed_columns: Vec<(String, String)>,
+    /// The file's text (already decoded into UTF-8), for raw rows.
     pub text: Vec<u8>,
 }
 
 impl RawTable {
+    /// Says which header names were read as which fields, when any had to
+    /// be matched loosely; `None` when every name matched as written.
+    pub fn header_note(&self) -> Option<String> {
+        if self.renamed_columns.is_empty() {
+            return None;
+        }
+        let pairs: Vec<String> = self
+            .renamed_columns
+            .iter()
+            .map(|(header, field)| format!("`{header}` as {field}"))
+            .collect();
+        Some(format!(
+            "header names matched ignoring case, spaces and underscores: {}",
+            pairs.join(", ")
+        ))
+    }
+
     /// The raw text of the kept record `row`, shortened if huge.
     pub fn raw_row(&self, row: usize) -> String {
         let (start, end) = self.spans[row];
@@ -112,10 +155,7 @@ pub(crate) fn parse_bytes(
     mapping: &std::collections::BTreeMap<String, String>,
     schema: &TableSchema,
 ) -> Result<RawTable, ParseError> {
-    let mut text = match dialect.encoding {
-        Encoding::Utf8 => bytes,
-        Encoding::Latin1 => latin1_to_utf8(&bytes),
-    };
+    let mut text = decode(bytes, dialect.encoding, file)?;
     // A BOM glued to the first header name is the classic CSV bug: drop it.
     if text.starts_with(b"\xEF\xBB\xBF") {
         text.drain(..3);
@@ -139,7 +179,7 @@ pub(crate) fn parse_bytes(
     };
 
     // Which file column feeds which schema field.
-    let (layout, extra_columns, first_line) = if dialect.header {
+    let (layout, first_line) = if dialect.header {
         let found = reader
             .read_byte_record(&mut record)
             .map_err(|e| csv_err(e, 1))?;
@@ -149,21 +189,42 @@ pub(crate) fn parse_bytes(
             });
         }
         let line = record.position().map_or(1, |p| p.line());
+        let header_error = |message| ParseError::Header {
+            file: file.to_string(),
+            line,
+            message,
+        };
+        if let Some((column, name)) = record
+            .iter()
+            .enumerate()
+            .find(|(_, h)| h.len() > MAX_HEADER_NAME_BYTES)
+        {
+            return Err(header_error(format!(
+                "the name of column {} is {} bytes long, more than the {MAX_HEADER_NAME_BYTES} a header name may have: is the first line really a header?",
+                column + 1,
+                name.len()
+            )));
+        }
         let header: Vec<String> = record
             .iter()
             .map(|h| String::from_utf8_lossy(h).trim().to_string())
             .collect();
-        let (layout, ignored) =
-            match_header(&header, mapping, schema).map_err(|message| ParseError::Header {
-                file: file.to_string(),
-                line,
-                message,
-            })?;
-        (layout, ignored, line + 1)
+        let matched = match_header(&header, mapping, schema).map_err(header_error)?;
+        (matched, line + 1)
     } else {
-        let layout: Vec<Option<usize>> = (0..schema.fields.len()).map(Some).collect();
-        (layout, Vec::new(), 1)
+        let matched = HeaderMatch {
+            layout: (0..schema.fields.len()).map(Some).collect(),
+            extras: Vec::new(),
+            renamed: Vec::new(),
+        };
+        (matched, 1)
     };
+    let HeaderMatch {
+        layout,
+        extras: extra_columns,
+        renamed,
+    } = layout;
+    let extras = attribute_keys(&extra_columns);
     let width = if dialect.header {
         record.len()
     } else {
@@ -186,7 +247,7 @@ pub(crate) fn parse_bytes(
         dialect,
         schema,
         layout: &layout,
-        extras: &extra_columns,
+        extras: &extras,
         key_fields: &key_fields,
         width,
     };
@@ -241,6 +302,7 @@ pub(crate) fn parse_bytes(
         errors,
         records,
         ignored_columns: extra_columns.into_iter().map(|(_, h)| h).collect(),
+        renamed_columns: renamed,
         text,
     })
 }
@@ -252,8 +314,8 @@ struct RecordShape<'a> {
     schema: &'a TableSchema,
     /// Schema field -> file column.
     layout: &'a [Option<usize>],
-    /// File columns the schema does not know: (column, header).
-    extras: &'a [(usize, String)],
+    /// File columns the schema does not know, in `_attributes` key order.
+    extras: &'a [AttributeKey],
     key_fields: &'a [usize],
     /// Fields a record must have.
     width: usize,
@@ -273,17 +335,79 @@ struct Chunk {
 /// the schema does not name ("then any attributes").
 pub const ATTRIBUTES: &str = "_attributes";
 
-/// A record's extra columns as a JSON object of the non-empty ones.
-fn attributes_json(record: &csv::ByteRecord, extras: &[(usize, String)]) -> Option<String> {
-    let mut map = serde_json::Map::new();
-    for (column, header) in extras {
-        let value = record.get(*column).unwrap_or_default();
-        if !value.is_empty() {
-            let value = String::from_utf8_lossy(value).into_owned();
-            map.insert(header.clone(), serde_json::Value::String(value));
+/// A file column the schema does not know, as it appears in `_attributes`.
+struct AttributeKey {
+    column: usize,
+    header: String,
+    /// `"header":`, escaped once for the whole file.
+    json_key: String,
+}
+
+/// The extra columns' keys, sorted by name as a JSON object's keys are
+/// (so a file that reorders its columns does not change every row).
+fn attribute_keys(extras: &[(usize, String)]) -> Vec<AttributeKey> {
+    let mut keys: Vec<AttributeKey> = extras
+        .iter()
+        .map(|(column, header)| AttributeKey {
+            column: *column,
+            header: header.clone(),
+            json_key: format!("{}:", serde_json::Value::String(header.clone())),
+        })
+        .collect();
+    keys.sort_by(|a, b| a.header.cmp(&b.header));
+    keys
+}
+
+/// A record's extra columns as a JSON object of the non-empty ones, written
+/// into `json` (cleared first); `Ok(false)` when they are all empty. A value
+/// or an object larger than `limit` bytes is refused: (field, message).
+fn attributes_json(
+    record: &csv::ByteRecord,
+    extras: &[AttributeKey],
+    limit: usize,
+    json: &mut String,
+) -> Result<bool, (Option<String>, String)> {
+    json.clear();
+    for key in extras {
+        let raw = record.get(key.column).unwrap_or_default();
+        if raw.is_empty() {
+            continue;
+        }
+        if raw.len() > limit {
+            return Err((
+                Some(key.header.clone()),
+                format!(
+                    "value is {} bytes, more than csv.max_field_bytes ({limit}); an unbalanced quote?",
+                    raw.len()
+                ),
+            ));
+        }
+        let value = std::str::from_utf8(raw).map_err(|e| {
+            (
+                Some(key.header.clone()),
+                format!(
+                    "not valid UTF-8 (byte {} of the value); is csv.encoding right?",
+                    e.valid_up_to() + 1
+                ),
+            )
+        })?;
+        json.push(if json.is_empty() { '{' } else { ',' });
+        json.push_str(&key.json_key);
+        json.push_str(&serde_json::Value::String(value.to_string()).to_string());
+        if json.len() > limit {
+            return Err((
+                None,
+                format!(
+                    "the columns not in the schema make an _attributes object of more than csv.max_field_bytes ({limit}) bytes"
+                ),
+            ));
         }
     }
-    (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string())
+    if json.is_empty() {
+        return Ok(false);
+    }
+    json.push('}');
+    Ok(true)
 }
 
 fn empty_columns(schema: &TableSchema) -> Vec<StringChunked> {
@@ -367,6 +491,7 @@ fn parse_chunk(
     let line_of = |l: u64| first_line + l - 1;
     let byte_of = |b: u64| start as u64 + b;
     let mut last_line = first_line;
+    let mut json = String::new();
     loop {
         let more = reader
             .read_byte_record(&mut record)
@@ -464,6 +589,17 @@ fn parse_chunk(
         if bad {
             continue;
         }
+        let has_attributes = if attributes.is_some() {
+            match attributes_json(&record, extras, dialect.max_field_bytes, &mut json) {
+                Ok(has) => has,
+                Err((field, message)) => {
+                    errors.push(reject(field.as_deref(), message));
+                    continue;
+                }
+            }
+        } else {
+            false
+        };
         for (builder, value) in builders.iter_mut().zip(&values) {
             match value {
                 Some(v) => builder.append_value(v),
@@ -471,9 +607,10 @@ fn parse_chunk(
             }
         }
         if let Some(builder) = attributes.as_mut() {
-            match attributes_json(&record, extras) {
-                Some(json) => builder.append_value(&json),
-                None => builder.append_null(),
+            if has_attributes {
+                builder.append_value(&json);
+            } else {
+                builder.append_null();
             }
         }
         lines.push(line);
@@ -489,8 +626,61 @@ fn parse_chunk(
     })
 }
 
-/// Schema field -> file column, and the file's other columns (column, header).
-type HeaderMatch = (Vec<Option<usize>>, Vec<(usize, String)>);
+/// How a header feeds the schema.
+struct HeaderMatch {
+    /// Schema field -> file column.
+    layout: Vec<Option<usize>>,
+    /// The file's other columns: (column, header).
+    extras: Vec<(usize, String)>,
+    /// Header names matched only loosely: (header, field).
+    renamed: Vec<(String, String)>,
+}
+
+/// A header name reduced to what tells fields apart: `User id`, `user_id`
+/// and `UserID` are all `userid`.
+fn loose_name(name: &str) -> String {
+    name.chars()
+        .filter(|c| !c.is_whitespace() && *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The schema field (or mapped name) a header name stands for, and whether
+/// it took loose matching to find it.
+fn resolve_name<'a>(
+    header: &'a str,
+    mapping: &'a std::collections::BTreeMap<String, String>,
+    schema: &'a TableSchema,
+) -> (&'a str, bool) {
+    if let Some(name) = mapping.get(header) {
+        return (name, false);
+    }
+    if schema.field(header).is_some() {
+        return (header, false);
+    }
+    let loose = loose_name(header);
+    if let Some(name) = mapping
+        .iter()
+        .find(|(from, _)| loose_name(from) == loose)
+        .map(|(_, to)| to)
+    {
+        return (name, true);
+    }
+    match schema.fields.iter().find(|f| loose_name(&f.name) == loose) {
+        Some(field) => (&field.name, true),
+        None => (header, false),
+    }
+}
+
+/// `a, b, c`, or the first names and how many there are in all.
+fn list_names<S: AsRef<str>>(names: &[S]) -> String {
+    let shown: Vec<&str> = names.iter().take(NAMES_SHOWN).map(AsRef::as_ref).collect();
+    if names.len() > NAMES_SHOWN {
+        format!("{}, … ({} in all)", shown.join(", "), names.len())
+    } else {
+        shown.join(", ")
+    }
+}
 
 /// For each schema field, the header column that feeds it; and the header
 /// names that feed nothing. Errors say what is missing and what was found.
@@ -500,18 +690,32 @@ fn match_header(
     schema: &TableSchema,
 ) -> Result<HeaderMatch, String> {
     let mut by_name: HashMap<&str, usize> = HashMap::new();
+    let mut names: Vec<&str> = Vec::with_capacity(header.len());
     let mut ignored = Vec::new();
+    let mut renamed = Vec::new();
     for (i, h) in header.iter().enumerate() {
-        let name = mapping.get(h).map(String::as_str).unwrap_or(h);
+        let (name, loose) = resolve_name(h, mapping, schema);
         if let Some(first) = by_name.insert(name, i) {
+            let written = |c: usize| {
+                if header[c] == name {
+                    String::new()
+                } else {
+                    format!(" `{}`", header[c])
+                }
+            };
             return Err(format!(
-                "column `{name}` appears twice in the header (columns {} and {})",
+                "column `{name}` appears twice in the header (columns {}{} and {}{})",
                 first + 1,
-                i + 1
+                written(first),
+                i + 1,
+                written(i)
             ));
         }
+        names.push(name);
         if schema.field(name).is_none() {
             ignored.push((i, h.clone()));
+        } else if loose {
+            renamed.push((h.clone(), name.to_string()));
         }
     }
     let layout: Vec<Option<usize>> = schema
@@ -533,7 +737,7 @@ fn match_header(
         .filter(|(f, c)| c.is_none() && f.is_required(schema))
         .map(|(f, _)| f.name.as_str())
         .collect();
-    let found = || format!("found: {}", header.join(", "));
+    let found = || format!("found: {}", list_names(header));
     let rule = schema.fields_match;
     let fail = |what: String| {
         Err(format!(
@@ -547,10 +751,6 @@ fn match_header(
     }
     match rule {
         FieldsMatch::Exact => {
-            let names: Vec<&str> = header
-                .iter()
-                .map(|h| mapping.get(h).map(String::as_str).unwrap_or(h))
-                .collect();
             let expected: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
             if names != expected {
                 return fail(format!("expected exactly {}", expected.join(", ")));
@@ -566,17 +766,48 @@ fn match_header(
     }
     if matches!(rule, FieldsMatch::Equal | FieldsMatch::Superset) && !ignored.is_empty() {
         let names: Vec<&str> = ignored.iter().map(|(_, h)| h.as_str()).collect();
-        return fail(format!("unexpected column {}", names.join(", ")));
+        return fail(format!("unexpected column {}", list_names(&names)));
     }
-    Ok((layout, ignored))
+    Ok(HeaderMatch {
+        layout,
+        extras: ignored,
+        renamed,
+    })
 }
 
-fn latin1_to_utf8(bytes: &[u8]) -> Vec<u8> {
-    if bytes.is_ascii() {
-        return bytes.to_vec();
+/// The file's text as UTF-8. UTF-8 is kept as read: an invalid byte there
+/// is a row error naming its field. Other encodings are decoded whole; a
+/// byte sequence the encoding does not define fails the file, naming its
+/// line, since decoding it to a replacement character would store a value
+/// the file never held.
+fn decode(bytes: Vec<u8>, encoding: Encoding, file: &str) -> Result<Vec<u8>, ParseError> {
+    let codec = encoding.codec();
+    if encoding.is_utf8() || (codec.is_ascii_compatible() && bytes.is_ascii()) {
+        return Ok(bytes);
     }
-    let s: String = bytes.iter().map(|&b| b as char).collect();
-    s.into_bytes()
+    let mut decoder = codec.new_decoder_with_bom_removal();
+    let mut text = String::with_capacity(bytes.len() + bytes.len() / 4 + 16);
+    let mut read = 0;
+    loop {
+        let (result, consumed) =
+            decoder.decode_to_string_without_replacement(&bytes[read..], &mut text, true);
+        read += consumed;
+        match result {
+            encoding_rs::DecoderResult::InputEmpty => break,
+            encoding_rs::DecoderResult::OutputFull => {
+                text.reserve((bytes.len() - read) * 2 + 16);
+            }
+            encoding_rs::DecoderResult::Malformed(bad, after) => {
+                return Err(ParseError::Encoding {
+                    file: file.to_string(),
+                    line: text.bytes().filter(|&b| b == b'\n').count() as u64 + 1,
+                    byte: read - after as usize - bad as usize + 1,
+                    encoding: codec.name(),
+                });
+            }
+        }
+    }
+    Ok(text.into_bytes())
 }
 
 #[cfg(test)]

@@ -103,25 +103,24 @@ fn broken_files_are_refused_with_a_clear_message() {
         (
             "missing required column",
             six_accounts()
-                .replace(",parent,", ",")
-                .replace("Name,Type,", "Name,")
+                .replacen("AccountID,", "Key,", 1)
                 .into_bytes(),
             vec![
-                "    accounts_20260102.csv: line 1: the header does not fit the schema (fieldsMatch `subset`): missing Type; found: AccountID, ParentID, Name, Plan, Seats, CreatedDate\n",
+                "    accounts_20260102.csv: line 1: the header does not fit the schema (fieldsMatch `partial`): missing AccountID; found: Key, ParentID, Name, Type, Plan, Seats, CreatedDate\n",
             ],
         ),
         (
             "wrong delimiter",
             six_accounts().replace(',', ";").into_bytes(),
             vec![
-                "    accounts_20260102.csv: line 1: the header does not fit the schema (fieldsMatch `subset`): missing AccountID, Name, Type; found: AccountID;ParentID;Name;Type;Plan;Seats;CreatedDate\n",
+                "    accounts_20260102.csv: line 1: the header does not fit the schema (fieldsMatch `partial`): missing AccountID; found: AccountID;ParentID;Name;Type;Plan;Seats;CreatedDate\n",
             ],
         ),
         (
             "a gzip file by mistake",
             gzip,
             vec![
-                "    accounts_20260102.csv: line 1: the header does not fit the schema (fieldsMatch `subset`): missing AccountID, Name, Type; found: ",
+                "    accounts_20260102.csv: line 1: the header does not fit the schema (fieldsMatch `partial`): missing AccountID; found: ",
             ],
         ),
         (

@@ -157,13 +157,6 @@ fn rejected_rows_are_recorded_with_line_key_field_message_and_raw_row() {
             err(
                 3,
                 "A2",
-                Some("Name"),
-                "a value is required",
-                "A2,,,parent,gold,20,2020-01-02"
-            ),
-            err(
-                3,
-                "A2",
                 Some("Plan"),
                 "`gold` is not one of: enterprise, free, pro, starter",
                 "A2,,,parent,gold,20,2020-01-02"
@@ -192,7 +185,7 @@ fn rejected_rows_are_recorded_with_line_key_field_message_and_raw_row() {
         "status         failed\n",
         "rows           6 in, 0 ok, 3 rejected, 0 skipped\n",
         "rejected rows:\n",
-        "  line 3 [A2] Name: a value is required\n      A2,,,parent,gold,20,2020-01-02\n",
+        "  line 3 [A2] Plan: `gold` is not one of: enterprise, free, pro, starter\n      A2,,,parent,gold,20,2020-01-02\n",
         "  line 5 [A4] Seats: `forty` is not an integer\n      A4,,Account 4,parent,pro,forty,2020-01-04\n",
     ]);
 }
