@@ -815,6 +815,73 @@ mod tests {
     use super::*;
     use crate::schema::Dataset;
 
+    /// Partners' spellings of a header name find their field; the rest are
+    /// attributes, and two spellings of one field are a duplicate.
+    #[test]
+    fn header_names_match_ignoring_case_spaces_and_underscores() {
+        let schema = Dataset::load("users", None).unwrap().schema;
+        let header =
+            |names: &[&str]| -> Vec<String> { names.iter().map(|n| n.to_string()).collect() };
+        let matched = match_header(
+            &header(&["User id", "ACCOUNT_ID", "Role", "Account Name"]),
+            &Default::default(),
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(matched.layout[0], Some(0));
+        assert_eq!(matched.layout[1], Some(1));
+        assert_eq!(
+            matched.renamed,
+            [
+                ("User id".to_string(), "UserID".to_string()),
+                ("ACCOUNT_ID".to_string(), "AccountID".to_string()),
+            ]
+        );
+        assert_eq!(matched.extras, [(3, "Account Name".to_string())]);
+
+        // A mapping wins over the schema's own names, and is matched loosely too.
+        let mapping = [("E-mail".to_string(), "UserID".to_string())].into();
+        let matched = match_header(&header(&["e-mail", "AccountID"]), &mapping, &schema).unwrap();
+        assert_eq!(matched.layout[0], Some(0));
+
+        let err = match_header(
+            &header(&["UserID", "user_id", "AccountID"]),
+            &Default::default(),
+            &schema,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err,
+            "column `UserID` appears twice in the header (columns 1 and 2 `user_id`)"
+        );
+    }
+
+    #[test]
+    fn encodings_decode_by_their_whatwg_label() {
+        let label = |l: &str| Encoding::from_label(l).unwrap();
+        let cases: &[(&str, &[u8], &str)] = &[
+            ("latin1", b"\x80 caf\xe9", "€ café"),
+            ("latin-1", b"\x80", "€"),
+            ("iso-8859-15", b"\xa4", "€"),
+            ("utf-16le", b"\xff\xfea\x00,\x00", "a,"),
+            ("shift_jis", b"\x93\xfa\x96\x7b", "日本"),
+        ];
+        for (name, bytes, want) in cases {
+            let text = decode(bytes.to_vec(), label(name), "f.csv").unwrap();
+            assert_eq!(String::from_utf8(text).unwrap(), *want, "{name}");
+        }
+        let err = decode(b"a\nb\n\x82\n".to_vec(), label("shift_jis"), "f.csv")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "f.csv: line 3: byte 5 of the file is not valid Shift_JIS; is csv.encoding right?"
+        );
+        assert!(Encoding::from_label("replacement").is_none());
+        assert!(Encoding::from_label("klingon").is_none());
+    }
+
     /// A file big enough to be parsed in stretches gives the same lines,
     /// spans and errors as one read from start to end would.
     #[test]
