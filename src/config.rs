@@ -38,6 +38,9 @@ pub struct Config {
     /// How `dropsync daemon` behaves.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// The web console and HTTP API, served by the daemon when set.
+    #[serde(default)]
+    pub web: Option<crate::web::WebConfig>,
     /// The configured feeds, by name: `[integrations.crm_accounts]`.
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationConfig>,
@@ -586,6 +589,15 @@ impl Config {
         }
         if let Some(socket) = config.daemon.socket.as_mut() {
             resolve(socket);
+        }
+        if let Some(web) = config.web.as_mut() {
+            if let Some(file) = web.token_file.as_mut() {
+                resolve(file);
+            }
+            web.check().map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!("[web]: {message}"),
+            })?;
         }
         for (name, integration) in config.integrations.iter_mut() {
             let fail = |message: String| ConfigError::Integration {

@@ -17,6 +17,7 @@ pub mod source;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod web;
 
 /// "1 row", "3 rows".
 pub(crate) fn rows(n: u64) -> String {

@@ -18,7 +18,7 @@ fn main() {
         }
     };
     // The daemon reports what it does; one-off commands only what goes wrong.
-    let daemon = matches!(cli.command, cli::Command::Daemon);
+    let daemon = matches!(cli.command, cli::Command::Daemon | cli::Command::Web);
     init_logging(&cli.log_format, cli.verbose + u8::from(daemon));
     let code = match cli::execute(cli) {
         Ok(outcome) => outcome,

@@ -135,6 +135,10 @@ pub enum Command {
     /// Run the schedules, watch the folder sources, and serve the command
     /// line, until SIGTERM.
     Daemon,
+    /// Serve the web console and the HTTP API (`[web]`, default
+    /// 127.0.0.1:8080) and the command line, without running schedules or
+    /// watching folders, until SIGTERM.
+    Web,
     /// Man pages and shell completions, for packaging.
     #[command(subcommand, hide = true)]
     Generate(GenerateCommand),
@@ -383,7 +387,16 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             for name in config.integrations.keys() {
                 Integration::resolve(&config, name).map_err(|e| usage(e.to_string()))?;
             }
-            crate::schedule::daemon::run(config)?;
+            crate::schedule::daemon::run(config, crate::schedule::daemon::Mode::Full)?;
+            Ok(Outcome::Success)
+        }
+        Command::Web => {
+            let mut config = load_config(&cli.config)?;
+            for name in config.integrations.keys() {
+                Integration::resolve(&config, name).map_err(|e| usage(e.to_string()))?;
+            }
+            config.web.get_or_insert_with(Default::default);
+            crate::schedule::daemon::run(config, crate::schedule::daemon::Mode::ServeOnly)?;
             Ok(Outcome::Success)
         }
         Command::Export(ExportCommand::Unsubscribes(args)) => {

@@ -40,6 +40,18 @@ pub enum DaemonError {
     },
     #[error("cannot start the daemon: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Web(String),
+}
+
+/// What the daemon does besides holding the store and serving the command
+/// line and the web console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run the schedules, watch the folders, judge the deadlines.
+    Full,
+    /// Only serve (`dropsync web`): nothing syncs unless asked.
+    ServeOnly,
 }
 
 /// Work for the thread that owns the store.
@@ -162,8 +174,9 @@ fn log_outcome(outcome: &FileOutcome) {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config) -> Result<(), DaemonError> {
+pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     let store = Store::open(&config.store.path)?;
+    let web = crate::web::bind(&config, &store).map_err(DaemonError::Web)?;
     let socket = config.socket_path();
     // Holding the store means no other daemon uses this socket.
     let _ = std::fs::remove_file(&socket);
@@ -181,7 +194,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut catch_up = Vec::new();
     let mut schedules = Vec::new();
     for (name, integration) in &config.integrations {
-        let Some(text) = &integration.schedule else {
+        let Some(text) = integration.schedule.as_ref().filter(|_| mode == Mode::Full) else {
             continue;
         };
         let schedule = Schedule::parse(text, integration.timezone.as_deref())
@@ -223,7 +236,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    let result = runtime.block_on(serve(config.clone(), worker.clone(), listener, schedules));
+    let result = runtime.block_on(async {
+        if let Some((listener, console)) = web {
+            tokio::spawn(crate::web::serve(listener, console));
+        }
+        serve(config.clone(), worker.clone(), listener, schedules, mode).await
+    });
     tracing::info!("stopping: finishing the batch in flight");
     stopping.store(true, Ordering::SeqCst);
     drop(worker);
@@ -239,12 +257,14 @@ async fn serve(
     worker: Worker,
     listener: std::os::unix::net::UnixListener,
     schedules: Vec<(String, Schedule)>,
+    mode: Mode,
 ) -> Result<(), DaemonError> {
     let listener = UnixListener::from_std(listener).map_err(DaemonError::Runtime)?;
     for (name, schedule) in schedules {
         tokio::spawn(fire_on_schedule(name, schedule, worker.clone()));
     }
-    for (name, integration) in &config.integrations {
+    let watched = config.integrations.iter().filter(|_| mode == Mode::Full);
+    for (name, integration) in watched {
         if let Some(expect) = &integration.expect {
             tokio::spawn(watch_deadline(
                 name.clone(),
@@ -254,7 +274,10 @@ async fn serve(
             ));
         }
     }
-    let _watcher = watch_folders(&config, worker.clone())?;
+    let _watcher = match mode {
+        Mode::Full => watch_folders(&config, worker.clone())?,
+        Mode::ServeOnly => None,
+    };
     tracing::info!(
         integrations = config.integrations.len(),
         socket = %config.socket_path().display(),

@@ -158,12 +158,12 @@ impl RunRecord {
     }
 }
 
-const COLUMNS: &str = "execution_id, integration, dataset, mode, trigger, status, message, file_name, source,
+pub(super) const COLUMNS: &str = "execution_id, integration, dataset, mode, trigger, status, message, file_name, source,
     staged_path, content_hash, file_size, business_date, forced, input_rows, success_rows, error_rows,
     skipped_rows, inserted, updated, deleted, unchanged, subscribed, unsubscribed, started_at, completed_at,
     failure, attempt";
 
-fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
+pub(super) fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
     Ok(RunRecord {
         execution_id: r.get(0)?,
         integration: r.get(1)?,
@@ -202,7 +202,7 @@ fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
 impl Store {
     /// A run as it stands: read-only, no writer holds the store, so a run
     /// still recorded `running` is one a stopped process left behind.
-    fn as_seen(&self, run: duckdb::Result<RunRecord>) -> duckdb::Result<RunRecord> {
+    pub(super) fn as_seen(&self, run: duckdb::Result<RunRecord>) -> duckdb::Result<RunRecord> {
         let mut run = run?;
         if self.read_only && run.status == RunStatus::Running {
             run.status = RunStatus::Interrupted;

@@ -3,6 +3,7 @@
 //! history of every run with its row errors. One file, one writer.
 
 mod apply;
+mod browse;
 mod fetched;
 mod history;
 mod unsubscribes;
@@ -13,6 +14,7 @@ use chrono::NaiveDateTime;
 use duckdb::Connection;
 
 pub use apply::{ApplyRequest, ChangeSet, Outcome, TargetTable};
+pub use browse::{RunFilter, RunPage};
 pub use history::{FailureKind, RunRecord, RunStatus};
 pub use unsubscribes::UnsubscribeFilter;
 

@@ -24,3 +24,4 @@ mod results;
 mod servers;
 mod service;
 mod subscribers;
+mod web_api;
