@@ -167,6 +167,9 @@ pub struct RunOptions {
     /// Folder files modified more recently than this are left for a later
     /// run: the daemon's guard against picking up a file still being copied.
     pub folder_min_age: std::time::Duration,
+    /// The execution id the run is to have, when one was promised before it
+    /// started (an upload through the web API answers with it at once).
+    pub execution_id: Option<uuid::Uuid>,
 }
 
 /// What happened to one file.
@@ -198,6 +201,9 @@ pub fn sync_file(
         integration.mode.as_str(),
         opts.trigger.as_str(),
     );
+    if let Some(id) = opts.execution_id {
+        run.execution_id = id.to_string();
+    }
     run.file_name = Some(file.name.clone());
     run.staged_path = Some(file.path.display().to_string());
     run.content_hash = Some(file.content_hash.clone());

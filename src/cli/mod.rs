@@ -211,6 +211,7 @@ impl SyncFlags {
             trigger,
             explicit: trigger == Trigger::Ingest,
             folder_min_age: std::time::Duration::ZERO,
+            execution_id: None,
         }
     }
 }

@@ -93,6 +93,7 @@ impl Worker {
                 trigger,
                 explicit: false,
                 folder_min_age: settle,
+                execution_id: None,
             };
             tracing::info!(
                 integration = name,
@@ -228,6 +229,15 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         waiting: Arc::new(Mutex::new(HashSet::new())),
         settle: Duration::from_secs(config.daemon.settle_secs),
     };
+    // The console hands the runs it is asked for (sync now, an upload) to
+    // the same worker, so they queue behind the batch in flight.
+    let web = web.map(|(listener, console)| {
+        let jobs = worker.jobs.clone();
+        (
+            listener,
+            console.with_queue(move |job| jobs.send(job).is_ok()),
+        )
+    });
     for (name, latest_only) in catch_up {
         worker.sync(&name, Trigger::Schedule, latest_only);
     }
@@ -516,6 +526,7 @@ fn handle(store: &Store, config: &Config, request: Request) -> Response {
                 trigger: Trigger::Manual,
                 explicit: false,
                 folder_min_age: Duration::ZERO,
+                execution_id: None,
             };
             match sync::run(store, config, &selection, opts, log_outcome) {
                 Ok(outcomes) => Response::Outcomes(outcomes),
@@ -534,6 +545,7 @@ fn handle(store: &Store, config: &Config, request: Request) -> Response {
                 trigger: Trigger::Ingest,
                 explicit: true,
                 folder_min_age: Duration::ZERO,
+                execution_id: None,
             };
             match sync::ingest(store, config, &integration, &file, opts) {
                 Ok(outcome) => {

@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::NaiveDate;
 
-use super::{ApiError, Console};
+use super::{ApiError, Console, Pending};
 use crate::config::Config;
 use crate::schema::RowError;
 use crate::store::{RunFilter, RunRecord, RunStatus, Store};
@@ -23,6 +24,8 @@ pub(super) fn routes() -> Router<Console> {
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/errors.csv", get(errors_csv))
+        .route("/api/integrations/{name}/sync", post(sync_now))
+        .route("/api/integrations/{name}/files", post(upload))
 }
 
 /// Most runs or rejected rows one page holds.
@@ -59,6 +62,9 @@ async fn run(
     // `show` lists 20 rejected rows unless asked for more; so does this.
     let (limit, offset) = paging(&params, "errors", "errors_offset", 20)?;
     let search = params.get("q").cloned();
+    if let Some(pending) = console.pending_run(&id).await? {
+        return Ok(pending);
+    }
     let (run, errors, total) = console
         .read(move |store, _| {
             let run = find_run(store, &id)?;
@@ -116,6 +122,238 @@ async fn errors_csv(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+impl Console {
+    /// An upload's answer while its run is not in the history: queued, or
+    /// why it never became a run. `None` once the history has it.
+    async fn pending_run(&self, id: &str) -> Result<Option<Response>, ApiError> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        let Some(pending) = pending else {
+            return Ok(None);
+        };
+        let wanted = id.to_string();
+        if self
+            .read(move |store, _| Ok(store.find_run(&wanted)?))
+            .await?
+            .is_some()
+        {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+            return Ok(None);
+        }
+        let body = match pending {
+            Pending::Queued { integration } => serde_json::json!({
+                "execution_id": id, "integration": integration, "status": "queued",
+            }),
+            Pending::Failed {
+                integration,
+                message,
+            } => serde_json::json!({
+                "execution_id": id, "integration": integration, "status": "error", "message": message,
+            }),
+        };
+        Ok(Some(axum::Json(body).into_response()))
+    }
+}
+
+/// `POST /api/integrations/NAME/sync`: sync the integration's new files now,
+/// on the daemon's worker, after the batch in flight.
+async fn sync_now(
+    State(console): State<Console>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    queue_sync(&console, &name)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "integration": name, "status": "queued" })),
+    )
+        .into_response())
+}
+
+/// Queues a sync of `name`'s new files on the writer.
+pub(super) fn queue_sync(console: &Console, name: &str) -> Result<(), ApiError> {
+    known_integration(&console.config, name)?;
+    let integration = name.to_string();
+    console.submit(Box::new(move |store, config| {
+        let selection = crate::sync::Selection {
+            integrations: vec![integration.clone()],
+            dates: None,
+            latest_only: false,
+        };
+        let opts = crate::pipeline::RunOptions {
+            force: false,
+            dry_run: false,
+            trigger: crate::pipeline::Trigger::Manual,
+            explicit: false,
+            folder_min_age: std::time::Duration::ZERO,
+            execution_id: None,
+        };
+        tracing::info!(integration, "sync asked for in the web console");
+        if let Err(e) = crate::sync::run(store, config, &selection, opts, |_| {}) {
+            tracing::error!(integration, "sync failed: {e}");
+        }
+    }))
+}
+
+/// `POST /api/integrations/NAME/files?name=FILE`: the request body is a
+/// file for the integration, ingested as `dropsync ingest` would. It is
+/// streamed to disk (never held in memory) up to `max_upload_bytes`, then
+/// queued; the answer (202) carries the execution id its run will have.
+async fn upload(
+    State(console): State<Console>,
+    Path(integration): Path<String>,
+    Query(params): Params,
+    body: Body,
+) -> Result<Response, ApiError> {
+    known_integration(&console.config, &integration)?;
+    let name = upload_name(params.get("name").map(String::as_str))?;
+    let execution_id = uuid::Uuid::now_v7();
+    // The file keeps its own name (the pattern reads its business date from
+    // it) inside a directory of the upload's own: the name, checked to be a
+    // plain file name, is never a path.
+    let dir = console
+        .config
+        .store
+        .staging
+        .join(".uploads")
+        .join(execution_id.to_string());
+    let path = dir.join(&name);
+    let written = receive(body, &dir, &path, console.max_upload_bytes).await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        return Err(e);
+    }
+    let id = execution_id.to_string();
+    console
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            id.clone(),
+            Pending::Queued {
+                integration: integration.clone(),
+            },
+        );
+    let pending = console.pending.clone();
+    let (job_id, job_integration) = (id.clone(), integration.clone());
+    let queued = console.submit(Box::new(move |store, config| {
+        let opts = crate::pipeline::RunOptions {
+            force: false,
+            dry_run: false,
+            trigger: crate::pipeline::Trigger::Ingest,
+            explicit: true,
+            folder_min_age: std::time::Duration::ZERO,
+            execution_id: Some(execution_id),
+        };
+        let outcome = crate::sync::ingest(store, config, &job_integration, &path, opts);
+        let failed = match outcome {
+            Ok(crate::sync::FileOutcome::Ran(_)) => None,
+            Ok(crate::sync::FileOutcome::Error { error, .. }) => Some(error),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(message) = failed {
+            tracing::warn!(integration = job_integration, "upload {name}: {message}");
+            pending.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                job_id,
+                Pending::Failed {
+                    integration: job_integration,
+                    message,
+                },
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }));
+    if let Err(e) = queued {
+        console
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        return Err(e);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "execution_id": id,
+            "integration": integration,
+            "status": "queued",
+            "status_url": format!("/api/runs/{id}"),
+        })),
+    )
+        .into_response())
+}
+
+/// The uploaded file's name: a plain file name, or a clear refusal.
+fn upload_name(name: Option<&str>) -> Result<String, ApiError> {
+    let name = name.map(str::trim).unwrap_or_default();
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ' ' | '+'));
+    if !plain {
+        return Err(ApiError::bad_request(
+            "invalid_file_name",
+            format!(
+                "name: `{name}` is not a plain file name (letters, digits, `.`, `_`, `-`; no path, not starting with `.`); send ?name=accounts_20261103.csv"
+            ),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// Streams `body` into `path`, refusing an empty body and one over `limit`.
+async fn receive(
+    body: Body,
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    limit: u64,
+) -> Result<(), ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let io = |e: std::io::Error| ApiError::internal(format!("cannot store the upload: {e}"));
+    tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("upload_interrupted", format!("the upload stopped: {e}"))
+        })?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "upload_too_large",
+                message: format!("the file is larger than max_upload_bytes ({limit} bytes)"),
+            });
+        }
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    if size == 0 {
+        return Err(ApiError::bad_request(
+            "empty_upload",
+            "the upload is empty: send the file as the request body",
+        ));
+    }
+    file.sync_all().await.map_err(io)?;
+    Ok(())
+}
+
+fn known_integration(config: &Config, name: &str) -> Result<(), ApiError> {
+    config
+        .integration(name)
+        .map(drop)
+        .map_err(|message| ApiError::not_found("integration_not_found", message))
 }
 
 fn csv_chunk(rows: &[RowError], with_header: bool) -> Bytes {

@@ -10,6 +10,7 @@ mod api;
 mod config;
 mod pages;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -31,6 +32,27 @@ pub struct Console {
     /// cloning.
     reads: Arc<Mutex<Store>>,
     token: Option<AccessToken>,
+    /// Hands work to the one thread that writes the store.
+    queue: Option<Arc<dyn Fn(Job) -> bool + Send + Sync>>,
+    /// Uploads accepted and not yet recorded as runs, by execution id.
+    pending: Arc<Mutex<HashMap<String, Pending>>>,
+    max_upload_bytes: u64,
+}
+
+/// Work for the thread that writes the store.
+pub type Job = Box<dyn FnOnce(&Store, &Config) + Send>;
+
+/// An upload whose run is not in the history (yet).
+#[derive(Debug, Clone)]
+enum Pending {
+    Queued {
+        integration: String,
+    },
+    /// It never became a run: the message says why.
+    Failed {
+        integration: String,
+        message: String,
+    },
 }
 
 /// The name of the cookie a signed-in browser carries.
@@ -40,9 +62,35 @@ impl Console {
     /// A console over `reads`, a read connection to the daemon's store.
     pub fn new(config: Config, reads: Store, token: Option<AccessToken>) -> Console {
         Console {
+            max_upload_bytes: config
+                .web
+                .as_ref()
+                .map_or(WebConfig::default().max_upload_bytes, |w| {
+                    w.max_upload_bytes
+                }),
             config: Arc::new(config),
             reads: Arc::new(Mutex::new(reads)),
             token,
+            queue: None,
+            pending: Arc::default(),
+        }
+    }
+
+    /// The console, able to start runs through `submit`.
+    pub fn with_queue(mut self, submit: impl Fn(Job) -> bool + Send + Sync + 'static) -> Console {
+        self.queue = Some(Arc::new(submit));
+        self
+    }
+
+    /// Queues `job` for the writer; an error when the daemon is stopping.
+    fn submit(&self, job: Job) -> Result<(), ApiError> {
+        match &self.queue {
+            Some(submit) if submit(job) => Ok(()),
+            _ => Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "stopping",
+                message: "the daemon is stopping; nothing more is queued".into(),
+            }),
         }
     }
 
@@ -76,6 +124,7 @@ pub fn router(console: Console) -> Router {
             console.clone(),
             require_token,
         ))
+        .layer(axum::middleware::from_fn(same_site_only))
         .with_state(console)
 }
 
@@ -151,6 +200,43 @@ async fn require_token(State(console): State<Console>, request: Request, next: N
     } else {
         pages::to_login(request.uri())
     }
+}
+
+/// A request that changes something must not come from another site's
+/// page: a browser says where a request comes from (`Sec-Fetch-Site`,
+/// `Origin`), and one from elsewhere is refused. Scripts (curl) send
+/// neither and are let through, to the token check.
+async fn same_site_only(request: Request, next: Next) -> Response {
+    use axum::http::Method;
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    let cross_site = match text("sec-fetch-site") {
+        Some(site) => !matches!(site, "same-origin" | "none"),
+        None => match (text("origin"), text("host")) {
+            (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
+            (Some(_), None) => true,
+            _ => false,
+        },
+    };
+    if cross_site {
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "cross_site",
+            message: "a request from another site's page cannot change anything here".into(),
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 fn carries_token(headers: &HeaderMap, token: &AccessToken) -> bool {

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 
 use super::api::{find_run, paging, run_filter};
@@ -25,6 +25,7 @@ pub(super) fn routes() -> Router<Console> {
         .route("/", get(overview))
         .route("/integrations/{name}", get(integration))
         .route("/runs/{id}", get(run))
+        .route("/integrations/{name}/sync", post(sync_now))
         .route("/assets/style.css", get(|| asset(STYLE, "text/css")))
         .route("/assets/live.js", get(|| asset(LIVE, "text/javascript")))
 }
@@ -181,6 +182,9 @@ fn card_view(card: &Card) -> Markup {
                 }
                 None => { p.last { "Never ran." } }
             }
+            form.actions method="post" action={ "/integrations/" (card.integration) "/sync" } {
+                button type="submit" { "Sync now" }
+            }
         }
     }
 }
@@ -214,6 +218,16 @@ fn counts(r: &RunRecord) -> Markup {
 
 fn time(t: &chrono::DateTime<chrono::Utc>) -> Markup {
     html! { time datetime=(t.to_rfc3339()) { (t.format("%Y-%m-%d %H:%M UTC")) } }
+}
+
+/// The "Sync now" button: queues the sync (the same as the API's), then
+/// back to the integration's page, which shows the run as it goes.
+async fn sync_now(
+    State(console): State<Console>,
+    Path(name): Path<String>,
+) -> Result<Response, PageError> {
+    super::api::queue_sync(&console, &name)?;
+    Ok(Redirect::to(&format!("/integrations/{}", encode(&name))).into_response())
 }
 
 async fn integration(

@@ -515,3 +515,171 @@ fn pages_render_in_headless_chromium() {
         }
     }
 }
+
+impl WebConsole {
+    /// POST `body` to `path` with these headers.
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut request = agent().post(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::from(request.send(body).expect("the console answers"))
+    }
+
+    /// Polls `GET path` until `done` holds for its JSON.
+    #[track_caller]
+    pub fn wait_for(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let json = self.get(path).json();
+            if done(&json) {
+                return json;
+            }
+            assert!(Instant::now() < deadline, "{path} never got there: {json}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn an_uploaded_file_is_ingested_and_its_run_polled_by_execution_id() {
+    let port = free_port();
+    let ws = Workspace::new(&web_config(port, "max_upload_bytes = 4000"));
+    let web = WebConsole::start(&ws, port, &[]);
+
+    let accepted = web.post(
+        "/api/integrations/accounts/files?name=accounts_20260101.csv",
+        &[],
+        six_accounts().as_bytes(),
+    );
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let id = accepted.json()["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = web.wait_for(&format!("/api/runs/{id}"), |j| {
+        j["run"]["status"] == "success"
+    });
+    assert_eq!(run["run"]["trigger"], "ingest");
+    assert_eq!(run["run"]["business_date"], "2026-01-01");
+    assert_eq!(run["run"]["input_rows"], 6);
+    assert_eq!(run["run"]["file_name"], "accounts_20260101.csv");
+    // The upload's own copy is gone; the staged copy stays for replays.
+    assert!(
+        std::fs::read_dir(ws.path("staging/.uploads"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    );
+
+    // Bad uploads get a clear JSON answer, and nothing is queued.
+    web.post("/api/integrations/accounts/files?name=a.csv", &[], b"")
+        .error(400, "empty_upload");
+    let message = web
+        .post(
+            "/api/integrations/accounts/files?name=../../etc/x.csv",
+            &[],
+            b"x",
+        )
+        .error(400, "invalid_file_name");
+    assert!(message.contains("not a plain file name"), "{message}");
+    web.post("/api/integrations/accounts/files", &[], b"x")
+        .error(400, "invalid_file_name");
+    let message = web
+        .post(
+            "/api/integrations/accounts/files?name=big.csv",
+            &[],
+            &vec![b'a'; 5000],
+        )
+        .error(413, "upload_too_large");
+    assert!(message.contains("4000 bytes"), "{message}");
+    web.post("/api/integrations/crm/files?name=a.csv", &[], b"x")
+        .error(404, "integration_not_found");
+
+    // A file that is not the dataset's CSV becomes a failed run saying why.
+    let accepted = web.post(
+        "/api/integrations/accounts/files?name=accounts_20260102.csv",
+        &[],
+        b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+    );
+    let id = accepted.json()["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = web.wait_for(&format!("/api/runs/{id}"), |j| {
+        j["status"] == "error" || (j["run"]["status"] != "running" && !j["run"].is_null())
+    });
+    let said = run.to_string();
+    assert!(
+        run["run"]["status"] == "failed" || run["status"] == "error",
+        "{said}"
+    );
+    assert!(
+        web.log().lines().all(|l| !l.contains("panicked")),
+        "{}",
+        web.log()
+    );
+}
+
+#[test]
+fn sync_now_runs_the_integration_and_other_sites_cannot_trigger_it() {
+    let port = free_port();
+    let ws = Workspace::new(&web_config(port, ""));
+    let web = WebConsole::start(&ws, port, &[]);
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+
+    // A page of another site cannot make the browser trigger a run.
+    web.post(
+        "/api/integrations/accounts/sync",
+        &[("Origin", "http://evil.example")],
+        b"",
+    )
+    .error(403, "cross_site");
+    web.post(
+        "/api/integrations/accounts/sync",
+        &[("Sec-Fetch-Site", "cross-site")],
+        b"",
+    )
+    .error(403, "cross_site");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(web.get("/api/runs").json()["total"], 0);
+
+    let accepted = web.post("/api/integrations/accounts/sync", &[], b"");
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let page = web.wait_for("/api/runs?integration=accounts", |j| {
+        j["runs"][0]["status"] == "success"
+    });
+    assert_eq!(page["runs"][0]["trigger"], "manual");
+    assert_eq!(page["runs"][0]["inserted"], 6);
+    web.post("/api/integrations/crm/sync", &[], b"")
+        .error(404, "integration_not_found");
+}
+
+#[test]
+fn the_sync_now_button_queues_a_sync_and_returns_to_the_integration() {
+    let port = free_port();
+    let ws = Workspace::new(&web_config(port, ""));
+    let web = WebConsole::start(&ws, port, &[]);
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    let overview = web.get("/");
+    assert!(
+        overview
+            .body
+            .contains(r#"action="/integrations/accounts/sync""#),
+        "{}",
+        overview.body
+    );
+    // As a browser submits the form: from the console's own origin.
+    let origin = web.base.clone();
+    let pressed = web.post("/integrations/accounts/sync", &[("Origin", &origin)], b"");
+    assert_eq!(pressed.status, 303, "{pressed:?}");
+    assert!(
+        pressed
+            .headers
+            .iter()
+            .any(|(k, v)| k == "location" && v == "/integrations/accounts"),
+        "{pressed:?}"
+    );
+    web.wait_for("/api/runs", |j| j["runs"][0]["status"] == "success");
+    let page = web.get("/integrations/accounts");
+    assert!(page.body.contains("accounts_20260101.csv"), "{}", page.body);
+}
