@@ -4,7 +4,9 @@
 //! never a silently ignored setting.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -20,6 +22,13 @@ pub enum ConfigError {
     },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// A number outside its setting's range (`message` names the setting).
+    #[error("invalid config {path}, line {line}: {message}")]
+    OutOfRange {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("invalid config {path}: integration `{integration}`: {message}")]
     Integration {
         path: PathBuf,
@@ -68,7 +77,7 @@ pub struct StoreConfig {
     /// Staged copies are kept this many days, for replays without the
     /// source; 0 keeps them forever. Default 90.
     #[serde(default = "default_keep_staged_days")]
-    pub keep_staged_days: u32,
+    pub keep_staged_days: Count<KeepStagedDays>,
 }
 
 impl Default for StoreConfig {
@@ -82,8 +91,8 @@ impl Default for StoreConfig {
     }
 }
 
-fn default_keep_staged_days() -> u32 {
-    90
+fn default_keep_staged_days() -> Count<KeepStagedDays> {
+    Count::known(90)
 }
 
 /// `[daemon]`
@@ -93,11 +102,15 @@ pub struct DaemonConfig {
     /// A file dropped into a watched folder is synced once it has not
     /// changed for this many seconds. Default 2.
     #[serde(default = "default_settle")]
-    pub settle_secs: u64,
+    pub settle_secs: Seconds<DaemonSettleSecs>,
     /// The local API socket the command line reaches the daemon through.
     /// Default: the store's path with `.sock` added.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// How long `status`, `history` and `show` wait for the daemon's
+    /// answer before giving up on it. Default 30.
+    #[serde(default = "default_answer_timeout")]
+    pub answer_timeout_secs: Seconds<AnswerTimeoutSecs>,
 }
 
 impl Default for DaemonConfig {
@@ -105,12 +118,17 @@ impl Default for DaemonConfig {
         DaemonConfig {
             settle_secs: default_settle(),
             socket: None,
+            answer_timeout_secs: default_answer_timeout(),
         }
     }
 }
 
-fn default_settle() -> u64 {
-    2
+fn default_settle() -> Seconds<DaemonSettleSecs> {
+    Seconds::known(2)
+}
+
+fn default_answer_timeout() -> Seconds<AnswerTimeoutSecs> {
+    Seconds::known(30)
 }
 
 fn default_db() -> PathBuf {
@@ -295,37 +313,40 @@ pub struct RemoteOptions {
     /// A file modified less than this many seconds ago is left for the next
     /// run: it may still be being written. Default 30.
     #[serde(default = "default_min_age")]
-    pub min_age_secs: u64,
+    pub min_age_secs: Seconds<MinAgeSecs>,
     /// When set, the directory is listed twice, this many seconds apart, and
     /// a file whose size or modification time changed in between is left for
     /// the next run. Default 0 (one listing).
-    #[serde(default)]
-    pub settle_secs: u64,
+    #[serde(default = "default_remote_settle")]
+    pub settle_secs: Seconds<RemoteSettleSecs>,
     /// Attempts after a failed connection or transfer. Default 3.
     #[serde(default = "default_retries")]
-    pub retries: u32,
+    pub retries: Count<Retries>,
     /// Wait before the first retry, doubled for each next one. Default 1000.
     #[serde(default = "default_retry_delay")]
-    pub retry_delay_ms: u64,
+    pub retry_delay_ms: Millis<RetryDelayMs>,
     /// Network timeout, in seconds. Default 30.
     #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
+    pub timeout_secs: Seconds<TimeoutSecs>,
 }
 
 fn default_directory() -> String {
     ".".to_string()
 }
-fn default_min_age() -> u64 {
-    30
+fn default_min_age() -> Seconds<MinAgeSecs> {
+    Seconds::known(30)
 }
-fn default_retries() -> u32 {
-    3
+fn default_remote_settle() -> Seconds<RemoteSettleSecs> {
+    Seconds::known(0)
 }
-fn default_retry_delay() -> u64 {
-    1000
+fn default_retries() -> Count<Retries> {
+    Count::known(3)
 }
-fn default_timeout() -> u64 {
-    30
+fn default_retry_delay() -> Millis<RetryDelayMs> {
+    Millis::known(1000)
+}
+fn default_timeout() -> Seconds<TimeoutSecs> {
+    Seconds::known(30)
 }
 
 /// What happens to a remote file after a successful run.
@@ -405,7 +426,7 @@ pub struct CsvDialect {
     /// Longest field accepted, in bytes; a longer one is a row error (it is
     /// most often a runaway quote). Default 16 MiB.
     #[serde(default = "default_max_field_bytes")]
-    pub max_field_bytes: usize,
+    pub max_field_bytes: Count<MaxFieldBytes>,
 }
 
 impl Default for CsvDialect {
@@ -429,8 +450,8 @@ fn default_quote() -> char {
 fn default_true() -> bool {
     true
 }
-fn default_max_field_bytes() -> usize {
-    16 * 1024 * 1024
+fn default_max_field_bytes() -> Count<MaxFieldBytes> {
+    Count::known(16 * 1024 * 1024)
 }
 
 /// Text encoding of a file: any WHATWG encoding label (`utf-8`,
@@ -559,6 +580,175 @@ impl MetricType {
     }
 }
 
+/// A setting's allowed range, and the key it is read from: a value outside
+/// it is an error naming the key, its line (toml adds it) and the range,
+/// never a wrap-around or an overflow later.
+pub trait Bounds {
+    const KEY: &'static str;
+    const MIN: u64;
+    const MAX: u64;
+    /// What the number counts, as the error says it.
+    const UNIT: &'static str;
+}
+
+macro_rules! bounded_settings {
+    ($($(#[$doc:meta])* $name:ident = $key:literal, $min:literal ..= $max:literal $unit:literal;)*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+            pub enum $name {}
+            impl Bounds for $name {
+                const KEY: &'static str = $key;
+                const MIN: u64 = $min;
+                const MAX: u64 = $max;
+                const UNIT: &'static str = $unit;
+            }
+        )*
+    };
+}
+
+bounded_settings! {
+    /// `[store] keep_staged_days`: up to a century (0 keeps copies forever).
+    KeepStagedDays = "keep_staged_days", 0..=36_500 "days";
+    /// `[daemon] settle_secs`: up to a day.
+    DaemonSettleSecs = "settle_secs", 0..=86_400 "seconds";
+    /// `[daemon] answer_timeout_secs`: a second to an hour.
+    AnswerTimeoutSecs = "answer_timeout_secs", 1..=3_600 "seconds";
+    /// A remote source's `min_age_secs`: up to 30 days.
+    MinAgeSecs = "min_age_secs", 0..=2_592_000 "seconds";
+    /// A remote source's `settle_secs` (the run waits this long): up to an hour.
+    RemoteSettleSecs = "settle_secs", 0..=3_600 "seconds";
+    /// A remote source's `retries`: each retry waits twice the one before.
+    Retries = "retries", 0..=10 "retries";
+    /// A remote source's `retry_delay_ms`: up to a minute before doubling.
+    RetryDelayMs = "retry_delay_ms", 0..=60_000 "milliseconds";
+    /// A remote source's `timeout_secs`: a second to an hour.
+    TimeoutSecs = "timeout_secs", 1..=3_600 "seconds";
+    /// `csv.max_field_bytes`: a byte to 1 GiB.
+    MaxFieldBytes = "max_field_bytes", 1..=1_073_741_824 "bytes";
+}
+
+fn bounded<'de, B: Bounds, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Within<B>(PhantomData<B>);
+    impl<B: Bounds> serde::de::Visitor<'_> for Within<B> {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(
+                f,
+                "a whole number of {} from {} to {}",
+                B::UNIT,
+                B::MIN,
+                B::MAX
+            )
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            if (B::MIN..=B::MAX).contains(&v) {
+                Ok(v)
+            } else {
+                Err(out_of_range::<B, E>(&v))
+            }
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(out_of_range::<B, E>(&v)),
+            }
+        }
+    }
+    d.deserialize_u64(Within::<B>(PhantomData))
+}
+
+fn out_of_range<B: Bounds, E: serde::de::Error>(v: &dyn std::fmt::Display) -> E {
+    E::custom(format!(
+        "`{}` = {v}{OUT_OF_RANGE}{} to {} {}",
+        B::KEY,
+        B::MIN,
+        B::MAX,
+        B::UNIT
+    ))
+}
+
+const OUT_OF_RANGE: &str = " is out of range: it takes ";
+
+/// The line of an out-of-range setting that toml reported at `at` (a byte
+/// offset): toml points at the value, except inside a table read with
+/// `flatten` (a remote source's options), where it points at the table's
+/// header; the setting is then the first line after it that sets the key to
+/// the value.
+fn out_of_range_line(text: &str, at: usize, message: &str) -> Option<usize> {
+    let (key, rest) = message.strip_prefix('`')?.split_once("` = ")?;
+    let (value, _) = rest.split_once(OUT_OF_RANGE)?;
+    let reported = text.get(..at)?.matches('\n').count();
+    let sets = |line: &str| {
+        line.split([',', '{']).any(|part| {
+            part.split_once('=').is_some_and(|(k, v)| {
+                k.trim().trim_matches('"') == key && v.trim().trim_end_matches('}').trim() == value
+            })
+        })
+    };
+    text.lines()
+        .enumerate()
+        .skip(reported)
+        .find(|(_, line)| sets(line))
+        .map(|(i, _)| i + 1)
+}
+
+macro_rules! bounded_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name<B: Bounds>(u64, PhantomData<B>);
+
+        impl<B: Bounds> $name<B> {
+            /// A default (`defaults_are_within_their_bounds` checks it).
+            const fn known(v: u64) -> Self {
+                $name(v, PhantomData)
+            }
+            /// The number as written in the config.
+            pub fn get(self) -> u64 {
+                self.0
+            }
+        }
+
+        impl<'de, B: Bounds> Deserialize<'de> for $name<B> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                bounded::<B, D>(d).map(|v| $name(v, PhantomData))
+            }
+        }
+
+        impl<B: Bounds> std::fmt::Display for $name<B> {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+bounded_type! {
+    /// A number of seconds within `B`'s range.
+    Seconds
+}
+bounded_type! {
+    /// A number of milliseconds within `B`'s range.
+    Millis
+}
+bounded_type! {
+    /// A count (of days, retries, bytes) within `B`'s range.
+    Count
+}
+
+impl<B: Bounds> Seconds<B> {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(self.0)
+    }
+}
+
+impl<B: Bounds> Millis<B> {
+    pub fn duration(self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+}
+
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -571,9 +761,21 @@ impl Config {
 
     /// Parses config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .and_then(|span| out_of_range_line(text, span.start, e.message()));
+            match line {
+                Some(line) => ConfigError::OutOfRange {
+                    path: path.to_path_buf(),
+                    line,
+                    message: e.message().trim_end().to_string(),
+                },
+                None => ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string().trim_end().to_string(),
+                },
+            }
         })?;
         config.path = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
@@ -827,5 +1029,63 @@ mod tests {
             panic!("a folder source");
         };
         assert_eq!(path, &PathBuf::from("/srv/sync/in"));
+    }
+
+    #[test]
+    fn defaults_are_within_their_bounds() {
+        fn check<B: Bounds>(v: u64) {
+            assert!((B::MIN..=B::MAX).contains(&v), "{} default {v}", B::KEY);
+        }
+        let d = DaemonConfig::default();
+        check::<DaemonSettleSecs>(d.settle_secs.get());
+        check::<AnswerTimeoutSecs>(d.answer_timeout_secs.get());
+        check::<KeepStagedDays>(StoreConfig::default().keep_staged_days.get());
+        check::<MaxFieldBytes>(CsvDialect::default().max_field_bytes.get());
+        check::<MinAgeSecs>(default_min_age().get());
+        check::<RemoteSettleSecs>(default_remote_settle().get());
+        check::<Retries>(default_retries().get());
+        check::<RetryDelayMs>(default_retry_delay().get());
+        check::<TimeoutSecs>(default_timeout().get());
+    }
+
+    #[test]
+    fn a_setting_out_of_range_names_the_key_its_line_and_the_range() {
+        let text =
+            "[store]\nkeep_staged_days = 90\n\n[daemon]\nsettle_secs = 18446744073709551615\n";
+        let err = Config::parse(text, Path::new("/etc/dropsync.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/dropsync.toml, line 5: "), "{err}");
+        assert!(
+            err.contains(
+                "`settle_secs` = 18446744073709551615 is out of range: it takes 0 to 86400 seconds"
+            ),
+            "{err}"
+        );
+
+        let text = "[integrations.a]\ndataset = \"accounts\"\npattern = \"a.csv\"\nsource = { type = \"sftp\", host = \"h\", user = \"u\", min_age_secs = 9223372036854775808 }\n";
+        let err = Config::parse(text, Path::new("/etc/dropsync.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4: "), "{err}");
+        assert!(err.contains("`min_age_secs` = 9223372036854775808 is out of range: it takes 0 to 2592000 seconds"), "{err}");
+
+        let text = "[integrations.a]\ndataset = \"accounts\"\npattern = \"a.csv\"\n[integrations.a.source]\ntype = \"ftp\"\nhost = \"h\"\nuser = \"u\"\nretries = 11\n";
+        let err = Config::parse(text, Path::new("/etc/dropsync.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 8: `retries` = 11 is out of range: it takes 0 to 10 retries"),
+            "{err}"
+        );
+
+        let text = "[daemon]\nanswer_timeout_secs = -1\n";
+        let err = Config::parse(text, Path::new("/etc/dropsync.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`answer_timeout_secs` = -1 is out of range: it takes 1 to 3600 seconds"),
+            "{err}"
+        );
     }
 }

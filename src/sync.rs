@@ -76,7 +76,7 @@ pub fn run(
     }
 
     source::clean_staging(&config.store.staging);
-    source::prune_staging(&config.store.staging, config.store.keep_staged_days);
+    source::prune_staging(&config.store.staging, config.store.keep_staged_days.get());
     let mut outcomes = Vec::new();
     let mut queue: Vec<(NaiveDate, usize, String, usize, Item)> = Vec::new();
     let sources: Vec<Result<Box<dyn Source>, SourceError>> = chosen
@@ -143,6 +143,16 @@ pub fn run(
                     trigger: Trigger::Replay,
                     ..opts
                 };
+                if let Err(e) = source::verify_staged(&staged) {
+                    let outcome = FileOutcome::Error {
+                        integration: integration.name.clone(),
+                        file: Some(staged.name.clone()),
+                        error: e.to_string(),
+                    };
+                    on_file(&outcome);
+                    outcomes.push(outcome);
+                    continue;
+                }
                 match pipeline::sync_file(store, config, integration, &staged, opts) {
                     Ok(Some(report)) => vec![FileOutcome::Ran(Box::new(report))],
                     Ok(None) => Vec::new(),
@@ -394,19 +404,75 @@ pub fn ingest(
     path: &std::path::Path,
     opts: RunOptions,
 ) -> Result<FileOutcome, PipelineError> {
+    ingest_with(
+        store,
+        config,
+        integration,
+        &path.display().to_string(),
+        opts,
+        |pattern, staging| source::stage_local(path, pattern, staging),
+    )
+}
+
+/// What a client of the daemon said of the file whose content it sends.
+#[derive(Debug, Clone)]
+pub struct ReceivedFile {
+    /// The file's name (no directory).
+    pub name: String,
+    pub size: u64,
+    /// Its modification time (UTC), for the business date when the name has none.
+    pub modified: Option<chrono::NaiveDateTime>,
+}
+
+/// Syncs a file whose content a client of the daemon sent, as if it had
+/// been dropped; the client opened it, the daemon never opens its path.
+pub fn ingest_received(
+    store: &Store,
+    config: &Config,
+    integration: &str,
+    file: &ReceivedFile,
+    content: &mut dyn std::io::Read,
+    opts: RunOptions,
+) -> Result<FileOutcome, PipelineError> {
+    ingest_with(
+        store,
+        config,
+        integration,
+        &file.name,
+        opts,
+        |pattern, staging| {
+            source::stage_received(
+                content,
+                &file.name,
+                file.size,
+                file.modified,
+                pattern,
+                staging,
+            )
+        },
+    )
+}
+
+fn ingest_with(
+    store: &Store,
+    config: &Config,
+    integration: &str,
+    shown_as: &str,
+    opts: RunOptions,
+    stage: impl FnOnce(&source::FilePattern, &std::path::Path) -> Result<StagedFile, SourceError>,
+) -> Result<FileOutcome, PipelineError> {
     let integration = Integration::resolve(config, integration)?;
     source::clean_staging(&config.store.staging);
     let pattern =
         source::FilePattern::parse(&integration.config.pattern).map_err(SourceError::from);
     let started = std::time::Instant::now();
-    let staged = pattern
-        .and_then(|p| source::stage_local(path, &p, &config.store.staging.join(&integration.name)));
+    let staged = pattern.and_then(|p| stage(&p, &config.store.staging.join(&integration.name)));
     let staged = match staged {
         Ok(s) => s,
         Err(e) => {
             return Ok(FileOutcome::Error {
                 integration: integration.name.clone(),
-                file: Some(path.display().to_string()),
+                file: Some(shown_as.to_string()),
                 error: e.to_string(),
             });
         }
@@ -422,7 +488,7 @@ pub fn ingest(
             // Explicit runs always report; say so plainly if one ever does not.
             None => FileOutcome::Error {
                 integration: integration.name.clone(),
-                file: Some(path.display().to_string()),
+                file: Some(shown_as.to_string()),
                 error: "the file's content was already applied".into(),
             },
         },

@@ -16,7 +16,7 @@ use crate::config::{Config, CsvDialect, Encoding};
 use crate::pipeline::{self, Integration, RunOptions, Trigger};
 use crate::schedule::api;
 use crate::schema::{self, Dataset};
-use crate::store::{RunStatus, Store, UnsubscribeFilter};
+use crate::store::{FormulaCells, RunStatus, Store, UnsubscribeColumns, UnsubscribeFilter};
 use crate::sync::{self, FileOutcome, Selection};
 
 /// How a command ended, as the process exit code says it.
@@ -302,6 +302,11 @@ pub struct UnsubscribesArgs {
     /// Write here instead of standard output.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    /// Write cells that start with `=`, `+`, `-`, `@`, a tab or a carriage
+    /// return as they are. By default they get a leading `'`, so a
+    /// spreadsheet shows them as text instead of running them as formulas.
+    #[arg(long)]
+    pub allow_formulas: bool,
 }
 
 /// Carries out a parsed command line.
@@ -402,6 +407,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         }
         Command::Export(ExportCommand::Unsubscribes(args)) => {
             let config = load_config(&cli.config)?;
+            let spec = unsubscribe_columns(&config, &args.table)?;
             let store = Store::open_read_only(&config.store.path)?;
             let (since, until) = if args.previous_day {
                 let yesterday = chrono::Utc::now().date_naive() - chrono::Days::new(1);
@@ -417,14 +423,27 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 reasons: args.reasons,
                 exclude_reasons: args.exclude_reasons,
             };
+            let formulas = if args.allow_formulas {
+                FormulaCells::Keep
+            } else {
+                FormulaCells::Neutralise
+            };
             let n = match &args.output {
                 Some(path) => {
                     let mut buf = Vec::new();
-                    let n = store.export_unsubscribes(&args.table, &filter, &mut buf)?;
-                    write_atomic(path, &buf)?;
+                    let n = store.export_unsubscribes(
+                        &args.table,
+                        &spec,
+                        &filter,
+                        formulas,
+                        &mut buf,
+                    )?;
+                    write_atomic(path, &buf).map_err(|e| {
+                        anyhow::anyhow!("cannot write the export to {}: {e}", path.display())
+                    })?;
                     n
                 }
-                None => store.export_unsubscribes(&args.table, &filter, out)?,
+                None => store.export_unsubscribes(&args.table, &spec, &filter, formulas, out)?,
             };
             tracing::info!(records = n, "unsubscribes exported");
             Ok(Outcome::Success)
@@ -447,6 +466,25 @@ fn status_cards(config: &Config) -> Result<Vec<crate::status::Card>, CliError> {
                 .map_err(|e| usage(e.to_string()))
         }
     }
+}
+
+/// What an unsubscribe export of `table` reads: the status rule and fields
+/// of the dataset its integrations sync into it (`subscribers` when none do).
+fn unsubscribe_columns(config: &Config, table: &str) -> Result<UnsubscribeColumns, CliError> {
+    let dataset = match config
+        .integrations
+        .iter()
+        .find(|(_, i)| i.table_name() == table)
+    {
+        Some((name, _)) => {
+            Integration::resolve(config, name)
+                .map_err(|e| usage(e.to_string()))?
+                .dataset
+        }
+        None => Dataset::load("subscribers", config.store.schemas.as_deref())
+            .map_err(|e| usage(e.to_string()))?,
+    };
+    UnsubscribeColumns::from_schema(&dataset.name, &dataset.schema).map_err(usage)
 }
 
 fn load_config(path: &Path) -> Result<Config, CliError> {
@@ -479,7 +517,7 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
         force: args.sync.force,
         dry_run: args.sync.dry_run,
     };
-    if let Some(outcomes) = outcomes_via_daemon(&config, &request)? {
+    if let Some(outcomes) = outcomes_via_daemon(&config, &request, None)? {
         return print_outcomes(out, &outcomes, args.sync.json, dates);
     }
     let store = Store::open(&config.store.path)?;
@@ -545,7 +583,17 @@ fn print_outcomes(
 /// Asks the daemon, when one holds the store. `None`: no daemon; the
 /// command opens the store itself.
 fn via_daemon(config: &Config, request: &api::Request) -> Result<Option<api::Response>, CliError> {
-    match api::call(&config.socket_path(), request) {
+    via_daemon_with(config, request, None)
+}
+
+/// `via_daemon`, sending `content` after the request (an ingested file).
+fn via_daemon_with(
+    config: &Config,
+    request: &api::Request,
+    content: Option<&mut dyn std::io::Read>,
+) -> Result<Option<api::Response>, CliError> {
+    let timeout = config.daemon.answer_timeout_secs.duration();
+    match api::call(&config.socket_path(), request, content, timeout) {
         None => Ok(None),
         Some(Ok(api::Response::Error(message))) => Err(anyhow::anyhow!(message).into()),
         Some(Ok(response)) => Ok(Some(response)),
@@ -556,8 +604,9 @@ fn via_daemon(config: &Config, request: &api::Request) -> Result<Option<api::Res
 fn outcomes_via_daemon(
     config: &Config,
     request: &api::Request,
+    content: Option<&mut dyn std::io::Read>,
 ) -> Result<Option<Vec<FileOutcome>>, CliError> {
-    match via_daemon(config, request)? {
+    match via_daemon_with(config, request, content)? {
         None => Ok(None),
         Some(api::Response::Outcomes(outcomes)) => Ok(Some(outcomes)),
         Some(other) => Err(unexpected(other)),
@@ -571,17 +620,37 @@ fn unexpected(response: api::Response) -> CliError {
 fn ingest(config_path: &Path, args: IngestArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let config = load_config(config_path)?;
     Integration::resolve(&config, &args.integration).map_err(|e| usage(e.to_string()))?;
-    let file = args
-        .file
-        .canonicalize()
-        .unwrap_or_else(|_| args.file.clone());
+    // Opened here, with this user's rights: a daemon is handed the content,
+    // never a path it would open with its own.
+    let opened = std::fs::File::open(&args.file).and_then(|f| Ok((f.metadata()?, f)));
+    let (meta, mut file) = match opened {
+        Ok(opened) => opened,
+        Err(source) => {
+            let error = crate::source::SourceError::Read {
+                path: args.file.clone(),
+                source,
+            };
+            let outcome = FileOutcome::Error {
+                integration: args.integration.clone(),
+                file: Some(args.file.display().to_string()),
+                error: error.to_string(),
+            };
+            return print_outcomes(out, &[outcome], args.sync.json, None);
+        }
+    };
     let request = api::Request::Ingest {
         integration: args.integration.clone(),
-        file,
+        name: args
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        size: meta.len(),
+        modified: crate::source::mtime(&meta),
         force: args.sync.force,
         dry_run: args.sync.dry_run,
     };
-    if let Some(outcomes) = outcomes_via_daemon(&config, &request)? {
+    if let Some(outcomes) = outcomes_via_daemon(&config, &request, Some(&mut file))? {
         return print_outcomes(out, &outcomes, args.sync.json, None);
     }
     let store = Store::open(&config.store.path)?;
@@ -711,25 +780,20 @@ fn validate(
 }
 
 /// Writes `bytes` to `path` so that a reader sees the old file or the whole
-/// new one: a temporary file beside it, synced, then renamed.
+/// new one: an exclusive temporary file with an unpredictable name beside
+/// it (so no one can plant a symlink there to redirect the write), synced,
+/// then renamed over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dropsync-export-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

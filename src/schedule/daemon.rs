@@ -8,13 +8,14 @@
 //! work, lets the batch in flight finish, and exits.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use super::Schedule;
@@ -22,7 +23,7 @@ use super::api::{Request, Response};
 use crate::config::{CatchUp, Config, SourceConfig};
 use crate::pipeline::{RunOptions, Trigger};
 use crate::store::{Store, StoreError};
-use crate::sync::{self, FileOutcome, Selection};
+use crate::sync::{self, FileOutcome, ReceivedFile, Selection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -110,19 +111,17 @@ impl Worker {
         }));
     }
 
-    /// Runs `work` on the worker and waits for its answer.
-    async fn ask(
-        &self,
-        work: impl FnOnce(&Store, &Config) -> Response + Send + 'static,
-    ) -> Response {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    /// Runs `work` on the worker, after the batches queued before it, and
+    /// waits for its answer (blocking: called from a connection's thread).
+    fn ask(&self, work: impl FnOnce(&Store, &Config) -> Response + Send + 'static) -> Response {
+        let (tx, rx) = mpsc::channel();
         let sent = self.jobs.send(Box::new(move |store, config| {
             let _ = tx.send(work(store, config));
         }));
         if sent.is_err() {
             return Response::Error("the daemon is stopping".into());
         }
-        rx.await
+        rx.recv()
             .unwrap_or_else(|_| Response::Error("the daemon is stopping".into()))
     }
 }
@@ -178,17 +177,16 @@ fn log_outcome(outcome: &FileOutcome) {
 pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     let store = Store::open(&config.store.path)?;
     let web = crate::web::bind(&config, &store).map_err(DaemonError::Web)?;
+    // Questions about the store (status, history, show) are answered on a
+    // connection of their own, so they never wait behind a batch.
+    let reader = Arc::new(Mutex::new(store.reader()?));
     let socket = config.socket_path();
     // Holding the store means no other daemon uses this socket.
     let _ = std::fs::remove_file(&socket);
-    let listener =
-        std::os::unix::net::UnixListener::bind(&socket).map_err(|source| DaemonError::Socket {
-            path: socket.clone(),
-            source,
-        })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(DaemonError::Runtime)?;
+    let listener = listen(&socket).map_err(|source| DaemonError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
 
     // Catch up with what was missed while down, before anything else.
     let now = Utc::now();
@@ -227,7 +225,7 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     let worker = Worker {
         jobs,
         waiting: Arc::new(Mutex::new(HashSet::new())),
-        settle: Duration::from_secs(config.daemon.settle_secs),
+        settle: config.daemon.settle_secs.duration(),
     };
     // The console hands the runs it is asked for (sync now, an upload) to
     // the same worker, so they queue behind the batch in flight.
@@ -246,11 +244,16 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
+    let api = Api {
+        worker: worker.clone(),
+        reader,
+        config: Arc::new(config.clone()),
+    };
     let result = runtime.block_on(async {
         if let Some((listener, console)) = web {
             tokio::spawn(crate::web::serve(listener, console));
         }
-        serve(config.clone(), worker.clone(), listener, schedules, mode).await
+        serve(config.clone(), api, listener, schedules, mode).await
     });
     tracing::info!("stopping: finishing the batch in flight");
     stopping.store(true, Ordering::SeqCst);
@@ -262,13 +265,25 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     result
 }
 
+/// Binds the API socket for the daemon's user alone: created with no
+/// access for group and others (no moment where another user could connect,
+/// whatever the umask), then set to 0600.
+fn listen(socket: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    crate::store::keep_new_files_private();
+    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 async fn serve(
     config: Config,
-    worker: Worker,
+    api: Api,
     listener: std::os::unix::net::UnixListener,
     schedules: Vec<(String, Schedule)>,
     mode: Mode,
 ) -> Result<(), DaemonError> {
+    let worker = api.worker.clone();
     let listener = UnixListener::from_std(listener).map_err(DaemonError::Runtime)?;
     for (name, schedule) in schedules {
         tokio::spawn(fire_on_schedule(name, schedule, worker.clone()));
@@ -302,7 +317,7 @@ async fn serve(
             _ = tokio::signal::ctrl_c() => break,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    tokio::spawn(answer(stream, worker.clone()));
+                    api.accept(stream);
                 }
             }
         }
@@ -464,26 +479,159 @@ fn watch_folders(
     Ok(Some(watcher))
 }
 
-/// Serves one API connection: one request, one answer.
-async fn answer(stream: tokio::net::UnixStream, worker: Worker) {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    if BufReader::new(read).read_line(&mut line).await.is_err() {
-        return;
+/// What the API's connections share.
+#[derive(Clone)]
+struct Api {
+    worker: Worker,
+    /// The store's reading connection.
+    reader: Arc<Mutex<Store>>,
+    config: Arc<Config>,
+}
+
+/// How long a client may take to send its request (and an ingested file's
+/// next bytes) before the daemon gives up on it.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest request line accepted; anything longer is not a request.
+const MAX_REQUEST_BYTES: u64 = 1 << 20;
+
+impl Api {
+    /// Takes one connection: refuses a caller that is neither the daemon's
+    /// user nor root, and serves the others on a thread of their own (their
+    /// reads and the worker's answers block).
+    fn accept(&self, stream: tokio::net::UnixStream) {
+        let peer = stream.peer_cred().map(|c| (c.uid(), c.pid()));
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        let api = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+            let response = match peer {
+                Ok((uid, pid)) if caller_allowed(uid) => api.serve(&stream, uid, pid),
+                Ok((uid, pid)) => {
+                    tracing::warn!(uid, pid, "API request refused: another user");
+                    Response::Error(format!(
+                        "refused: the daemon serves only its own user (uid {}) and root, not uid {uid}",
+                        daemon_uid()
+                    ))
+                }
+                Err(e) => Response::Error(format!("refused: cannot tell who is calling: {e}")),
+            };
+            write_response(&stream, &response);
+        });
     }
-    let response = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Response::Error(format!("a request that cannot be read: {e}")),
-        Ok(request) => {
-            worker
-                .ask(move |store, config| handle(store, config, request))
-                .await
+
+    /// Reads one request (and an ingested file's content) and answers it.
+    fn serve(
+        &self,
+        stream: &std::os::unix::net::UnixStream,
+        uid: u32,
+        pid: Option<i32>,
+    ) -> Response {
+        let mut input = BufReader::new(stream);
+        let mut line = String::new();
+        if let Err(e) = (&mut input).take(MAX_REQUEST_BYTES).read_line(&mut line) {
+            return Response::Error(format!("a request that cannot be read: {e}"));
         }
-    };
-    let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
+        let request = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => request,
+            Err(e) => return Response::Error(format!("a request that cannot be read: {e}")),
+        };
+        tracing::debug!(uid, pid, ?request, "API request");
+        match request {
+            Request::History { .. } | Request::Show { .. } | Request::Status => {
+                let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+                handle(&reader, &self.config, request)
+            }
+            Request::Run { .. } => self
+                .worker
+                .ask(move |store, config| handle(store, config, request)),
+            Request::Ingest {
+                integration,
+                name,
+                size,
+                modified,
+                force,
+                dry_run,
+            } => {
+                let received = ReceivedFile {
+                    name,
+                    size,
+                    modified,
+                };
+                let mut content = match self.receive(&mut input, size) {
+                    Ok(file) => file,
+                    Err(message) => return Response::Error(message),
+                };
+                self.worker.ask(move |store, config| {
+                    let opts = RunOptions {
+                        force,
+                        dry_run,
+                        trigger: Trigger::Ingest,
+                        explicit: true,
+                        folder_min_age: Duration::ZERO,
+                        execution_id: None,
+                    };
+                    let ingested = sync::ingest_received(
+                        store,
+                        config,
+                        &integration,
+                        &received,
+                        &mut content,
+                        opts,
+                    );
+                    match ingested {
+                        Ok(outcome) => {
+                            log_outcome(&outcome);
+                            Response::Outcomes(vec![outcome])
+                        }
+                        Err(e) => Response::Error(e.to_string()),
+                    }
+                })
+            }
+        }
+    }
+
+    /// Takes an ingested file's `size` bytes off the connection into an
+    /// unnamed file in staging (owner-only), before the request waits for
+    /// its turn: a slow client never holds the worker up.
+    fn receive(&self, input: &mut dyn Read, size: u64) -> Result<std::fs::File, String> {
+        let staging = &self.config.store.staging;
+        let mut file = crate::source::create_private_dir(staging)
+            .and_then(|()| tempfile::tempfile_in(staging))
+            .map_err(|e| format!("cannot receive the file into {}: {e}", staging.display()))?;
+        let got = std::io::copy(&mut input.take(size), &mut file)
+            .map_err(|e| format!("receiving the file failed: {e}"))?;
+        if got != size {
+            return Err(format!(
+                "the file ended after {got} of the {size} bytes announced"
+            ));
+        }
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| format!("cannot read the received file back: {e}"))?;
+        Ok(file)
+    }
+}
+
+/// The daemon's own user, and root, may use the API; anyone else could
+/// otherwise have the daemon read, sync or delete with its rights.
+fn caller_allowed(uid: u32) -> bool {
+    uid == 0 || uid == daemon_uid()
+}
+
+fn daemon_uid() -> u32 {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+fn write_response(mut stream: &std::os::unix::net::UnixStream, response: &Response) {
+    let mut text = serde_json::to_string(response).unwrap_or_else(|e| {
         serde_json::to_string(&Response::Error(e.to_string())).expect("a string serializes")
     });
     text.push('\n');
-    let _ = write.write_all(text.as_bytes()).await;
+    let _ = stream.write_all(text.as_bytes());
 }
 
 fn handle(store: &Store, config: &Config, request: Request) -> Response {
@@ -533,27 +681,6 @@ fn handle(store: &Store, config: &Config, request: Request) -> Response {
                 Err(e) => fail(&e),
             }
         }
-        Request::Ingest {
-            integration,
-            file,
-            force,
-            dry_run,
-        } => {
-            let opts = RunOptions {
-                force,
-                dry_run,
-                trigger: Trigger::Ingest,
-                explicit: true,
-                folder_min_age: Duration::ZERO,
-                execution_id: None,
-            };
-            match sync::ingest(store, config, &integration, &file, opts) {
-                Ok(outcome) => {
-                    log_outcome(&outcome);
-                    Response::Outcomes(vec![outcome])
-                }
-                Err(e) => fail(&e),
-            }
-        }
+        Request::Ingest { .. } => Response::Error("an ingest comes with its content".into()),
     }
 }

@@ -560,7 +560,7 @@ fn parse_chunk(
             };
             let raw = record.get(column).unwrap_or_default();
             let name = &schema.fields[field_index].name;
-            if raw.len() > dialect.max_field_bytes {
+            if raw.len() as u64 > dialect.max_field_bytes.get() {
                 errors.push(reject(
                     Some(name),
                     format!(
@@ -590,7 +590,12 @@ fn parse_chunk(
             continue;
         }
         let has_attributes = if attributes.is_some() {
-            match attributes_json(&record, extras, dialect.max_field_bytes, &mut json) {
+            match attributes_json(
+                &record,
+                extras,
+                dialect.max_field_bytes.get() as usize,
+                &mut json,
+            ) {
                 Ok(has) => has,
                 Err((field, message)) => {
                     errors.push(reject(field.as_deref(), message));

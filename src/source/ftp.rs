@@ -74,7 +74,7 @@ impl FtpSource {
     /// Connects, secures and logs in; in the remote directory, binary mode.
     fn connect(&self) -> Result<Session, SourceError> {
         let c = &self.config;
-        let timeout = Duration::from_secs(c.remote.timeout_secs.max(1));
+        let timeout = Duration::from_secs(c.remote.timeout_secs.get());
         let password = remote::secret(
             c.password_env.as_deref(),
             c.password_file.as_deref(),

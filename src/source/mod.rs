@@ -10,6 +10,7 @@ mod remote;
 mod sftp;
 
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -39,6 +40,16 @@ pub enum SourceError {
         path: PathBuf,
         staging: PathBuf,
         source: std::io::Error,
+    },
+    /// A staged copy whose content no longer hashes to the hash it was
+    /// staged (and recorded) under: it was changed after staging.
+    #[error(
+        "the staged copy {path} was changed after it was staged: its content hashes to {actual}, not to the {expected} it was recorded under; it is not replayed (drop the original file again, or restore the copy)"
+    )]
+    Altered {
+        path: PathBuf,
+        expected: String,
+        actual: String,
     },
     #[error(transparent)]
     Pattern(#[from] PatternError),
@@ -148,6 +159,65 @@ pub fn stage_local(
     stage_from_reader(&candidate, staging)
 }
 
+/// Stages a file whose content a client of the daemon sent (`dropsync
+/// ingest` while a daemon holds the store): the client opened the file with
+/// its own rights, so the daemon never opens a path a client names. `name`
+/// and `modified` are what the client said of the file; the business date
+/// comes from the pattern when the name fits it, else from `modified`.
+pub fn stage_received(
+    content: &mut dyn Read,
+    name: &str,
+    size: u64,
+    modified: Option<chrono::NaiveDateTime>,
+    pattern: &FilePattern,
+    staging: &Path,
+) -> Result<StagedFile, SourceError> {
+    let business_date = pattern
+        .matches(name)
+        .flatten()
+        .or(modified.map(|m| m.date()))
+        .unwrap_or_else(|| chrono::Utc::now().date_naive());
+    let candidate = Candidate {
+        name: name.to_string(),
+        location: PathBuf::from(name),
+        size,
+        modified,
+        business_date,
+    };
+    stage_reader(content, &candidate, staging, Some(size))
+}
+
+/// Checks that a staged copy still holds the content it was staged under
+/// before it is replayed: its name and the history both say that hash, and
+/// applying other bytes under it would record a lie.
+pub fn verify_staged(file: &StagedFile) -> Result<(), SourceError> {
+    let read_err = |source| SourceError::Read {
+        path: file.path.clone(),
+        source,
+    };
+    let mut input = std::fs::File::open(&file.path).map_err(read_err)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut input, &mut hasher).map_err(read_err)?;
+    let actual = hex(&hasher.finalize());
+    if actual != file.content_hash {
+        return Err(SourceError::Altered {
+            path: file.path.clone(),
+            expected: file.content_hash.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents readable by their owner only:
+/// staging holds partners' raw data.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// A file's modification time, in UTC.
 pub(crate) fn mtime(meta: &std::fs::Metadata) -> Option<chrono::NaiveDateTime> {
     meta.modified()
@@ -163,11 +233,11 @@ pub(crate) fn mtime_date(meta: &std::fs::Metadata) -> NaiveDate {
 }
 
 /// Deletes staged copies older than `keep_days` days (0 keeps them all).
-pub fn prune_staging(staging: &Path, keep_days: u32) {
+pub fn prune_staging(staging: &Path, keep_days: u64) {
     if keep_days == 0 {
         return;
     }
-    let limit = std::time::Duration::from_secs(u64::from(keep_days) * 86_400);
+    let limit = std::time::Duration::from_secs(keep_days.saturating_mul(86_400));
     let Ok(integrations) = std::fs::read_dir(staging) else {
         return;
     };
@@ -237,7 +307,7 @@ pub(crate) fn stage_reader(
         staging: staging.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(staging).map_err(stage_err)?;
+    create_private_dir(staging).map_err(stage_err)?;
     let (tmp_path, mut tmp) = tempfile_in(staging).map_err(stage_err)?;
     let copied = (|| -> Result<(String, u64), SourceError> {
         let mut hasher = Sha256::new();
@@ -305,9 +375,11 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
             std::process::id(),
             uuid::Uuid::now_v7().simple()
         ));
+        // Owner-only whatever the umask: a staged copy is a partner's raw data.
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
         {
             Ok(file) => return Ok((path, file)),

@@ -105,7 +105,7 @@ pub fn candidates(
         }
         // The latest the file may have been written, as far as the listing can tell.
         let young = entry.modified.is_some_and(|m| {
-            (now - (m + entry.precision.slack())).num_seconds() < options.min_age_secs as i64
+            (now - (m + entry.precision.slack())).num_seconds() < options.min_age_secs.get() as i64
         });
         if young {
             tracing::info!(
@@ -137,8 +137,8 @@ pub fn list(
     listing: impl Fn() -> Result<Vec<RemoteEntry>, SourceError>,
 ) -> Result<Vec<Candidate>, SourceError> {
     let mut entries = listing()?;
-    if options.settle_secs > 0 {
-        std::thread::sleep(Duration::from_secs(options.settle_secs));
+    if options.settle_secs.get() > 0 {
+        std::thread::sleep(Duration::from_secs(options.settle_secs.get()));
         entries = settled(&entries, listing()?);
     }
     let now = chrono::Utc::now().naive_utc();
@@ -240,13 +240,13 @@ pub fn with_retries<T>(
     what: &str,
     mut attempt: impl FnMut() -> Result<T, SourceError>,
 ) -> Result<T, SourceError> {
-    let mut delay = Duration::from_millis(options.retry_delay_ms);
+    let mut delay = Duration::from_millis(options.retry_delay_ms.get());
     let mut tries = 0;
     loop {
         tries += 1;
         match attempt() {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && tries <= options.retries => {
+            Err(e) if e.is_transient() && tries <= options.retries.get() => {
                 tracing::warn!(
                     attempt = tries,
                     retry_in_ms = delay.as_millis() as u64,

@@ -37,7 +37,7 @@ impl SftpSource {
     /// Connects, checks the host key, logs in and opens SFTP.
     fn connect(&self) -> Result<(Session, ssh2::Sftp), SourceError> {
         let c = &self.config;
-        let timeout = Duration::from_secs(c.remote.timeout_secs.max(1));
+        let timeout = Duration::from_secs(c.remote.timeout_secs.get());
         let tcp = remote::connect_tcp(&c.host, c.port, timeout)
             .map_err(|e| self.fail("cannot connect", e, true))?;
         let mut session = Session::new().map_err(|e| self.fail("cannot start SSH", e, false))?;

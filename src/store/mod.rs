@@ -16,7 +16,7 @@ use duckdb::Connection;
 pub use apply::{ApplyRequest, ChangeSet, Outcome, TargetTable};
 pub use browse::{RunFilter, RunPage};
 pub use history::{FailureKind, RunRecord, RunStatus};
-pub use unsubscribes::UnsubscribeFilter;
+pub use unsubscribes::{FormulaCells, UnsubscribeColumns, UnsubscribeFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -112,8 +112,9 @@ impl Store {
     /// Opens (creating if needed) the store at `path`, brings its tables up
     /// to date, and marks runs a crash left `running` as `interrupted`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        keep_new_files_private();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Other {
+            crate::source::create_private_dir(dir).map_err(|e| StoreError::Other {
                 path: path.to_path_buf(),
                 message: format!("cannot create {}: {e}", dir.display()),
             })?;
@@ -287,6 +288,19 @@ impl Store {
             )
             .map_err(self.query_error("looking up a table"))?;
         Ok(n > 0)
+    }
+}
+
+/// DuckDB creates the database file, its write-ahead log and its spill
+/// files with the process's umask, and so does the hand-off of valid rows;
+/// all of them hold partners' data. From here on this process creates files
+/// for their owner only (a umask of 022 would make them world-readable).
+pub fn keep_new_files_private() {
+    // SAFETY: umask(2) only swaps the process's file creation mask; it
+    // cannot fail and touches no memory.
+    unsafe {
+        let old = libc::umask(0o077);
+        libc::umask(old | 0o077);
     }
 }
 

@@ -16,6 +16,9 @@ struct Daemon {
 
 impl Daemon {
     fn start(ws: &Workspace) -> Daemon {
+        // A daemon stopped before it set up its signal handling leaves its
+        // socket behind; waiting for the socket must wait for this one's.
+        let _ = std::fs::remove_file(ws.path("dropsync.duckdb.sock"));
         let log = ws.path("daemon.log");
         let child = Command::new(BIN)
             .arg("--config")
@@ -90,11 +93,13 @@ fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The runs, through the daemon's API while it runs.
+/// The finished runs, through the daemon's API while it runs (which
+/// answers at once, showing a run in flight as `running`).
 fn runs(ws: &Workspace) -> Vec<serde_json::Value> {
     let out = ws.dropsync(&["history", "--json"]);
     out.code(0);
     let mut runs = out.json().as_array().cloned().unwrap_or_default();
+    runs.retain(|r| r["status"] != "running");
     runs.reverse();
     runs
 }

@@ -13,6 +13,7 @@ mod daemon;
 mod demo;
 mod error_policy;
 mod freshness;
+mod local_security;
 mod partner_formats;
 mod pipeline;
 mod references;
