@@ -180,14 +180,6 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     // Questions about the store (status, history, show) are answered on a
     // connection of their own, so they never wait behind a batch.
     let reader = Arc::new(Mutex::new(store.reader()?));
-    let socket = config.socket_path();
-    // Holding the store means no other daemon uses this socket.
-    let _ = std::fs::remove_file(&socket);
-    let listener = listen(&socket).map_err(|source| DaemonError::Socket {
-        path: socket.clone(),
-        source,
-    })?;
-
     // Catch up with what was missed while down, before anything else.
     let now = Utc::now();
     let mut catch_up = Vec::new();
@@ -208,6 +200,16 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         store.record_fired(name, now.naive_utc())?;
         schedules.push((name.clone(), schedule));
     }
+
+    // The socket appears once the schedules' state is recorded: a command
+    // that finds it talks to a daemon that is ready.
+    let socket = config.socket_path();
+    // Holding the store means no other daemon uses this socket.
+    let _ = std::fs::remove_file(&socket);
+    let listener = listen(&socket).map_err(|source| DaemonError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
 
     let stopping = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::channel::<Job>();

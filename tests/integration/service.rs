@@ -218,8 +218,11 @@ fn installed_binary_and_unit_run_as_a_system_user_without_the_builders_home() {
             .output()
             .unwrap()
     };
+    // History answers while a run is in flight (showing it `running`):
+    // wait for the run to have finished.
     wait_for("the daemon to sync the dropped file", || {
-        String::from_utf8_lossy(&history().stdout).contains("accounts_20260105.csv")
+        let listed = String::from_utf8_lossy(&history().stdout).into_owned();
+        listed.contains("accounts_20260105.csv") && !listed.contains("running")
     });
     let out = history();
     assert!(
