@@ -4,7 +4,8 @@
 //! the error policy, recording failures).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use polars::prelude::{ParquetCompression, ParquetWriter};
@@ -28,6 +29,29 @@ pub enum PipelineError {
         integration: String,
         message: String,
     },
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
+    /// A run failed, and recording that in the history failed too.
+    #[error("{error}; and the failure could not be recorded in the history: {record}")]
+    Unrecorded {
+        error: Box<PipelineError>,
+        record: StoreError,
+    },
+}
+
+/// Why the validated rows could not be handed to DuckDB. An I/O failure
+/// names the file, the operation and the OS error (a full disk, an I/O
+/// error), whichever layer it surfaced in.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("cannot {operation} the hand-off file {path}: {source}")]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot encode the validated rows as Parquet into {path}: {message}")]
+    Encode { path: PathBuf, message: String },
 }
 
 /// An integration with everything resolved: its dataset, mode and table.
@@ -283,8 +307,14 @@ pub fn sync_file(
             if opts.dry_run {
                 return Err(e);
             }
+            if let Err(record) = store.finish_run(&run, &[]) {
+                // The cause comes first: it is what went wrong.
+                return Err(PipelineError::Unrecorded {
+                    error: Box::new(e),
+                    record,
+                });
+            }
             // Recorded: report it as the failed run it is, with what happens next.
-            store.finish_run(&run, &[])?;
             Ok(Some(report(run, None, Vec::new(), Vec::new())))
         }
     }
@@ -443,11 +473,13 @@ fn validate_and_apply(
     }
 
     let started = std::time::Instant::now();
-    let parquet = handoff_path(&config.store.staging, &run.execution_id);
-    write_parquet(&mut valid, &parquet).map_err(|message| PipelineError::Integration {
-        integration: integration.name.clone(),
-        message,
-    })?;
+    // Removed when this function returns, whichever way: a failed write
+    // (a full disk) must not leave a half-written file keeping it full.
+    let handoff = HandoffFile {
+        path: handoff_path(&config.store.staging, &run.execution_id),
+    };
+    handoff.write(&mut valid)?;
+    let parquet = handoff.path.clone();
     stage_done("hand-off", started);
     let started = std::time::Instant::now();
     let req = ApplyRequest {
@@ -483,7 +515,7 @@ fn validate_and_apply(
         });
     }
     let outcome = store.apply(&req, run, &valid.errors);
-    let _ = std::fs::remove_file(&parquet);
+    drop(handoff);
     stage_done("diff and apply", started);
     let ValidRows {
         errors,
@@ -491,13 +523,45 @@ fn validate_and_apply(
         ..
     } = valid;
     match outcome? {
-        Outcome::Applied(changes) => Ok((Some(changes), errors, ignored_columns)),
+        Outcome::Applied(changes) => {
+            if let Err(e) = store.flush() {
+                unflushed(store, run, e);
+            }
+            Ok((Some(changes), errors, ignored_columns))
+        }
         Outcome::DryRun(changes) => Ok((Some(changes), errors, ignored_columns)),
         Outcome::Refused { changes, reason } => {
             run.success_rows = 0;
             let (_, errors, _) = fail(run, FailureKind::Content, reason, errors)?;
             Ok((Some(changes), errors, ignored_columns))
         }
+    }
+}
+
+/// A batch committed, but the store file could not be written to disk: the
+/// run is reported failed, never a success, and the history says so when
+/// the store still accepts writes. (A failed fsync cannot be retried
+/// safely; DuckDB refuses further writes after one.)
+fn unflushed(store: &Store, run: &mut RunRecord, error: StoreError) {
+    let date = run
+        .business_date
+        .map(|d| format!(" --date {d}"))
+        .unwrap_or_default();
+    let mut message = format!(
+        "the changes were committed, but {error}. They may not survive a power loss: check the disk, then sync this file again (dropsync run {}{date}: skipped if the store has it, applied if not)",
+        run.integration
+    );
+    run.status = RunStatus::Failed;
+    run.completed_at = Some(crate::store::now());
+    run.message = Some(message.clone());
+    if let Err(record) = store.finish_run(run, &[]) {
+        // DuckDB refuses every write after a failed flush; its first line says so.
+        let record = record.to_string();
+        message.push_str(&format!(
+            "; the history still says success: {}",
+            record.lines().next().unwrap_or_default()
+        ));
+        run.message = Some(message);
     }
 }
 
@@ -608,22 +672,102 @@ fn references(
     Ok(out)
 }
 
-fn handoff_path(staging: &std::path::Path, execution_id: &str) -> PathBuf {
+fn handoff_path(staging: &Path, execution_id: &str) -> PathBuf {
     staging
         .join(".work")
         .join(format!("{execution_id}.parquet"))
 }
 
-fn write_parquet(valid: &mut ValidRows, path: &std::path::Path) -> Result<(), String> {
-    let dir = path.parent().expect("hand-off files live in a directory");
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let file =
-        std::fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Uncompressed)
-        .finish(&mut valid.frame)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(())
+/// The Parquet file one batch's valid rows travel in from polars to DuckDB.
+/// It lives only as long as the batch: dropping it removes the file.
+struct HandoffFile {
+    path: PathBuf,
+}
+
+impl HandoffFile {
+    fn write(&self, valid: &mut ValidRows) -> Result<(), HandoffError> {
+        let io_error = |operation, source| HandoffError::Io {
+            operation,
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self
+            .path
+            .parent()
+            .expect("hand-off files live in a directory");
+        std::fs::create_dir_all(dir).map_err(|source| HandoffError::Io {
+            operation: "create the directory of",
+            path: self.path.clone(),
+            source,
+        })?;
+        let file = std::fs::File::create(&self.path).map_err(|e| io_error("create", e))?;
+        let mut writer = FirstErrorWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            error: None,
+        };
+        let encoded = ParquetWriter::new(&mut writer)
+            .with_compression(ParquetCompression::Uncompressed)
+            .finish(&mut valid.frame);
+        let flushed = encoded.is_ok().then(|| writer.flush());
+        // polars reports a failed write as a Parquet format error ("Invalid
+        // thrift: transport error"): the OS error the writer saw is the cause.
+        if let Some(source) = writer.error.take() {
+            return Err(io_error("write", source));
+        }
+        if let Err(e) = encoded {
+            return Err(HandoffError::Encode {
+                path: self.path.clone(),
+                message: e.to_string(),
+            });
+        }
+        if let Some(Err(source)) = flushed {
+            return Err(io_error("write", source));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HandoffFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "cannot remove the hand-off file; the next run removes it"
+            ),
+        }
+    }
+}
+
+/// A writer that remembers the first error of its inner writer, so the OS
+/// error survives a library that turns it into its own.
+struct FirstErrorWriter<W> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> FirstErrorWriter<W> {
+    fn keep(&mut self, e: io::Error) -> io::Error {
+        if self.error.is_none() {
+            self.error = Some(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            });
+        }
+        e
+    }
+}
+
+impl<W: Write> Write for FirstErrorWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).map_err(|e| self.keep(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().map_err(|e| self.keep(e))
+    }
 }
 
 /// The order integrations must be synced in on one date: a dataset whose

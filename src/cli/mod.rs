@@ -546,7 +546,20 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
     } else if outcomes.is_empty() {
         nothing_to_sync(out, dates)?;
     }
-    Ok(overall(&outcomes))
+    flushed(&store, overall(&outcomes))
+}
+
+/// The outcome of a command that wrote to the store, once what it committed
+/// is on disk: DuckDB would write it when the store closes, but would
+/// swallow a failure there.
+fn flushed(store: &Store, outcome: Outcome) -> Result<Outcome, CliError> {
+    match store.flush() {
+        Ok(()) => Ok(outcome),
+        // A failure already reported (a batch that could not be flushed
+        // leaves the store refusing writes) is not reported twice.
+        Err(_) if outcome == Outcome::Failed => Ok(outcome),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn nothing_to_sync(
@@ -661,7 +674,7 @@ fn ingest(config_path: &Path, args: IngestArgs, out: &mut dyn Write) -> Result<O
     } else {
         output::file_outcome(out, &outcome)?;
     }
-    Ok(overall(std::slice::from_ref(&outcome)))
+    flushed(&store, overall(std::slice::from_ref(&outcome)))
 }
 
 /// The exit outcome of a set of file outcomes: the worst of them.

@@ -37,6 +37,13 @@ pub enum StoreError {
     },
     #[error("store {path}: {message}")]
     Other { path: PathBuf, message: String },
+    /// Committed changes could not be written into the store file and
+    /// synced to disk (a failed write or fsync).
+    #[error("store {path}: cannot write the committed changes to disk: {source}")]
+    Flush {
+        path: PathBuf,
+        source: Box<duckdb::Error>,
+    },
 }
 
 /// An open store.
@@ -153,6 +160,22 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Writes everything committed into the store file and syncs it to disk
+    /// (DuckDB's CHECKPOINT). DuckDB checkpoints on its own when the store
+    /// is closed, but a failure there (a failed fsync) is swallowed: this
+    /// is where dropsync sees it.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.conn
+            .execute_batch("CHECKPOINT")
+            .map_err(|source| StoreError::Flush {
+                path: self.path.clone(),
+                source: Box::new(source),
+            })
     }
 
     pub(crate) fn query_error(

@@ -11,6 +11,7 @@ mod conformance;
 mod correctness;
 mod daemon;
 mod demo;
+mod durability;
 mod error_policy;
 mod freshness;
 mod local_security;
