@@ -356,8 +356,11 @@ pub(crate) fn stage_reader(
     };
     let path = staging.join(format!("{content_hash}.csv"));
     std::fs::rename(&tmp_path, &path).map_err(stage_err)?;
-    if let Ok(dir) = std::fs::File::open(staging) {
-        let _ = dir.sync_all();
+    // The rename is durable once the directory is synced; a failed fsync
+    // fails the stage (file systems that cannot sync a directory say EINVAL).
+    match std::fs::File::open(staging).and_then(|dir| dir.sync_all()) {
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => return Err(stage_err(e)),
+        _ => {}
     }
     Ok(StagedFile {
         name: candidate.name.clone(),
