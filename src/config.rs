@@ -20,7 +20,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config {path}: {message}")]
+    #[error("invalid config {path}: {}", echo_lines(.message))]
     Parse { path: PathBuf, message: String },
     /// A number outside its setting's range (`message` names the setting).
     #[error("invalid config {path}, line {line}: {message}")]
@@ -29,12 +29,38 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
-    #[error("invalid config {path}: integration `{integration}`: {message}")]
+    #[error("invalid config {path}: integration `{}`: {message}", echo(.integration))]
     Integration {
         path: PathBuf,
         integration: String,
         message: String,
     },
+}
+
+/// How many characters of a config value an error echoes.
+const ECHO_CHARS: usize = 60;
+
+/// A config value as an error echoes it: cut to `ECHO_CHARS` characters, so
+/// a pasted blob or a runaway value names itself without flooding the
+/// terminal (or the log).
+pub fn echo(value: &str) -> String {
+    match value.char_indices().nth(ECHO_CHARS) {
+        None => value.to_string(),
+        Some((cut, _)) => format!("{}... ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// `echo` for each line of a message that quotes the config's text (the
+/// TOML parser shows the offending line).
+fn echo_lines(message: &str) -> String {
+    message
+        .lines()
+        .map(|line| match line.char_indices().nth(ECHO_CHARS * 2) {
+            None => line.to_string(),
+            Some((cut, _)) => format!("{}... ({} bytes)", &line[..cut], line.len()),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The whole configuration file.
@@ -398,7 +424,8 @@ impl std::str::FromStr for Mode {
             "delta" => Ok(Mode::Delta),
             "append" => Ok(Mode::Append),
             other => Err(format!(
-                "unknown mode `{other}` (expected snapshot, delta or append)"
+                "unknown mode `{}` (expected snapshot, delta or append)",
+                echo(other)
             )),
         }
     }
@@ -862,7 +889,8 @@ impl Config {
             let table = integration.table_name();
             if !is_identifier(table) || table.starts_with("dropsync_") {
                 return Err(fail(format!(
-                    "table `{table}`: names may hold only letters, digits, `_` and `-`, and not start with `dropsync_`"
+                    "table `{}`: names may hold only letters, digits, `_` and `-`, and not start with `dropsync_`",
+                    echo(table)
                 )));
             }
             if !(0.0..=1.0).contains(&integration.max_delete_ratio) {
@@ -886,7 +914,8 @@ impl Config {
         self.integrations.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.integrations.keys().map(String::as_str).collect();
             format!(
-                "no integration named `{name}` in {} (known: {})",
+                "no integration named `{}` in {} (known: {})",
+                echo(name),
                 self.path.display(),
                 if known.is_empty() {
                     "none".to_string()
@@ -1087,5 +1116,19 @@ mod tests {
             err.contains("`answer_timeout_secs` = -1 is out of range: it takes 1 to 3600 seconds"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod echo_tests {
+    use super::echo;
+
+    #[test]
+    fn a_long_value_is_cut_and_says_how_long_it_was() {
+        assert_eq!(echo("short"), "short");
+        let long = "é".repeat(100);
+        let shown = echo(&long);
+        assert!(shown.starts_with(&"é".repeat(60)), "{shown}");
+        assert!(shown.ends_with("... (200 bytes)"), "{shown}");
     }
 }

@@ -19,18 +19,51 @@ fn main() {
     };
     // The daemon reports what it does; one-off commands only what goes wrong.
     let daemon = matches!(cli.command, cli::Command::Daemon | cli::Command::Web);
-    init_logging(&cli.log_format, cli.verbose + u8::from(daemon));
+    let ansi = cli
+        .color
+        .enabled(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    init_logging(&cli.log_format, cli.verbose + u8::from(daemon), ansi);
     let code = match cli::execute(cli) {
         Ok(outcome) => outcome,
+        // The reader went away (`dropsync history | head`): nothing is
+        // wrong, and nobody is left to tell.
+        Err(e) if is_broken_pipe(&e.error) => Outcome::Success,
         Err(e) => {
-            eprintln!("dropsync: {:#}", e.error);
+            eprintln!("dropsync: {}", cause_chain(&e.error));
             e.outcome
         }
     };
     std::process::exit(code.code());
 }
 
-fn init_logging(format: &str, verbose: u8) {
+/// The error and its causes, each said once. Most of dropsync's errors
+/// already name their cause in their own text; a cause is added only when
+/// it says something new, and DuckDB's bare result codes ("Error code 1:
+/// Unknown error code") never do.
+fn cause_chain(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        if cause.is::<duckdb::ffi::Error>() {
+            continue;
+        }
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+    }
+    text
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(format: &str, verbose: u8, ansi: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -40,7 +73,7 @@ fn init_logging(format: &str, verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         without_secrets(builder.json().finish()).init();

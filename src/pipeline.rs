@@ -24,7 +24,7 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Schema(#[from] schema::SchemaError),
-    #[error("integration `{integration}`: {message}")]
+    #[error("integration `{}`: {message}", crate::config::echo(.integration))]
     Integration {
         integration: String,
         message: String,

@@ -106,8 +106,34 @@ pub struct Cli {
     /// More detail in the log (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Color in what is printed and logged: `auto` (on a terminal, unless
+    /// NO_COLOR is set), `always` or `never`.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--color`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to color a stream that is (or is not) a terminal. `auto`
+    /// honours NO_COLOR (no-color.org: set and not empty); `always` wins.
+    pub fn enabled(self, terminal: bool) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,10 +337,15 @@ pub struct UnsubscribesArgs {
 
 /// Carries out a parsed command line.
 pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
+    let palette = output::Palette {
+        color: cli
+            .color
+            .enabled(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+    };
     let out = &mut std::io::stdout().lock();
     match cli.command {
-        Command::Run(args) => run(&cli.config, args, out),
-        Command::Ingest(args) => ingest(&cli.config, args, out),
+        Command::Run(args) => run(&cli.config, args, out, palette),
+        Command::Ingest(args) => ingest(&cli.config, args, out, palette),
         Command::Validate(args) => validate(&cli.config, args, out),
         Command::History(args) => {
             let config = load_config(&cli.config)?;
@@ -333,7 +364,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             if args.json {
                 output::json(out, &runs)?;
             } else {
-                output::history(out, &runs)?;
+                output::history(out, &runs, palette)?;
             }
             Ok(Outcome::Success)
         }
@@ -356,7 +387,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             if args.json {
                 output::json(out, &serde_json::json!({"run": run, "errors": errors}))?;
             } else {
-                output::show(out, &run, &errors)?;
+                output::show(out, &run, &errors, palette)?;
             }
             Ok(Outcome::Success)
         }
@@ -494,7 +525,36 @@ fn load_config(path: &Path) -> Result<Config, CliError> {
     })
 }
 
-fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+/// The exit outcome of a pipeline error, the same from every command: a
+/// config that names an unknown dataset or a bad schema is the user's to
+/// fix (usage); anything the store, the disk or a file did is a failure.
+fn pipeline_error(e: pipeline::PipelineError) -> CliError {
+    use pipeline::PipelineError;
+    let outcome = match &e {
+        PipelineError::Integration { .. } | PipelineError::Schema(_) => Outcome::Usage,
+        _ => Outcome::Failed,
+    };
+    CliError {
+        outcome,
+        error: e.into(),
+    }
+}
+
+/// What printing left to say: nothing when the reader went away (`| head`),
+/// since the runs themselves decide the exit code.
+fn printed(result: std::io::Result<()>) -> Result<(), CliError> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(CliError::from),
+    }
+}
+
+fn run(
+    config_path: &Path,
+    args: RunArgs,
+    out: &mut dyn Write,
+    palette: output::Palette,
+) -> Result<Outcome, CliError> {
     let config = load_config(config_path)?;
     // Every integration must resolve (dataset, schema) before the store is
     // touched: a config mistake leaves nothing behind.
@@ -518,7 +578,7 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
         dry_run: args.sync.dry_run,
     };
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, None)? {
-        return print_outcomes(out, &outcomes, args.sync.json, dates);
+        return print_outcomes(out, &outcomes, args.sync.json, dates, palette);
     }
     let store = Store::open(&config.store.path)?;
     let selection = Selection {
@@ -530,21 +590,18 @@ fn run(config_path: &Path, args: RunArgs, out: &mut dyn Write) -> Result<Outcome
     let json = args.sync.json;
     let mut print_error = None;
     let outcomes = sync::run(&store, &config, &selection, opts, |outcome| {
-        if !json && let Err(e) = output::file_outcome(out, outcome) {
+        if !json && let Err(e) = output::file_outcome(out, outcome, palette) {
             print_error.get_or_insert(e);
         }
     })
-    .map_err(|e| CliError {
-        outcome: Outcome::Usage,
-        error: e.into(),
-    })?;
+    .map_err(pipeline_error)?;
     if let Some(e) = print_error {
-        return Err(e.into());
+        printed(Err(e))?;
     }
     if json {
-        output::json(out, &output::outcomes_json(&outcomes))?;
+        printed(output::json(out, &output::outcomes_json(&outcomes)))?;
     } else if outcomes.is_empty() {
-        nothing_to_sync(out, dates)?;
+        printed(nothing_to_sync(out, dates))?;
     }
     flushed(&store, overall(&outcomes))
 }
@@ -579,17 +636,21 @@ fn print_outcomes(
     outcomes: &[FileOutcome],
     json: bool,
     dates: Option<(NaiveDate, NaiveDate)>,
+    palette: output::Palette,
 ) -> Result<Outcome, CliError> {
-    if json {
-        output::json(out, &output::outcomes_json(outcomes))?;
-    } else {
+    let result = (|| {
+        if json {
+            return output::json(out, &output::outcomes_json(outcomes));
+        }
         for outcome in outcomes {
-            output::file_outcome(out, outcome)?;
+            output::file_outcome(out, outcome, palette)?;
         }
         if outcomes.is_empty() {
             nothing_to_sync(out, dates)?;
         }
-    }
+        Ok(())
+    })();
+    printed(result)?;
     Ok(overall(outcomes))
 }
 
@@ -630,7 +691,12 @@ fn unexpected(response: api::Response) -> CliError {
     anyhow::anyhow!("the daemon answered something unexpected: {response:?}").into()
 }
 
-fn ingest(config_path: &Path, args: IngestArgs, out: &mut dyn Write) -> Result<Outcome, CliError> {
+fn ingest(
+    config_path: &Path,
+    args: IngestArgs,
+    out: &mut dyn Write,
+    palette: output::Palette,
+) -> Result<Outcome, CliError> {
     let config = load_config(config_path)?;
     Integration::resolve(&config, &args.integration).map_err(|e| usage(e.to_string()))?;
     // Opened here, with this user's rights: a daemon is handed the content,
@@ -664,16 +730,17 @@ fn ingest(config_path: &Path, args: IngestArgs, out: &mut dyn Write) -> Result<O
         dry_run: args.sync.dry_run,
     };
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, Some(&mut file))? {
-        return print_outcomes(out, &outcomes, args.sync.json, None);
+        return print_outcomes(out, &outcomes, args.sync.json, None, palette);
     }
     let store = Store::open(&config.store.path)?;
     let opts = args.sync.options(Trigger::Ingest);
-    let outcome = sync::ingest(&store, &config, &args.integration, &args.file, opts)?;
-    if args.sync.json {
-        output::json(out, &output::outcomes_json(std::slice::from_ref(&outcome)))?;
+    let outcome = sync::ingest(&store, &config, &args.integration, &args.file, opts)
+        .map_err(pipeline_error)?;
+    printed(if args.sync.json {
+        output::json(out, &output::outcomes_json(std::slice::from_ref(&outcome)))
     } else {
-        output::file_outcome(out, &outcome)?;
-    }
+        output::file_outcome(out, &outcome, palette)
+    })?;
     flushed(&store, overall(std::slice::from_ref(&outcome)))
 }
 

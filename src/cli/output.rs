@@ -1,12 +1,66 @@
 //! What the commands print: short human summaries, or JSON for scripts.
+//! Text that comes from files (names, rows, messages quoting them) is
+//! escaped for the terminal: a control character or an escape sequence in a
+//! partner's file must not move the cursor, retitle the window or hide a line.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use serde::Serialize;
 
 use crate::schema::{RowError, ValidRows};
-use crate::store::RunRecord;
+use crate::store::{RunRecord, RunStatus};
 use crate::sync::FileOutcome;
+
+/// Whether what is printed carries color: run statuses, in the terminal's
+/// own green, yellow and red.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Palette {
+    pub color: bool,
+}
+
+impl Palette {
+    /// A status word, colored when color is on; padded to `width` first so
+    /// columns line up either way.
+    fn status(self, status: RunStatus, text: &str, width: usize) -> String {
+        let padding = " ".repeat(width.saturating_sub(text.chars().count()));
+        let code = match status {
+            _ if !self.color => return format!("{text}{padding}"),
+            RunStatus::Success => "32",
+            RunStatus::Partial | RunStatus::Interrupted => "33",
+            RunStatus::Failed => "31",
+            RunStatus::Skipped | RunStatus::Running => return format!("{text}{padding}"),
+        };
+        format!("\x1b[{code}m{text}\x1b[0m{padding}")
+    }
+}
+
+/// `text` as it may be shown on a terminal: control characters (newlines,
+/// escape sequences, C1 codes) and the invisible bidirectional overrides
+/// written as `\n`, `\u{1b}`, ..., everything else as it is.
+pub fn term(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 pub fn json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
@@ -37,7 +91,11 @@ pub fn outcomes_json(outcomes: &[FileOutcome]) -> serde_json::Value {
 }
 
 /// One line (and a few more for problems) per file synced.
-pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()> {
+pub fn file_outcome(
+    out: &mut dyn Write,
+    outcome: &FileOutcome,
+    palette: Palette,
+) -> io::Result<()> {
     let report = match outcome {
         FileOutcome::Ran(report) => report,
         FileOutcome::Error {
@@ -45,10 +103,17 @@ pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()
             file,
             error,
         } => {
+            let label = if palette.color {
+                "\x1b[31merror\x1b[0m"
+            } else {
+                "error"
+            };
             return writeln!(
                 out,
-                "{integration}  {}  error: {error}",
-                file.as_deref().unwrap_or("-")
+                "{}  {}  {label}: {}",
+                term(integration),
+                term(file.as_deref().unwrap_or("-")),
+                term(error)
             );
         }
     };
@@ -57,17 +122,18 @@ pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()
         .business_date
         .map(|d| d.to_string())
         .unwrap_or_else(|| "-".into());
+    let status = palette.status(r.status, &r.status.to_string(), 0);
     let status = if report.dry_run {
-        format!("{} (dry run)", r.status)
+        format!("{status} (dry run)")
     } else {
-        r.status.to_string()
+        status
     };
     write!(
         out,
         "{}  {}  {}  {status}",
-        r.integration,
+        term(&r.integration),
         date,
-        r.file_name.as_deref().unwrap_or("-")
+        term(r.file_name.as_deref().unwrap_or("-"))
     )?;
     if let Some(c) = &report.changes {
         write!(out, "  {}", counts(r, c.inserted, c.updated, c.deleted))?;
@@ -86,7 +152,7 @@ pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()
         writeln!(out, "    run {}", r.execution_id)?;
     }
     if let Some(m) = &r.message {
-        writeln!(out, "    {m}")?;
+        writeln!(out, "    {}", term(m))?;
     }
     for e in &report.errors {
         writeln!(out, "    {}", row_error(e))?;
@@ -101,10 +167,14 @@ pub fn file_outcome(out: &mut dyn Write, outcome: &FileOutcome) -> io::Result<()
     if let Some(c) = report.changes.as_ref().filter(|_| report.dry_run) {
         for sample in &c.samples {
             match &sample.detail {
-                Some(detail) => {
-                    writeln!(out, "    would {} {}: {detail}", sample.kind, sample.key)?
-                }
-                None => writeln!(out, "    would {} {}", sample.kind, sample.key)?,
+                Some(detail) => writeln!(
+                    out,
+                    "    would {} {}: {}",
+                    sample.kind,
+                    term(&sample.key),
+                    term(detail)
+                )?,
+                None => writeln!(out, "    would {} {}", sample.kind, term(&sample.key))?,
             }
         }
     }
@@ -122,16 +192,16 @@ fn counts(r: &RunRecord, inserted: u64, updated: u64, deleted: u64) -> String {
 fn row_error(e: &RowError) -> String {
     let mut s = format!("line {}", e.line);
     if let Some(k) = &e.key {
-        s.push_str(&format!(" [{k}]"));
+        s.push_str(&format!(" [{}]", term(k)));
     }
     if let Some(f) = &e.field {
-        s.push_str(&format!(" {f}"));
+        s.push_str(&format!(" {}", term(f)));
     }
-    s.push_str(&format!(": {}", e.message));
+    s.push_str(&format!(": {}", term(&e.message)));
     s
 }
 
-pub fn history(out: &mut dyn Write, runs: &[RunRecord]) -> io::Result<()> {
+pub fn history(out: &mut dyn Write, runs: &[RunRecord], palette: Palette) -> io::Result<()> {
     if runs.is_empty() {
         return writeln!(out, "no runs yet");
     }
@@ -152,32 +222,43 @@ pub fn history(out: &mut dyn Write, runs: &[RunRecord]) -> io::Result<()> {
     for r in runs {
         writeln!(
             out,
-            "{:<36}  {:<20}  {:<10}  {:<11}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {:<19}  {}",
+            "{:<36}  {:<20}  {:<10}  {}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {:<19}  {}",
             r.execution_id,
-            r.integration,
+            term(&r.integration),
             r.business_date.map(|d| d.to_string()).unwrap_or_default(),
-            r.status.as_str(),
+            palette.status(r.status, r.status.as_str(), 11),
             r.input_rows,
             r.error_rows,
             r.inserted,
             r.updated,
             r.deleted,
             r.started_at.format("%Y-%m-%d %H:%M:%S"),
-            r.file_name.as_deref().unwrap_or("-")
+            term(r.file_name.as_deref().unwrap_or("-"))
         )?;
     }
     Ok(())
 }
 
-pub fn show(out: &mut dyn Write, r: &RunRecord, errors: &[RowError]) -> io::Result<()> {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    writeln!(out, "execution id   {}", r.execution_id)?;
+pub fn show(
+    out: &mut dyn Write,
+    r: &RunRecord,
+    errors: &[RowError],
+    palette: Palette,
+) -> io::Result<()> {
+    let opt = |v: &Option<String>| term(v.as_deref().unwrap_or("-")).into_owned();
+    writeln!(out, "execution id   {}", term(&r.execution_id))?;
     writeln!(
         out,
         "integration    {} (dataset {}, mode {})",
-        r.integration, r.dataset, r.mode
+        term(&r.integration),
+        term(&r.dataset),
+        term(&r.mode)
     )?;
-    writeln!(out, "status         {}", r.status)?;
+    writeln!(
+        out,
+        "status         {}",
+        palette.status(r.status, r.status.as_str(), 0)
+    )?;
     if let Some(failure) = r.failure {
         writeln!(
             out,
@@ -187,7 +268,7 @@ pub fn show(out: &mut dyn Write, r: &RunRecord, errors: &[RowError]) -> io::Resu
         )?;
     }
     if let Some(m) = &r.message {
-        writeln!(out, "message        {m}")?;
+        writeln!(out, "message        {}", term(m))?;
     }
     writeln!(out, "file           {}", opt(&r.file_name))?;
     writeln!(
@@ -200,7 +281,7 @@ pub fn show(out: &mut dyn Write, r: &RunRecord, errors: &[RowError]) -> io::Resu
     writeln!(
         out,
         "trigger        {}{}",
-        r.trigger,
+        term(&r.trigger),
         if r.forced { " (forced)" } else { "" }
     )?;
     writeln!(
@@ -232,7 +313,7 @@ pub fn show(out: &mut dyn Write, r: &RunRecord, errors: &[RowError]) -> io::Resu
         writeln!(out, "rejected rows:")?;
         for e in errors {
             writeln!(out, "  {}", row_error(e))?;
-            writeln!(out, "      {}", e.raw)?;
+            writeln!(out, "      {}", term(&e.raw))?;
         }
         if (errors.len() as i64) < r.error_rows {
             writeln!(out, "  ... (more with --errors N)")?;
@@ -266,7 +347,8 @@ pub fn validation(
     }
     writeln!(
         out,
-        "{file}: {}, {} valid, {} rejected, {} duplicates skipped",
+        "{}: {}, {} valid, {} rejected, {} duplicates skipped",
+        term(file),
         crate::rows(valid.input_rows),
         valid
             .input_rows
@@ -288,7 +370,7 @@ pub fn validation(
         writeln!(
             out,
             "  columns not in the schema (kept in _attributes): {}",
-            valid.ignored_columns.join(", ")
+            term(&valid.ignored_columns.join(", "))
         )?;
     }
     if !unchecked.is_empty() {
@@ -331,7 +413,7 @@ pub fn status(out: &mut dyn Write, cards: &[crate::status::Card]) -> io::Result<
                     r.status,
                     r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     r.trigger,
-                    r.file_name.as_deref().unwrap_or("no file")
+                    term(r.file_name.as_deref().unwrap_or("no file"))
                 )?;
                 writeln!(
                     out,
@@ -339,7 +421,7 @@ pub fn status(out: &mut dyn Write, cards: &[crate::status::Card]) -> io::Result<
                     counts(r, r.inserted as u64, r.updated as u64, r.deleted as u64)
                 )?;
                 if let Some(m) = &r.message {
-                    writeln!(out, "            {m}")?;
+                    writeln!(out, "            {}", term(m))?;
                 }
             }
             None => writeln!(out, "  last run  never")?,
@@ -392,4 +474,27 @@ fn freshness(out: &mut dyn Write, c: &crate::status::Card) -> io::Result<()> {
         None => String::new(),
     };
     writeln!(out, "  freshness {state}: {expected}{next}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::term;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped() {
+        let cases = [
+            ("plain name.csv", "plain name.csv"),
+            ("Zürich €", "Zürich €"),
+            ("a\nb\tc\rd", "a\\nb\\tc\\rd"),
+            ("\u{1b}[31mred\u{1b}[0m", "\\u{1b}[31mred\\u{1b}[0m"),
+            (
+                "bell\u{7} del\u{7f} csi\u{9b}",
+                "bell\\u{7} del\\u{7f} csi\\u{9b}",
+            ),
+            ("txt.\u{202e}exe", "txt.\\u{202e}exe"),
+        ];
+        for (raw, shown) in cases {
+            assert_eq!(term(raw), shown, "{raw:?}");
+        }
+    }
 }

@@ -16,7 +16,7 @@ use chrono_tz::Tz;
 use croner::Cron;
 
 #[derive(Debug, thiserror::Error)]
-#[error("schedule `{text}`: {message}")]
+#[error("schedule `{}`: {message}", crate::config::echo(.text))]
 pub struct ScheduleError {
     text: String,
     message: String,

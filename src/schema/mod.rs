@@ -35,7 +35,7 @@ const BUILTIN: &[(&str, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    #[error("unknown dataset `{name}` (known: {known})")]
+    #[error("unknown dataset `{}` (known: {known})", crate::config::echo(.name))]
     Unknown { name: String, known: String },
     #[error("cannot read schema {path}: {source}")]
     Read {

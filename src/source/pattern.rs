@@ -10,7 +10,7 @@ use chrono::{NaiveDate, Weekday};
 use regex::Regex;
 
 #[derive(Debug, thiserror::Error)]
-#[error("pattern `{pattern}`: {message}")]
+#[error("pattern `{}`: {message}", crate::config::echo(.pattern))]
 pub struct PatternError {
     pattern: String,
     message: String,

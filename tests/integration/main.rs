@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod cli;
+mod cli_habits;
 mod conformance;
 mod correctness;
 mod daemon;
