@@ -552,6 +552,8 @@ fn unflushed(store: &Store, run: &mut RunRecord, error: StoreError) {
         run.integration
     );
     run.status = RunStatus::Failed;
+    // The disk failed, not the file: a later scan may try it again.
+    run.failure = Some(FailureKind::Transient);
     run.completed_at = Some(crate::store::now());
     run.message = Some(message.clone());
     if let Err(record) = store.finish_run(run, &[]) {

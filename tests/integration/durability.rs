@@ -105,7 +105,8 @@ fn a_full_disk_during_the_hand_off_names_the_os_error_and_leaves_no_file() {
     ws.drop_file("accounts_20260102.csv", day_two());
     let out = ws.dropsync(&["run"]);
     out.code(1).stdout_has(&[
-        "accounts  accounts_20260102.csv  error: cannot write the hand-off file ",
+        "accounts  2026-01-02  accounts_20260102.csv  failed",
+        "    cannot write the hand-off file ",
         "No space left on device (os error 28)",
     ]);
     assert!(
@@ -124,9 +125,9 @@ fn a_full_disk_during_the_hand_off_names_the_os_error_and_leaves_no_file() {
         "{run:?}"
     );
     drop(db);
-    // Space freed: the same date syncs.
+    // Space freed: the next scan syncs the file.
     staging.resize(1 << 20);
-    ws.dropsync(&["run", "--date", "2026-01-02"])
+    ws.dropsync(&["run"])
         .code(0)
         .stdout_has(&["success", "+1 ~2 -1"]);
     assert_eq!(accounts(&ws.db()), day_two_table());
