@@ -714,7 +714,7 @@ fn ingest(
                 file: Some(args.file.display().to_string()),
                 error: error.to_string(),
             };
-            return print_outcomes(out, &[outcome], args.sync.json, None);
+            return print_outcomes(out, &[outcome], args.sync.json, None, palette);
         }
     };
     let request = api::Request::Ingest {
