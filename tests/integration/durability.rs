@@ -261,11 +261,11 @@ fn check_after_fault(ws: &Workspace, out: &Output, syscall: &str) {
     let said_success = out
         .stdout
         .contains("accounts  2026-01-02  accounts_20260102.csv  success");
+    // A failed fsync never ends in exit 0. (It may belong to another
+    // transaction of the run, reported on its own line, while the day-2
+    // batch commits after it: the checks below hold that claim to the store.)
     if syscall == "fsync" {
-        assert!(
-            out.code != 0 && !said_success,
-            "a failed fsync was reported as a success: {out}"
-        );
+        assert!(out.code != 0, "a failed fsync ended in exit 0: {out}");
     }
     if out.code == 0 {
         assert!(said_success, "{out}");
