@@ -35,6 +35,12 @@ pub enum ConfigError {
         integration: String,
         message: String,
     },
+    #[error("invalid config {path}: [[notify]] `{name}`: {message}")]
+    Notify {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
 }
 
 /// How many characters of a config value an error echoes.
@@ -79,6 +85,10 @@ pub struct Config {
     /// The configured feeds, by name: `[integrations.crm_accounts]`.
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationConfig>,
+    /// Who is told about which events: `[[notify]]` entries, by webhook or
+    /// email.
+    #[serde(default)]
+    pub notify: Vec<crate::notify::NotifierConfig>,
     /// The file this was read from; relative paths inside it are resolved
     /// against its directory.
     #[serde(skip)]
@@ -905,6 +915,30 @@ impl Config {
                     return Err(fail(format!("csv.{what} must be a single ASCII character")));
                 }
             }
+        }
+        let mut names = std::collections::HashSet::new();
+        for notifier in config.notify.iter_mut() {
+            for p in [
+                notifier.url_file.as_mut(),
+                notifier.password_file.as_mut(),
+                notifier.ca_file.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                resolve(p);
+            }
+        }
+        for notifier in &config.notify {
+            let fail = |message: String| ConfigError::Notify {
+                path: path.to_path_buf(),
+                name: notifier.name.clone(),
+                message,
+            };
+            if !names.insert(notifier.name.clone()) {
+                return Err(fail("another [[notify]] has this name".into()));
+            }
+            notifier.check(&config).map_err(fail)?;
         }
         Ok(config)
     }

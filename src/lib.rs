@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod freshness;
+pub mod notify;
 pub mod pipeline;
 pub mod schedule;
 pub mod schema;

@@ -23,6 +23,8 @@ pub struct Card {
     pub last_run: Option<RunRecord>,
     /// Fresh, due, overdue or failing, and how late.
     pub freshness: Freshness,
+    /// Alerts about it that no receiver has accepted yet.
+    pub undelivered_alerts: crate::store::Undelivered,
 }
 
 /// The cards of every integration; runs come from `store` when there is one.
@@ -45,6 +47,10 @@ pub fn cards(
             None => None,
         };
         let freshness = freshness_of(store, name, c, now)?;
+        let undelivered_alerts = match store {
+            Some(store) => store.undelivered(name)?,
+            None => Default::default(),
+        };
         out.push(Card {
             integration: name.clone(),
             dataset: integration.dataset.name.clone(),
@@ -55,6 +61,7 @@ pub fn cards(
             next_run,
             last_run,
             freshness,
+            undelivered_alerts,
         });
     }
     Ok(out)

@@ -165,9 +165,22 @@ pub enum Command {
     /// 127.0.0.1:8080) and the command line, without running schedules or
     /// watching folders, until SIGTERM.
     Web,
+    /// Alerts: `notify test [NAME]` sends a test event to every `[[notify]]`
+    /// receiver (or the one named).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Man pages and shell completions, for packaging.
     #[command(subcommand, hide = true)]
     Generate(GenerateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a test event now, and say how each receiver took it.
+    Test {
+        /// Only this receiver.
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +422,39 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             };
             Ok(Outcome::Check(state))
         }
+        Command::Notify(NotifyCommand::Test { name }) => {
+            let config = load_config(&cli.config)?;
+            let receivers: Vec<_> = config
+                .notify
+                .iter()
+                .filter(|n| name.as_ref().is_none_or(|want| &n.name == want))
+                .collect();
+            if receivers.is_empty() {
+                return Err(usage(match &name {
+                    Some(name) => {
+                        format!("no [[notify]] named `{name}` in {}", config.path.display())
+                    }
+                    None => format!("no [[notify]] receivers in {}", config.path.display()),
+                }));
+            }
+            let event = crate::notify::Event::new(
+                crate::notify::EventKind::Test,
+                "test",
+                None,
+                "a test alert from `dropsync notify test`".into(),
+            );
+            let mut outcome = Outcome::Success;
+            for receiver in receivers {
+                match receiver.send(&event) {
+                    Ok(()) => writeln!(out, "{}: sent", receiver.name)?,
+                    Err(e) => {
+                        writeln!(out, "{}: failed: {e}", receiver.name)?;
+                        outcome = Outcome::Failed;
+                    }
+                }
+            }
+            Ok(outcome)
+        }
         Command::Generate(GenerateCommand::Man { dir }) => {
             for page in generate::man_pages(&dir)? {
                 writeln!(out, "{}", page.display())?;
@@ -580,7 +626,8 @@ fn run(
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, None)? {
         return print_outcomes(out, &outcomes, args.sync.json, dates, palette);
     }
-    let store = Store::open(&config.store.path)?;
+    let mut store = Store::open(&config.store.path)?;
+    store.set_notifiers(&config.notify);
     let selection = Selection {
         integrations: args.integrations,
         dates,
@@ -594,7 +641,9 @@ fn run(
             print_error.get_or_insert(e);
         }
     })
-    .map_err(pipeline_error)?;
+    .map_err(pipeline_error);
+    deliver_alerts(&store, &config);
+    let outcomes = outcomes?;
     if let Some(e) = print_error {
         printed(Err(e))?;
     }
@@ -616,6 +665,17 @@ fn flushed(store: &Store, outcome: Outcome) -> Result<Outcome, CliError> {
         // leaves the store refusing writes) is not reported twice.
         Err(_) if outcome == Outcome::Failed => Ok(outcome),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends the alerts this command's runs recorded (committed already); a
+/// receiver that is down keeps them in the outbox for a later try.
+fn deliver_alerts(store: &Store, config: &Config) {
+    if config.notify.is_empty() {
+        return;
+    }
+    if let Err(e) = crate::notify::deliver_due(store, config) {
+        tracing::warn!("cannot deliver alerts: {e}");
     }
 }
 
@@ -732,10 +792,13 @@ fn ingest(
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, Some(&mut file))? {
         return print_outcomes(out, &outcomes, args.sync.json, None, palette);
     }
-    let store = Store::open(&config.store.path)?;
+    let mut store = Store::open(&config.store.path)?;
+    store.set_notifiers(&config.notify);
     let opts = args.sync.options(Trigger::Ingest);
-    let outcome = sync::ingest(&store, &config, &args.integration, &args.file, opts)
-        .map_err(pipeline_error)?;
+    let outcome =
+        sync::ingest(&store, &config, &args.integration, &args.file, opts).map_err(pipeline_error);
+    deliver_alerts(&store, &config);
+    let outcome = outcome?;
     printed(if args.sync.json {
         output::json(out, &output::outcomes_json(std::slice::from_ref(&outcome)))
     } else {

@@ -405,6 +405,17 @@ pub fn status(out: &mut dyn Write, cards: &[crate::status::Card]) -> io::Result<
             )?,
         }
         freshness(out, c)?;
+        if c.undelivered_alerts.count > 0 {
+            writeln!(
+                out,
+                "  alerts    {} undelivered{}",
+                c.undelivered_alerts.count,
+                match &c.undelivered_alerts.last_error {
+                    Some(e) => format!(" (last try: {e})"),
+                    None => String::new(),
+                }
+            )?;
+        }
         match &c.last_run {
             Some(r) => {
                 writeln!(

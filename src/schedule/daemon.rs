@@ -175,7 +175,8 @@ fn log_outcome(outcome: &FileOutcome) {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
-    let store = Store::open(&config.store.path)?;
+    let mut store = Store::open(&config.store.path)?;
+    store.set_notifiers(&config.notify);
     let web = crate::web::bind(&config, &store).map_err(DaemonError::Web)?;
     // Questions about the store (status, history, show) are answered on a
     // connection of their own, so they never wait behind a batch.
@@ -200,6 +201,11 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         store.record_fired(name, now.naive_utc())?;
         schedules.push((name.clone(), schedule));
     }
+    // A deadline that passed while the daemon was down is noticed now (by
+    // the daemon that watches deadlines, not by `dropsync web`).
+    for (name, integration) in config.integrations.iter().filter(|_| mode == Mode::Full) {
+        crate::notify::notice_missing(&store, name, integration, now, true)?;
+    }
 
     // The socket appears once the schedules' state is recorded: a command
     // that finds it talks to a daemon that is ready.
@@ -221,6 +227,8 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
                 break;
             }
             job(&store, &worker_config);
+            // Whatever the job recorded is sent right after its commit.
+            deliver(&store, &worker_config);
         }
         drop(store);
     });
@@ -289,6 +297,10 @@ async fn serve(
     let listener = UnixListener::from_std(listener).map_err(DaemonError::Runtime)?;
     for (name, schedule) in schedules {
         tokio::spawn(fire_on_schedule(name, schedule, worker.clone()));
+    }
+    // Runs asked for through the socket make alerts in either mode.
+    if !config.notify.is_empty() {
+        tokio::spawn(deliver_retries(worker.clone()));
     }
     let watched = config.integrations.iter().filter(|_| mode == Mode::Full);
     for (name, integration) in watched {
@@ -376,20 +388,33 @@ async fn watch_deadline(
             let Some(integration) = config.integrations.get(&name) else {
                 return;
             };
-            match crate::status::freshness_of(Some(store), &name, integration, Utc::now()) {
-                Ok(f) if f.state == crate::freshness::FreshnessState::Overdue => {
-                    tracing::warn!(
-                        integration = name,
-                        expect = f.expect.as_deref().unwrap_or_default(),
-                        deadline = %deadline,
-                        missed_deadlines = f.missed_deadlines,
-                        "file missing: no file arrived by the deadline"
-                    );
-                }
-                Ok(f) => tracing::debug!(integration = name, state = %f.state, "deadline passed"),
+            match crate::notify::notice_missing(store, &name, integration, Utc::now(), false) {
+                Ok(f) => tracing::debug!(integration = name, state = ?f.map(|f| f.state), "deadline passed"),
                 Err(e) => tracing::warn!(integration = name, "cannot judge freshness: {e}"),
             }
         }));
+    }
+}
+
+/// Sends the alerts that are due; a receiver that fails is retried later.
+fn deliver(store: &Store, config: &Config) {
+    if config.notify.is_empty() {
+        return;
+    }
+    if let Err(e) = crate::notify::deliver_due(store, config) {
+        tracing::warn!("cannot deliver alerts: {e}");
+    }
+}
+
+/// Wakes the worker every second, so alerts whose retry is due are sent
+/// (it delivers after every job) even when nothing else happens.
+async fn deliver_retries(worker: Worker) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if worker.jobs.send(Box::new(|_, _| {})).is_err() {
+            return;
+        }
     }
 }
 

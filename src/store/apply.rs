@@ -366,7 +366,8 @@ impl Store {
             let share = changes.deleted as f64 / changes.existing as f64;
             if share > req.max_delete_ratio {
                 let reason = format!(
-                    "refused: the file would delete {} of the {} rows held ({:.1}%, more than max_delete_ratio {:.1}%); a truncated export? Re-run with --force if the deletes are meant",
+                    "{} {} of the {} rows held ({:.1}%, more than max_delete_ratio {:.1}%); a truncated export? Re-run with --force if the deletes are meant",
+                    super::outbox::REFUSED,
                     changes.deleted,
                     changes.existing,
                     share * 100.0,
@@ -426,7 +427,8 @@ impl Store {
         }
         run.completed_at = Some(now());
         let step = step.next("record the run");
-        Store::finish_run_in(conn, run, errors).map_err(self.query_error("recording the run"))?;
+        self.finish_run_in(run, errors)
+            .map_err(self.query_error("recording the run"))?;
         step.next("");
         Ok(Outcome::Applied(changes))
     }

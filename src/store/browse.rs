@@ -64,6 +64,8 @@ impl Store {
             conn,
             path: self.path().to_path_buf(),
             read_only: self.read_only,
+            // A reader records no runs, so it makes no events.
+            notifiers: Vec::new(),
         })
     }
 

@@ -219,12 +219,12 @@ impl Store {
             .map_err(self.query_error("recording a run"))
     }
 
-    /// Writes a run's final state and its row errors.
-    pub(crate) fn finish_run_in(
-        conn: &duckdb::Connection,
-        run: &RunRecord,
-        errors: &[RowError],
-    ) -> duckdb::Result<()> {
+    /// Writes a run's final state, its row errors, and the events it makes
+    /// with their deliveries (see `outbox`), in the caller's transaction.
+    pub(crate) fn finish_run_in(&self, run: &RunRecord, errors: &[RowError]) -> duckdb::Result<()> {
+        let conn = self.conn();
+        let events = self.events_for_run(run)?;
+        self.enqueue_in(&events, None)?;
         conn.execute(
             "DELETE FROM dropsync_runs WHERE execution_id = ?",
             [&run.execution_id],
@@ -251,7 +251,7 @@ impl Store {
         let result = self
             .conn()
             .execute_batch("BEGIN TRANSACTION")
-            .and_then(|_| Store::finish_run_in(self.conn(), run, errors))
+            .and_then(|_| self.finish_run_in(run, errors))
             .and_then(|_| self.conn().execute_batch("COMMIT"));
         if let Err(e) = result {
             let _ = self.conn().execute_batch("ROLLBACK");

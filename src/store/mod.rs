@@ -6,6 +6,7 @@ mod apply;
 mod browse;
 mod fetched;
 mod history;
+mod outbox;
 mod unsubscribes;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use duckdb::Connection;
 pub use apply::{ApplyRequest, ChangeSet, Outcome, TargetTable};
 pub use browse::{RunFilter, RunPage};
 pub use history::{FailureKind, RunRecord, RunStatus};
+pub use outbox::{PendingDelivery, Undelivered};
 pub use unsubscribes::{FormulaCells, UnsubscribeColumns, UnsubscribeFilter};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,9 @@ pub struct Store {
     /// Opened read-only: no process holds the store for writing, so no run
     /// can be in progress.
     read_only: bool,
+    /// Who wants which events (`[[notify]]`): each event a run makes gets a
+    /// delivery per receiver that wants it, in the run's own transaction.
+    notifiers: Vec<crate::notify::NotifierConfig>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -113,6 +118,24 @@ const MIGRATIONS: &[&str] = &[
     // person), and which attempt at its file a run is.
     "ALTER TABLE dropsync_runs ADD COLUMN failure VARCHAR;
      ALTER TABLE dropsync_runs ADD COLUMN attempt BIGINT DEFAULT 1;",
+    // 5: events (alerts), and their deliveries to each receiver.
+    "CREATE TABLE dropsync_events (
+        event_id VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        integration VARCHAR NOT NULL,
+        execution_id VARCHAR,
+        summary VARCHAR NOT NULL,
+        dedup_key VARCHAR,
+        created_at TIMESTAMP NOT NULL
+     );
+     CREATE TABLE dropsync_outbox (
+        event_id VARCHAR NOT NULL,
+        notifier VARCHAR NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at TIMESTAMP NOT NULL,
+        delivered_at TIMESTAMP,
+        last_error VARCHAR
+     );",
 ];
 
 impl Store {
@@ -131,6 +154,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             read_only: false,
+            notifiers: Vec::new(),
         };
         store.migrate()?;
         store.mark_interrupted()?;
@@ -155,6 +179,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             read_only: true,
+            notifiers: Vec::new(),
         })
     }
 

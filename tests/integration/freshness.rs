@@ -122,52 +122,41 @@ fn a_bad_expect_is_a_config_error_and_check_says_unknown() {
 }
 
 /// A running daemon notices at the deadline that no file came (it says so in
-/// its log then, not when the next file arrives); `check` through it is a
-/// WARNING; the file dropped afterwards is synced and all is OK again.
+/// its log then, not when the next file arrives) and sends exactly one
+/// `file_missing` alert; `check` through it is a WARNING; the file dropped
+/// afterwards is synced, sends `recovered`, and all is OK again.
 #[test]
 fn the_daemon_notices_a_missing_file_at_its_deadline() {
+    let port = crate::servers::free_port();
+    let receiver = crate::alerts::Receiver::start(port, &[]);
     // Whole seconds, as `expect` writes them.
     let deadline =
         DateTime::from_timestamp((Utc::now() + chrono::Duration::seconds(6)).timestamp(), 0)
             .unwrap();
     let by = local_time(deadline, "UTC", true);
-    let ws = Workspace::new(&accounts_config(&format!(
-        "expect = \"daily by {by}\"\n\n[daemon]\nsettle_secs = 1"
-    )));
-    let log = ws.path("daemon.log");
-    let mut daemon = DaemonProcess(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(ws.config_path())
-            .arg("daemon")
-            .current_dir(&ws.root)
-            .env_remove("DROPSYNC_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for(Duration::from_secs(20), "the daemon's socket", || {
-        ws.path("dropsync.duckdb.sock").exists()
-    });
+    let ws = Workspace::new(&format!(
+        "{}{}",
+        accounts_config(&format!(
+            "expect = \"daily by {by}\"\n\n[daemon]\nsettle_secs = 1"
+        )),
+        crate::alerts::webhook(port, "\"file_missing\", \"recovered\"")
+    ));
+    let daemon = start_daemon(&ws, &[]);
     assert!(
         Utc::now() < deadline,
         "the daemon took too long to start for this test"
     );
-    assert!(!read_log().contains("file missing"), "{}", read_log());
+    assert!(!daemon.log().contains("file missing"), "{}", daemon.log());
+    assert!(receiver.hooks().is_empty());
 
     wait_for(
         Duration::from_secs(20),
         "the missing file to be noticed",
-        || read_log().contains("file missing"),
+        || daemon.log().contains("file missing"),
     );
     assert!(Utc::now() >= deadline);
-    let line = read_log()
-        .lines()
-        .find(|l| l.contains("file missing"))
-        .unwrap()
-        .to_string();
+    let log = daemon.log();
+    let line = log.lines().find(|l| l.contains("file missing")).unwrap();
     assert!(
         line.contains("integration=\"accounts\"") || line.contains("integration=accounts"),
         "{line}"
@@ -175,6 +164,16 @@ fn the_daemon_notices_a_missing_file_at_its_deadline() {
     ws.dropsync(&["check"])
         .code(1)
         .stdout_has(&["DROPSYNC WARNING - accounts overdue by"]);
+    wait_for(Duration::from_secs(20), "the missing-file alert", || {
+        !receiver.accepted().is_empty()
+    });
+    let hook = &receiver.accepted()[0];
+    assert_eq!(hook.kind(), "file_missing");
+    let text = hook.body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("dropsync: accounts: file missing: nothing arrived by"),
+        "{text}"
+    );
 
     ws.drop_file("accounts_20260101.csv", six_accounts());
     wait_for(
@@ -185,37 +184,88 @@ fn the_daemon_notices_a_missing_file_at_its_deadline() {
     ws.dropsync(&["status"])
         .code(0)
         .stdout_has(&["freshness fresh: expected daily by"]);
+    wait_for(Duration::from_secs(20), "the recovered alert", || {
+        receiver.accepted().len() == 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
     // Noticed once, at the deadline: not again when the file came.
+    let kinds: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .map(|h| h.kind().to_string())
+        .collect();
+    assert_eq!(kinds, ["file_missing", "recovered"]);
     assert_eq!(
-        read_log().matches("file missing").count(),
+        daemon.log().matches("file missing").count(),
         1,
         "{}",
-        read_log()
+        daemon.log()
     );
-    daemon.stop();
 }
 
-/// Stopped with SIGTERM when the test ends, however it ends.
-struct DaemonProcess(Child);
+/// `dropsync daemon` on a workspace, logging to `daemon.log` there; ready
+/// once its socket is.
+pub(crate) fn start_daemon(ws: &Workspace, env: &[(&str, &str)]) -> DaemonProcess {
+    let log = ws.path("daemon.log");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(ws.config_path())
+        .arg("daemon")
+        .current_dir(&ws.root)
+        .env_remove("DROPSYNC_LOG")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let socket = ws.path("dropsync.duckdb.sock");
+    let daemon = DaemonProcess { child, log };
+    wait_for(Duration::from_secs(20), "the daemon's socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    daemon
+}
+
+/// A running daemon, stopped with SIGTERM when the test ends, however it
+/// ends.
+pub(crate) struct DaemonProcess {
+    child: Child,
+    log: std::path::PathBuf,
+}
 
 impl DaemonProcess {
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub(crate) fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn stop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
-            .arg(self.0.id().to_string())
+            .arg(self.child.id().to_string())
             .status();
         let limit = Instant::now() + Duration::from_secs(30);
-        while self.0.try_wait().unwrap().is_none() && Instant::now() < limit {
+        while self.child.try_wait().unwrap().is_none() && Instant::now() < limit {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
+        if self.child.try_wait().ok().flatten().is_none() {
             self.stop();
         }
     }

@@ -1,0 +1,260 @@
+//! The outbox: events, and one delivery per receiver that wants each, kept
+//! in the store so that they commit (or not) with what caused them, and
+//! survive a crash or a receiver that is down until they are delivered.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use duckdb::params;
+
+use super::{RunRecord, RunStatus, Store, StoreError, now};
+use crate::notify::{Event, EventKind, NotifierConfig};
+
+/// The message a mass-delete refusal starts with (see `apply`).
+pub(crate) const REFUSED: &str = "refused: the file would delete";
+
+/// A delivery waiting for its turn.
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    pub event: Event,
+    pub notifier: String,
+    pub attempts: u32,
+}
+
+/// Deliveries not yet accepted by their receiver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Undelivered {
+    pub count: u64,
+    /// Why the latest attempt failed (never a secret: see `notify`).
+    pub last_error: Option<String>,
+}
+
+impl Store {
+    /// Routes events to these receivers from now on.
+    pub fn set_notifiers(&mut self, notifiers: &[NotifierConfig]) {
+        self.notifiers = notifiers.to_vec();
+    }
+
+    /// The events a finished run makes, judged before its record is
+    /// written (so "the run before" is another run).
+    pub(crate) fn events_for_run(&self, run: &RunRecord) -> duckdb::Result<Vec<Event>> {
+        let file = run.file_name.as_deref().unwrap_or("no file");
+        let id = Some(run.execution_id.as_str());
+        let message = run.message.as_deref().unwrap_or("");
+        let event = |kind, summary: String| {
+            Event::new(
+                kind,
+                &run.integration,
+                id,
+                format!("{summary} ({file}, run {})", run.execution_id),
+            )
+        };
+        let mut events = Vec::new();
+        match run.status {
+            RunStatus::Failed if message.starts_with(REFUSED) => events.push(event(
+                EventKind::MassDeleteRefused,
+                format!("mass delete refused: {message}"),
+            )),
+            RunStatus::Failed => events.push(event(
+                EventKind::RunFailed,
+                format!("run failed: {message}"),
+            )),
+            RunStatus::Partial | RunStatus::Success => {
+                if let Some(after) = self.recovers_from(run)? {
+                    events.push(event(
+                        EventKind::Recovered,
+                        format!("recovered after {after}"),
+                    ));
+                }
+                events.push(if run.status == RunStatus::Partial {
+                    event(
+                        EventKind::RunPartial,
+                        format!(
+                            "applied with {} rejected",
+                            crate::rows(run.error_rows as u64)
+                        ),
+                    )
+                } else {
+                    event(
+                        EventKind::RunSucceeded,
+                        format!(
+                            "applied: {} rows, +{} ~{} -{}",
+                            run.input_rows, run.inserted, run.updated, run.deleted
+                        ),
+                    )
+                });
+            }
+            RunStatus::Skipped | RunStatus::Interrupted | RunStatus::Running => {}
+        }
+        Ok(events)
+    }
+
+    /// What an applied `run` ends, if anything: a failed last run, or a
+    /// missing file noticed since the last applied one.
+    fn recovers_from(&self, run: &RunRecord) -> duckdb::Result<Option<&'static str>> {
+        let (last_status, last_applied): (Option<String>, Option<NaiveDateTime>) = self.conn().query_row(
+            "SELECT
+                (SELECT status FROM dropsync_runs WHERE integration = ?1 AND execution_id <> ?2
+                   AND status IN ('success', 'partial', 'failed', 'interrupted')
+                 ORDER BY started_at DESC, execution_id DESC LIMIT 1),
+                (SELECT max(started_at) FROM dropsync_runs WHERE integration = ?1 AND execution_id <> ?2
+                   AND status IN ('success', 'partial'))",
+            params![run.integration, run.execution_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if matches!(last_status.as_deref(), Some("failed" | "interrupted")) {
+            return Ok(Some("a failed run"));
+        }
+        let missing: i64 = self.conn().query_row(
+            "SELECT count(*) FROM dropsync_events WHERE integration = ? AND kind = 'file_missing'
+               AND (?::TIMESTAMP IS NULL OR created_at > ?)",
+            params![run.integration, last_applied, last_applied],
+            |r| r.get(0),
+        )?;
+        Ok((missing > 0).then_some("a missing file"))
+    }
+
+    /// Writes `events` and a delivery for each receiver that wants it, in
+    /// the caller's transaction.
+    pub(crate) fn enqueue_in(
+        &self,
+        events: &[Event],
+        dedup_key: Option<&str>,
+    ) -> duckdb::Result<()> {
+        for event in events {
+            self.conn().execute(
+                "INSERT INTO dropsync_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    event.id,
+                    event.kind.as_str(),
+                    event.integration,
+                    event.execution_id,
+                    event.summary,
+                    dedup_key,
+                    event.created_at.naive_utc()
+                ],
+            )?;
+            for notifier in self
+                .notifiers
+                .iter()
+                .filter(|n| n.wants(event.kind, &event.integration))
+            {
+                self.conn().execute(
+                    "INSERT INTO dropsync_outbox VALUES (?, ?, 0, ?, NULL, NULL)",
+                    params![event.id, notifier.name, event.created_at.naive_utc()],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `event` on its own (a missing file, a test), once per
+    /// `dedup_key`: returns false when an event with that key exists.
+    pub fn record_event(&self, event: &Event, dedup_key: Option<&str>) -> Result<bool, StoreError> {
+        let result = (|| {
+            self.conn().execute_batch("BEGIN TRANSACTION")?;
+            if let Some(key) = dedup_key {
+                let seen: i64 = self.conn().query_row(
+                    "SELECT count(*) FROM dropsync_events WHERE dedup_key = ?",
+                    [key],
+                    |r| r.get(0),
+                )?;
+                if seen > 0 {
+                    self.conn().execute_batch("ROLLBACK")?;
+                    return Ok(false);
+                }
+            }
+            self.enqueue_in(std::slice::from_ref(event), dedup_key)?;
+            self.conn().execute_batch("COMMIT")?;
+            Ok(true)
+        })();
+        result.map_err(|e| {
+            let _ = self.conn().execute_batch("ROLLBACK");
+            self.query_error("recording an event")(e)
+        })
+    }
+
+    /// Deliveries due at `now`, oldest event first.
+    pub fn due_deliveries(&self, now: DateTime<Utc>) -> Result<Vec<PendingDelivery>, StoreError> {
+        let context = "reading the outbox";
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT e.event_id, e.kind, e.integration, e.execution_id, e.summary, e.created_at,
+                        o.notifier, o.attempts
+                 FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
+                 WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ?
+                 ORDER BY e.created_at, e.event_id, o.notifier",
+            )
+            .map_err(self.query_error(context))?;
+        let rows = stmt
+            .query_map([now.naive_utc()], |r| {
+                let kind: String = r.get(1)?;
+                Ok(PendingDelivery {
+                    event: Event {
+                        id: r.get(0)?,
+                        kind: EventKind::parse(&kind).unwrap_or(EventKind::RunFailed),
+                        integration: r.get(2)?,
+                        execution_id: r.get(3)?,
+                        summary: r.get(4)?,
+                        created_at: r.get::<_, NaiveDateTime>(5)?.and_utc(),
+                    },
+                    notifier: r.get(6)?,
+                    attempts: r.get::<_, i64>(7)? as u32,
+                })
+            })
+            .map_err(self.query_error(context))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.query_error(context))
+    }
+
+    pub fn mark_delivered(&self, event_id: &str, notifier: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE dropsync_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL
+                 WHERE event_id = ? AND notifier = ?",
+                params![now(), event_id, notifier],
+            )
+            .map(drop)
+            .map_err(self.query_error("marking an alert delivered"))
+    }
+
+    pub fn mark_failed(
+        &self,
+        event_id: &str,
+        notifier: &str,
+        attempts: u32,
+        next: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE dropsync_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?
+                 WHERE event_id = ? AND notifier = ?",
+                params![attempts as i64, next.naive_utc(), error, event_id, notifier],
+            )
+            .map(drop)
+            .map_err(self.query_error("recording a failed delivery"))
+    }
+
+    /// `integration`'s deliveries not yet accepted.
+    pub fn undelivered(&self, integration: &str) -> Result<Undelivered, StoreError> {
+        // A store last written by a version without alerts, opened
+        // read-only, has no outbox yet.
+        if !self.table_exists("dropsync_outbox")? {
+            return Ok(Undelivered::default());
+        }
+        self.conn()
+            .query_row(
+                "SELECT count(*), arg_max(o.last_error, o.next_attempt_at)
+                 FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
+                 WHERE o.delivered_at IS NULL AND e.integration = ?",
+                [integration],
+                |r| {
+                    Ok(Undelivered {
+                        count: r.get::<_, i64>(0)? as u64,
+                        last_error: r.get(1)?,
+                    })
+                },
+            )
+            .map_err(self.query_error("reading the outbox"))
+    }
+}
