@@ -207,6 +207,19 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         crate::notify::notice_missing(&store, name, integration, now, true)?;
     }
 
+    // SIGTERM and SIGINT are taken over before the socket appears: a stop
+    // asked for as soon as the daemon is reachable still finishes cleanly
+    // (socket removed), instead of killing it with its socket left behind,
+    // which the next start's callers would take for a daemon that is gone.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let stop_signals = {
+        let _entered = runtime.enter();
+        StopSignals::register().map_err(DaemonError::Runtime)?
+    };
+
     // The socket appears once the schedules' state is recorded: a command
     // that finds it talks to a daemon that is ready.
     let socket = config.socket_path();
@@ -246,14 +259,14 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
             console.with_queue(move |job| jobs.send(job).is_ok()),
         )
     });
+    // What arrived in a caught-up integration's folder while the daemon was
+    // down is the catch-up's to take (all, or the latest only), not the
+    // start-up look at watched folders.
+    let caught_up: HashSet<String> = catch_up.iter().map(|(name, _)| name.clone()).collect();
     for (name, latest_only) in catch_up {
         worker.sync(&name, Trigger::Schedule, latest_only);
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(DaemonError::Runtime)?;
     let api = Api {
         worker: worker.clone(),
         reader,
@@ -263,7 +276,12 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         if let Some((listener, console)) = web {
             tokio::spawn(crate::web::serve(listener, console));
         }
-        serve(config.clone(), api, listener, schedules, mode).await
+        let started = Started {
+            schedules,
+            caught_up,
+            stop_signals,
+        };
+        serve(config.clone(), api, listener, started, mode).await
     });
     tracing::info!("stopping: finishing the batch in flight");
     stopping.store(true, Ordering::SeqCst);
@@ -286,13 +304,43 @@ fn listen(socket: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     Ok(listener)
 }
 
+/// What `serve` starts from: the schedules to fire, the integrations whose
+/// missed runs are already queued, and the stop signals, taken over early.
+struct Started {
+    schedules: Vec<(String, Schedule)>,
+    caught_up: HashSet<String>,
+    stop_signals: StopSignals,
+}
+
+/// SIGTERM and SIGINT, registered with the runtime (which replaces their
+/// default action of ending the process at once).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 async fn serve(
     config: Config,
     api: Api,
     listener: std::os::unix::net::UnixListener,
-    schedules: Vec<(String, Schedule)>,
+    started: Started,
     mode: Mode,
 ) -> Result<(), DaemonError> {
+    let Started {
+        schedules,
+        caught_up,
+        mut stop_signals,
+    } = started;
     let worker = api.worker.clone();
     let listener = UnixListener::from_std(listener).map_err(DaemonError::Runtime)?;
     for (name, schedule) in schedules {
@@ -314,7 +362,7 @@ async fn serve(
         }
     }
     let _watcher = match mode {
-        Mode::Full => watch_folders(&config, worker.clone())?,
+        Mode::Full => watch_folders(&config, worker.clone(), &caught_up)?,
         Mode::ServeOnly => None,
     };
     tracing::info!(
@@ -323,12 +371,10 @@ async fn serve(
         "daemon started"
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(DaemonError::Runtime)?;
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = stop_signals.term.recv() => break,
+            _ = stop_signals.interrupt.recv() => break,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     api.accept(stream);
@@ -425,6 +471,7 @@ async fn deliver_retries(worker: Worker) {
 fn watch_folders(
     config: &Config,
     worker: Worker,
+    caught_up: &HashSet<String>,
 ) -> Result<Option<notify::RecommendedWatcher>, DaemonError> {
     use notify::{EventKind, RecursiveMode, Watcher};
 
@@ -468,6 +515,7 @@ fn watch_folders(
         dirs.entry(dir).or_default().push(name.clone());
     }
     let settle = worker.settle.max(Duration::from_millis(200));
+    let caught_up = caught_up.clone();
     tokio::spawn(async move {
         // Integration -> when its folder will have been quiet long enough.
         // At start, every folder is looked at once: files may have arrived,
@@ -476,6 +524,7 @@ fn watch_folders(
         let mut due: HashMap<String, tokio::time::Instant> = dirs
             .values()
             .flatten()
+            .filter(|integration| !caught_up.contains(*integration))
             .map(|integration| (integration.clone(), start))
             .collect();
         let mut tick = tokio::time::interval(Duration::from_millis(100));

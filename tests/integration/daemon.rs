@@ -447,3 +447,35 @@ fn logs_can_be_json_lines() {
     }
     assert!(out.stderr.contains(r#""stage":"validate""#), "{out}");
 }
+
+/// A stop asked for the moment the daemon's socket appears (systemd
+/// stopping a unit it has just started) must still be a clean stop: exit 0
+/// and the socket removed. A socket left behind made the next start's
+/// commands take the new daemon for a dead one and fail on the store's lock.
+#[test]
+fn a_daemon_stopped_as_soon_as_its_socket_appears_stops_cleanly() {
+    let ws = Workspace::new(&format!("{WATCHED}schedule = \"daily 02:00\"\n"));
+    let socket = ws.path("dropsync.duckdb.sock");
+    for attempt in 0..10 {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(ws.config_path())
+            .arg("daemon")
+            .current_dir(&ws.root)
+            .env_remove("DROPSYNC_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "waited for the daemon's socket");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = wait_exit(&mut child, Duration::from_secs(30));
+        assert!(status.success(), "attempt {attempt}: {status:?}");
+        assert!(!socket.exists(), "attempt {attempt}: the socket was left behind");
+    }
+}
