@@ -476,6 +476,9 @@ fn a_daemon_stopped_as_soon_as_its_socket_appears_stops_cleanly() {
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let status = wait_exit(&mut child, Duration::from_secs(30));
         assert!(status.success(), "attempt {attempt}: {status:?}");
-        assert!(!socket.exists(), "attempt {attempt}: the socket was left behind");
+        assert!(
+            !socket.exists(),
+            "attempt {attempt}: the socket was left behind"
+        );
     }
 }
