@@ -191,16 +191,40 @@ impl Store {
     /// (DuckDB's CHECKPOINT). DuckDB checkpoints on its own when the store
     /// is closed, but a failure there (a failed fsync) is swallowed: this
     /// is where dropsync sees it.
+    ///
+    /// A checkpoint cannot run while another connection of this process (a
+    /// console or API reader, the outbox) has a transaction open. That is no
+    /// durability failure: DuckDB syncs its write-ahead log at every commit
+    /// and fails the commit when that sync fails, so what was committed is
+    /// on disk in the log. The checkpoint is tried again for a moment, then
+    /// left to the next flush.
     pub fn flush(&self) -> Result<(), StoreError> {
         if self.read_only {
             return Ok(());
         }
-        self.conn
-            .execute_batch("CHECKPOINT")
-            .map_err(|source| StoreError::Flush {
-                path: self.path.clone(),
-                source: Box::new(source),
-            })
+        const ATTEMPTS: u32 = 40;
+        for attempt in 1..=ATTEMPTS {
+            match self.conn.execute_batch("CHECKPOINT") {
+                Ok(()) => return Ok(()),
+                Err(e) if held_off_by_other_transactions(&e) => {
+                    if attempt == ATTEMPTS {
+                        tracing::warn!(
+                            store = %self.path.display(),
+                            "checkpoint put off: other transactions stay open; the committed changes are in the write-ahead log"
+                        );
+                        return Ok(());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(source) => {
+                    return Err(StoreError::Flush {
+                        path: self.path.clone(),
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn query_error(
@@ -399,4 +423,11 @@ pub(crate) fn key_text(columns: &[String], alias: Option<&str>) -> String {
 /// Now, in UTC, as the store keeps times.
 pub(crate) fn now() -> NaiveDateTime {
     chrono::Utc::now().naive_utc()
+}
+
+/// DuckDB refuses a CHECKPOINT while other transactions are open; it says so
+/// only in its message (a transaction-context error, not an I/O one).
+fn held_off_by_other_transactions(error: &duckdb::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Cannot CHECKPOINT") && text.contains("transactions")
 }
