@@ -124,13 +124,17 @@ fn installed_binary_and_unit_run_as_a_system_user_without_the_builders_home() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&state).unwrap().uid(), uid);
 
-    // The builder's home is out of the user's reach; the binary as built
-    // (its library in that home) cannot start there: the reported failure.
+    // The builder's home is out of the user's reach; the binary as built,
+    // copied where the user can run it (as the report did, to a bin
+    // directory), cannot start: its library is in that home.
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let home_mode = std::fs::metadata(&home).unwrap().permissions().mode();
     let env = [("HOME", home.as_str())];
     if home_mode & 0o005 == 0 {
-        let out = as_user(&user.0, &env, Path::new(BIN), &["--version"])
+        let copied = root.join("copied-dropsync");
+        std::fs::copy(BIN, &copied).unwrap();
+        std::fs::set_permissions(&copied, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = as_user(&user.0, &env, &copied, &["--version"])
             .output()
             .unwrap();
         assert!(

@@ -564,12 +564,18 @@ fn an_uploaded_file_is_ingested_and_its_run_polled_by_execution_id() {
     assert_eq!(run["run"]["business_date"], "2026-01-01");
     assert_eq!(run["run"]["input_rows"], 6);
     assert_eq!(run["run"]["file_name"], "accounts_20260101.csv");
-    // The upload's own copy is gone; the staged copy stays for replays.
-    assert!(
+    // The upload's own copy goes once the worker is done with it (just
+    // after the run is recorded); the staged copy stays for replays.
+    let uploads_empty = || {
         std::fs::read_dir(ws.path("staging/.uploads"))
             .map(|d| d.count() == 0)
             .unwrap_or(true)
-    );
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !uploads_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(uploads_empty(), "the upload's own copy was left behind");
 
     // Bad uploads get a clear JSON answer, and nothing is queued.
     web.post("/api/integrations/accounts/files?name=a.csv", &[], b"")
