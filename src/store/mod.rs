@@ -18,7 +18,7 @@ pub use apply::{ApplyRequest, ChangeSet, Outcome, TargetTable};
 pub use browse::{RunFilter, RunPage};
 pub use history::{FailureKind, RunRecord, RunStatus};
 pub use outbox::{PendingDelivery, Undelivered};
-pub use unsubscribes::{FormulaCells, UnsubscribeColumns, UnsubscribeFilter};
+pub use unsubscribes::{FormulaCells, UnsubscribeColumns, UnsubscribeFilter, spreadsheet_safe};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -22,12 +22,21 @@ pub enum FormulaCells {
 
 impl FormulaCells {
     fn cell(self, value: String) -> String {
-        let risky = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
-        if self == FormulaCells::Neutralise && risky {
-            format!("'{value}")
-        } else {
-            value
+        match self {
+            FormulaCells::Neutralise => spreadsheet_safe(&value).into_owned(),
+            FormulaCells::Keep => value,
         }
+    }
+}
+
+/// A cell a spreadsheet would run as a formula gets a leading `'`, so
+/// opening the file runs nothing. Every CSV dropsync writes from partners'
+/// values (this export, the console's rejected rows) goes through here.
+pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
     }
 }
 

@@ -16,7 +16,7 @@ use chrono::NaiveDate;
 use super::{ApiError, Console, Pending};
 use crate::config::Config;
 use crate::schema::RowError;
-use crate::store::{RunFilter, RunRecord, RunStatus, Store};
+use crate::store::{RunFilter, RunRecord, RunStatus, Store, spreadsheet_safe};
 
 pub(super) fn routes() -> Router<Console> {
     Router::new()
@@ -372,17 +372,6 @@ fn csv_chunk(rows: &[RowError], with_header: bool) -> Bytes {
         ]);
     }
     Bytes::from(out.into_inner().unwrap_or_default())
-}
-
-/// A cell a spreadsheet would run as a formula (`=HYPERLINK(...)` in a
-/// rejected row's text) gets a leading `'`, so opening the download runs
-/// nothing.
-pub(super) fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
-    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{cell}").into()
-    } else {
-        cell.into()
-    }
 }
 
 /// The run with execution id `id`, or a 404 that says so.
