@@ -14,6 +14,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod schedule;
 pub mod schema;
+pub mod secret;
 pub mod source;
 pub mod status;
 pub mod store;

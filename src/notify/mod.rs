@@ -293,16 +293,19 @@ impl NotifierConfig {
     }
 }
 
-/// A secret from an environment variable or a file's first line.
+/// A secret from an environment variable or a file's first line (trimmed).
 fn secret(env: Option<&str>, file: Option<&PathBuf>, what: &str) -> Result<Option<String>, String> {
-    match (env, file) {
-        (Some(var), _) => std::env::var(var)
-            .map(Some)
-            .map_err(|_| format!("{what}: environment variable {var} is not set")),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map(|text| Some(text.lines().next().unwrap_or_default().trim().to_string()))
-            .map_err(|e| format!("{what}: cannot read {}: {e}", path.display())),
-        (None, None) => Ok(None),
+    use crate::secret::SecretError;
+    let from_file = env.is_none();
+    match crate::secret::read(env, file.map(PathBuf::as_path)) {
+        Ok(value) if from_file => Ok(value.map(|v| v.trim().to_string())),
+        Ok(value) => Ok(value),
+        Err(SecretError::Unset { var }) => {
+            Err(format!("{what}: environment variable {var} is not set"))
+        }
+        Err(SecretError::Unreadable { path, source }) => {
+            Err(format!("{what}: cannot read {}: {source}", path.display()))
+        }
     }
 }
 

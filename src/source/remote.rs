@@ -11,6 +11,7 @@ use chrono::NaiveDateTime;
 
 use super::{Candidate, FilePattern, SourceError, StagedFile, folder::is_temporary_name};
 use crate::config::RemoteOptions;
+use crate::secret::SecretError;
 
 /// One file in a remote listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,27 +274,17 @@ pub fn secret(
     file: Option<&Path>,
     what: &str,
 ) -> Result<Option<String>, SourceError> {
-    let refuse = |message: String| SourceError::Remote {
-        message,
+    crate::secret::read(env, file).map_err(|e| SourceError::Remote {
+        message: match e {
+            SecretError::Unset { var } => format!(
+                "the {what} is to come from the environment variable {var}, which is not set"
+            ),
+            SecretError::Unreadable { path, source } => {
+                format!("cannot read the {what} file {}: {source}", path.display())
+            }
+        },
         transient: false,
-    };
-    if let Some(name) = env {
-        return std::env::var(name).map(Some).map_err(|_| {
-            refuse(format!(
-                "the {what} is to come from the environment variable {name}, which is not set"
-            ))
-        });
-    }
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            refuse(format!(
-                "cannot read the {what} file {}: {e}",
-                path.display()
-            ))
-        })?;
-        return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
-    }
-    Ok(None)
+    })
 }
 
 /// Downloads `reader` into staging. The bytes go to a temporary name and

@@ -93,15 +93,22 @@ impl WebConfig {
     /// Reads the configured token. The error names the variable or file,
     /// never the value.
     pub fn token(&self) -> Result<Option<AccessToken>, String> {
-        let text = if let Some(var) = &self.token_env {
-            std::env::var(var).map_err(|_| {
-                format!("[web] token_env: the environment variable {var} is not set")
-            })?
-        } else if let Some(file) = &self.token_file {
-            std::fs::read_to_string(file)
-                .map_err(|e| format!("[web] token_file: cannot read {}: {e}", file.display()))?
-        } else {
-            return Ok(None);
+        use crate::secret::SecretError;
+        let text = match crate::secret::read(self.token_env.as_deref(), self.token_file.as_deref())
+        {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(None),
+            Err(SecretError::Unset { var }) => {
+                return Err(format!(
+                    "[web] token_env: the environment variable {var} is not set"
+                ));
+            }
+            Err(SecretError::Unreadable { path, source }) => {
+                return Err(format!(
+                    "[web] token_file: cannot read {}: {source}",
+                    path.display()
+                ));
+            }
         };
         let token = text.lines().next().unwrap_or_default().trim().to_string();
         if token.is_empty() {
