@@ -9,3 +9,5 @@ DUCKDB_VERSION="1.5.6-r.1" # DuckDB 1.5.6, matching the duckdb crate =1.10506.1
 DUCKDB_TARBALL_SHA256="1b9f82478539bb9a1d1df44bd103121a12ae52142c07158dc52b97d2ec1d69ff"
 export DUCKDB_LIB_DIR="$DROPSYNC_CACHE/libduckdb/$DUCKDB_VERSION"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DROPSYNC_CACHE/target}"
+# scripts/package builds the Debian package with this cargo-deb.
+CARGO_DEB_VERSION="3.8.0"

@@ -17,6 +17,7 @@ mod durability;
 mod error_policy;
 mod freshness;
 mod local_security;
+mod packaging;
 mod partner_formats;
 mod pipeline;
 mod references;

@@ -12,7 +12,7 @@ use crate::common::{BIN, six_accounts};
 
 /// A system user made by `scripts/install --system-user`, removed again when
 /// the test ends, however it ends.
-struct SystemUser(String);
+pub struct SystemUser(pub String);
 
 impl Drop for SystemUser {
     fn drop(&mut self) {
@@ -22,7 +22,7 @@ impl Drop for SystemUser {
 
 /// Runs `program args` as `user`, with only the environment `env` (and
 /// PATH), the way a service or another login would.
-fn as_user(user: &str, env: &[(&str, &str)], program: &Path, args: &[&str]) -> Command {
+pub fn as_user(user: &str, env: &[(&str, &str)], program: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid", user, "--regid", user, "--clear-groups", "--"])
         .arg("env")
@@ -35,7 +35,7 @@ fn as_user(user: &str, env: &[(&str, &str)], program: &Path, args: &[&str]) -> C
     cmd
 }
 
-fn text(out: &Output) -> String {
+pub fn text(out: &Output) -> String {
     format!(
         "{}\n--- stdout\n{}--- stderr\n{}",
         out.status,
