@@ -674,7 +674,7 @@ fn deliver_alerts(store: &Store, config: &Config) {
     if config.notify.is_empty() {
         return;
     }
-    if let Err(e) = crate::notify::deliver_due(store, config) {
+    if let Err(e) = crate::notify::deliver_due(store, config, crate::notify::Recipients::All) {
         tracing::warn!("cannot deliver alerts: {e}");
     }
 }

@@ -316,11 +316,31 @@ pub struct Delivered {
     pub failed: usize,
 }
 
-/// Delivers every due delivery in the outbox, marking each sent one done
-/// and each failed one for a later retry.
-pub fn deliver_due(store: &Store, config: &Config) -> Result<Delivered, StoreError> {
+/// Whose deliveries a round sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Recipients<'a> {
+    /// Every receiver's, and those to receivers no longer in the config
+    /// are marked so (`run` and `ingest`, as they finish).
+    All,
+    /// One receiver's: the daemon sends to each on a thread of its own, so
+    /// a receiver that is slow or hangs holds up only its own alerts.
+    Only(&'a NotifierConfig),
+}
+
+/// Delivers the due deliveries in the outbox: each is claimed (committed)
+/// before it is sent, then marked done, or failed with its next try. No
+/// transaction is open while a receiver is waited for.
+pub fn deliver_due(
+    store: &Store,
+    config: &Config,
+    recipients: Recipients,
+) -> Result<Delivered, StoreError> {
     let mut done = Delivered::default();
-    for pending in store.due_deliveries(Utc::now())? {
+    let only = match recipients {
+        Recipients::All => None,
+        Recipients::Only(notifier) => Some(notifier.name.as_str()),
+    };
+    for pending in store.due_deliveries(Utc::now(), only)? {
         let Some(notifier) = config.notify.iter().find(|n| n.name == pending.notifier) else {
             // The receiver was removed from the config: say so in `status`,
             // and look again in an hour (it may come back).
@@ -335,9 +355,12 @@ pub fn deliver_due(store: &Store, config: &Config) -> Result<Delivered, StoreErr
             )?;
             continue;
         };
+        if !store.claim(&pending.event.id, &pending.notifier)? {
+            continue;
+        }
         match notifier.send(&pending.event) {
             Ok(()) => {
-                store.mark_delivered(&pending.event.id, &pending.notifier)?;
+                mark_after_sending(|| store.mark_delivered(&pending.event.id, &pending.notifier))?;
                 tracing::info!(
                     notifier = pending.notifier,
                     event = pending.event.kind.as_str(),
@@ -351,7 +374,9 @@ pub fn deliver_due(store: &Store, config: &Config) -> Result<Delivered, StoreErr
                 let attempts = pending.attempts + 1;
                 let wait = notifier.backoff(pending.attempts);
                 let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                store.mark_failed(&pending.event.id, &pending.notifier, attempts, next, &error)?;
+                mark_after_sending(|| {
+                    store.mark_failed(&pending.event.id, &pending.notifier, attempts, next, &error)
+                })?;
                 tracing::warn!(
                     notifier = pending.notifier,
                     event = pending.event.kind.as_str(),
@@ -365,6 +390,24 @@ pub fn deliver_due(store: &Store, config: &Config) -> Result<Delivered, StoreErr
         }
     }
     Ok(done)
+}
+
+/// Records how a claimed delivery went, trying a few times: the store's
+/// other connections may be busy for a moment, and a delivery left claimed
+/// waits for the next start of the process to be sent again.
+fn mark_after_sending(mark: impl Fn() -> Result<(), StoreError>) -> Result<(), StoreError> {
+    let mut tries = 0;
+    loop {
+        match mark() {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 20 => {
+                tries += 1;
+                tracing::debug!("marking an alert: {e}; trying again");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// At or after a deadline: if `name` is overdue, records one `file_missing`

@@ -21,6 +21,7 @@ use tokio::net::UnixListener;
 use super::Schedule;
 use super::api::{Request, Response};
 use crate::config::{CatchUp, Config, SourceConfig};
+use crate::notify::NotifierConfig;
 use crate::pipeline::{RunOptions, Trigger};
 use crate::store::{Store, StoreError};
 use crate::sync::{self, FileOutcome, ReceivedFile, Selection};
@@ -230,10 +231,25 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         source,
     })?;
 
+    // Alerts are sent by threads of their own, one per receiver, each on
+    // its own connection: a receiver that is slow or hangs delays neither
+    // the next run nor the other receivers' alerts.
+    let outbox = Arc::new(Outbox::default());
+    let mut senders = Vec::new();
+    for notifier in &config.notify {
+        let connection = store.sender()?;
+        let (config, outbox) = (config.clone(), outbox.clone());
+        let notifier = notifier.clone();
+        senders.push(std::thread::spawn(move || {
+            outbox.send_until_stopped(&connection, &config, &notifier)
+        }));
+    }
+
     let stopping = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::channel::<Job>();
     let worker_config = config.clone();
     let worker_stopping = stopping.clone();
+    let worker_outbox = outbox.clone();
     let worker_thread = std::thread::spawn(move || {
         for job in queue {
             if worker_stopping.load(Ordering::SeqCst) {
@@ -241,7 +257,7 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
             }
             job(&store, &worker_config);
             // Whatever the job recorded is sent right after its commit.
-            deliver(&store, &worker_config);
+            worker_outbox.committed();
         }
         drop(store);
     });
@@ -288,6 +304,11 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     drop(worker);
     drop(runtime);
     let _ = worker_thread.join();
+    // What the last batch recorded is sent before the senders stop.
+    outbox.stop();
+    for sender in senders {
+        let _ = sender.join();
+    }
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     result
@@ -345,10 +366,6 @@ async fn serve(
     let listener = UnixListener::from_std(listener).map_err(DaemonError::Runtime)?;
     for (name, schedule) in schedules {
         tokio::spawn(fire_on_schedule(name, schedule, worker.clone()));
-    }
-    // Runs asked for through the socket make alerts in either mode.
-    if !config.notify.is_empty() {
-        tokio::spawn(deliver_retries(worker.clone()));
     }
     let watched = config.integrations.iter().filter(|_| mode == Mode::Full);
     for (name, integration) in watched {
@@ -442,24 +459,59 @@ async fn watch_deadline(
     }
 }
 
-/// Sends the alerts that are due; a receiver that fails is retried later.
-fn deliver(store: &Store, config: &Config) {
-    if config.notify.is_empty() {
-        return;
-    }
-    if let Err(e) = crate::notify::deliver_due(store, config) {
-        tracing::warn!("cannot deliver alerts: {e}");
-    }
+/// What the worker tells the alert senders: something was committed (an
+/// event may wait in the outbox), or the daemon is stopping.
+#[derive(Default)]
+struct Outbox {
+    state: Mutex<OutboxState>,
+    changed: std::sync::Condvar,
 }
 
-/// Wakes the worker every second, so alerts whose retry is due are sent
-/// (it delivers after every job) even when nothing else happens.
-async fn deliver_retries(worker: Worker) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if worker.jobs.send(Box::new(|_, _| {})).is_err() {
-            return;
+#[derive(Default)]
+struct OutboxState {
+    commits: u64,
+    stopping: bool,
+}
+
+impl Outbox {
+    fn committed(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).commits += 1;
+        self.changed.notify_all();
+    }
+
+    fn stop(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stopping = true;
+        self.changed.notify_all();
+    }
+
+    /// Sends `notifier`'s due alerts after each commit, and every second for
+    /// the retries that come due, until the daemon stops; then one last
+    /// round, for what the last batch recorded.
+    fn send_until_stopped(&self, store: &Store, config: &Config, notifier: &NotifierConfig) {
+        let mut seen = 0;
+        let mut last_round = false;
+        loop {
+            let recipients = crate::notify::Recipients::Only(notifier);
+            if let Err(e) = crate::notify::deliver_due(store, config, recipients) {
+                tracing::warn!(notifier = notifier.name, "cannot deliver alerts: {e}");
+            }
+            if last_round {
+                return;
+            }
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let (state, _) = self
+                .changed
+                .wait_timeout_while(state, Duration::from_secs(1), |s| {
+                    s.commits == seen && !s.stopping
+                })
+                .unwrap_or_else(|e| e.into_inner());
+            seen = state.commits;
+            // Stopping is told after the worker's last commit: the round
+            // that follows sees everything it recorded.
+            last_round = state.stopping;
         }
     }
 }

@@ -136,6 +136,9 @@ const MIGRATIONS: &[&str] = &[
         delivered_at TIMESTAMP,
         last_error VARCHAR
      );",
+    // 6: a delivery being sent: claimed by the sender before it sends, so
+    // no other sender takes it meanwhile; cleared when marked.
+    "ALTER TABLE dropsync_outbox ADD COLUMN claimed_at TIMESTAMP;",
 ];
 
 impl Store {
@@ -158,6 +161,7 @@ impl Store {
         };
         store.migrate()?;
         store.mark_interrupted()?;
+        store.release_claims()?;
         Ok(store)
     }
 

@@ -28,6 +28,13 @@ pub struct Undelivered {
 }
 
 impl Store {
+    /// A connection of its own for sending alerts (see `reader`): a
+    /// receiver being waited for never holds up the connection that runs
+    /// batches, and the sender sees only what was committed.
+    pub fn sender(&self) -> Result<Store, StoreError> {
+        self.reader()
+    }
+
     /// Routes events to these receivers from now on.
     pub fn set_notifiers(&mut self, notifiers: &[NotifierConfig]) {
         self.notifiers = notifiers.to_vec();
@@ -121,7 +128,9 @@ impl Store {
     ) -> duckdb::Result<()> {
         for event in events {
             self.conn().execute(
-                "INSERT INTO dropsync_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO dropsync_events
+                   (event_id, kind, integration, execution_id, summary, dedup_key, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
                 params![
                     event.id,
                     event.kind.as_str(),
@@ -138,7 +147,8 @@ impl Store {
                 .filter(|n| n.wants(event.kind, &event.integration))
             {
                 self.conn().execute(
-                    "INSERT INTO dropsync_outbox VALUES (?, ?, 0, ?, NULL, NULL)",
+                    "INSERT INTO dropsync_outbox (event_id, notifier, attempts, next_attempt_at)
+                     VALUES (?, ?, 0, ?)",
                     params![event.id, notifier.name, event.created_at.naive_utc()],
                 )?;
             }
@@ -172,8 +182,13 @@ impl Store {
         })
     }
 
-    /// Deliveries due at `now`, oldest event first.
-    pub fn due_deliveries(&self, now: DateTime<Utc>) -> Result<Vec<PendingDelivery>, StoreError> {
+    /// Deliveries due at `now` and not being sent, oldest event first: all
+    /// of them, or only those to the receiver `notifier`.
+    pub fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        notifier: Option<&str>,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
         let context = "reading the outbox";
         let mut stmt = self
             .conn()
@@ -181,12 +196,13 @@ impl Store {
                 "SELECT e.event_id, e.kind, e.integration, e.execution_id, e.summary, e.created_at,
                         o.notifier, o.attempts
                  FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
-                 WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ?
+                 WHERE o.delivered_at IS NULL AND o.claimed_at IS NULL AND o.next_attempt_at <= ?1
+                   AND (?2::VARCHAR IS NULL OR o.notifier = ?2)
                  ORDER BY e.created_at, e.event_id, o.notifier",
             )
             .map_err(self.query_error(context))?;
         let rows = stmt
-            .query_map([now.naive_utc()], |r| {
+            .query_map(params![now.naive_utc(), notifier], |r| {
                 let kind: String = r.get(1)?;
                 Ok(PendingDelivery {
                     event: Event {
@@ -206,10 +222,45 @@ impl Store {
             .map_err(self.query_error(context))
     }
 
+    /// Takes a due delivery for sending: false if another sender has it,
+    /// or it was delivered meanwhile. The claim is committed before anything
+    /// is sent, and cleared when the delivery is marked.
+    pub fn claim(&self, event_id: &str, notifier: &str) -> Result<bool, StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE dropsync_outbox SET claimed_at = ?
+                 WHERE event_id = ? AND notifier = ? AND delivered_at IS NULL AND claimed_at IS NULL",
+                params![now(), event_id, notifier],
+            )
+            .map(|claimed| claimed == 1)
+            .map_err(self.query_error("claiming an alert for sending"))
+    }
+
+    /// Claims left by a process that stopped while sending: this one holds
+    /// the store now, so nobody is sending them. They go again, with the
+    /// same event id (the receiver's idempotency key).
+    pub(super) fn release_claims(&self) -> Result<(), StoreError> {
+        let released = self
+            .conn()
+            .execute(
+                "UPDATE dropsync_outbox SET claimed_at = NULL WHERE claimed_at IS NOT NULL",
+                [],
+            )
+            .map_err(self.query_error("releasing the claims of a stopped process"))?;
+        if released > 0 {
+            tracing::warn!(
+                alerts = released,
+                "alerts a stopped process was sending are sent again (same event id)"
+            );
+        }
+        Ok(())
+    }
+
     pub fn mark_delivered(&self, event_id: &str, notifier: &str) -> Result<(), StoreError> {
         self.conn()
             .execute(
-                "UPDATE dropsync_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL
+                "UPDATE dropsync_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL,
+                        claimed_at = NULL
                  WHERE event_id = ? AND notifier = ?",
                 params![now(), event_id, notifier],
             )
@@ -227,7 +278,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.conn()
             .execute(
-                "UPDATE dropsync_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?
+                "UPDATE dropsync_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,
+                        claimed_at = NULL
                  WHERE event_id = ? AND notifier = ?",
                 params![attempts as i64, next.naive_utc(), error, event_id, notifier],
             )

@@ -29,4 +29,5 @@ mod results;
 mod servers;
 mod service;
 mod subscribers;
+mod unattended;
 mod web_api;
