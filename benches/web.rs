@@ -4,7 +4,8 @@
 //! JSON run list, a deep page of rejected rows and the whole CSV download.
 //!
 //! `scripts/bench web` runs it. WEB_RUNS, WEB_INTEGRATIONS, WEB_ERRORS and
-//! BENCH_RUNS change the sizes and the number of timed requests.
+//! BENCH_RUNS change the sizes and the number of timed requests; WEB_BIN
+//! serves the console with another build of dropsync, to compare.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -15,6 +16,19 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The median time of `times` calls of `each`.
+fn median(times: usize, mut each: impl FnMut()) -> Duration {
+    let mut all: Vec<Duration> = (0..times.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            each();
+            t.elapsed()
+        })
+        .collect();
+    all.sort();
+    all[all.len() / 2]
 }
 
 fn main() {
@@ -70,7 +84,60 @@ fn main() {
         started.elapsed()
     );
 
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_dropsync"));
+    // Baselines, in-process on the same store before the console opens it:
+    // the cards' history read one integration at a time (as the overview
+    // did) next to the batched read it does now, and DuckDB's own COPY of
+    // the 1M rejected rows to CSV next to the console's streamed download.
+    {
+        let store = dropsync::store::Store::open_read_only(&store_path).expect("the store");
+        let since = chrono::NaiveDate::from_ymd_opt(2026, 11, 17)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        let names: Vec<String> = (0..integrations).map(|i| format!("feed_{i:03}")).collect();
+        let one_at_a_time = median(timed.min(3), || {
+            for name in &names {
+                store.runs(Some(name), 1).unwrap();
+                store.arrivals(name, since).unwrap();
+                store.undelivered(name).unwrap();
+            }
+        });
+        let wanted: Vec<_> = names.iter().map(|n| (n.clone(), since)).collect();
+        let batched = median(timed, || {
+            store.glances(&wanted).unwrap();
+        });
+        println!(
+            "{:<40} median {one_at_a_time:>8.1?}  (before: one integration at a time)",
+            "cards' history, per integration"
+        );
+        println!(
+            "{:<40} median {batched:>8.1?}  (now: all integrations at once)",
+            "cards' history, batched"
+        );
+        drop(store);
+        let conn = duckdb::Connection::open(&store_path).unwrap();
+        let out = root.join("copy.csv");
+        let copy = median(timed.min(3), || {
+            conn.execute_batch(&format!(
+                "COPY (SELECT line, record_key, field, message, raw FROM dropsync_row_errors
+                   WHERE execution_id = 'run-00000000' ORDER BY position) TO '{}' (HEADER)",
+                out.display()
+            ))
+            .unwrap();
+        });
+        let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::remove_file(&out);
+        println!(
+            "{:<40} median {copy:>8.1?}  ({size} bytes; baseline for the CSV download)",
+            "duckdb COPY of 1M rejected rows"
+        );
+    }
+
+    // WEB_BIN serves the console with another build (an older one, to
+    // compare against).
+    let bin = std::env::var_os("WEB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dropsync")));
     let mut child = Command::new(&bin)
         .arg("--config")
         .arg(root.join("dropsync.toml"))
@@ -91,13 +158,22 @@ fn main() {
         .into();
     let base = format!("http://127.0.0.1:{port}");
     let targets = [
+        (
+            "stylesheet (round-trip floor)",
+            "/assets/style.css".to_string(),
+        ),
         ("overview", "/".to_string()),
+        ("api integrations", "/api/integrations".to_string()),
         ("integration history", "/integrations/feed_007".to_string()),
         (
             "integration history, page 10, partial",
             "/integrations/feed_007?status=partial&offset=450".to_string(),
         ),
         ("api runs", "/api/runs?limit=100&offset=50000".to_string()),
+        (
+            "run, rejected rows first page",
+            "/runs/run-00000000".to_string(),
+        ),
         (
             "run, rejected rows deep page",
             "/runs/run-00000000?errors_offset=900000".to_string(),
@@ -108,33 +184,26 @@ fn main() {
         ),
     ];
     for (what, path) in &targets {
-        let mut times = Vec::new();
         let mut bytes = 0;
-        for _ in 0..timed {
-            let t = Instant::now();
+        let time = median(timed, || {
             let mut reply = agent.get(format!("{base}{path}")).call().unwrap();
             assert_eq!(reply.status().as_u16(), 200, "{path}");
             bytes = reply.body_mut().read_to_vec().unwrap().len();
-            times.push(t.elapsed());
-        }
-        times.sort();
-        println!(
-            "{what:<40} median {:>8.1?}  max {:>8.1?}  ({bytes} bytes)",
-            times[times.len() / 2],
-            times[times.len() - 1]
-        );
+        });
+        println!("{what:<40} median {time:>8.1?}  ({bytes} bytes)");
     }
-    let t = Instant::now();
-    let mut reply = agent
-        .get(format!("{base}/api/runs/run-00000000/errors.csv"))
-        .call()
-        .unwrap();
-    let mut reader = reply.body_mut().with_config().limit(u64::MAX).reader();
-    let size = std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+    let mut size = 0;
+    let csv = median(timed.min(3), || {
+        let mut reply = agent
+            .get(format!("{base}/api/runs/run-00000000/errors.csv"))
+            .call()
+            .unwrap();
+        let mut reader = reply.body_mut().with_config().limit(u64::MAX).reader();
+        size = std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+    });
     println!(
-        "{:<40} {:>8.1?}  ({size} bytes)",
-        "csv of 1M rejected rows",
-        t.elapsed()
+        "{:<40} median {csv:>8.1?}  ({size} bytes)",
+        "errors.csv of 1M rejected rows"
     );
     let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
         .unwrap_or_default()

@@ -85,6 +85,17 @@ impl Integration {
         schemas: Option<&std::path::Path>,
     ) -> Result<Integration, PipelineError> {
         let dataset = Dataset::load(&config.dataset, schemas)?;
+        Integration::with_dataset(name, config, dataset)
+    }
+
+    /// The integration over `dataset`, already loaded (loading compiles
+    /// its patterns: the overview loads each dataset once for all the
+    /// integrations of it).
+    pub fn with_dataset(
+        name: &str,
+        config: &IntegrationConfig,
+        dataset: Dataset,
+    ) -> Result<Integration, PipelineError> {
         let mode = config.mode.unwrap_or_else(|| dataset.default_mode());
         let fail = |message: String| PipelineError::Integration {
             integration: name.to_string(),

@@ -1,6 +1,8 @@
 //! `dropsync status`: each integration as a card: where its files come
 //! from, its schedule and next run, and how its last run went.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +10,7 @@ use crate::config::Config;
 use crate::freshness::{self, Freshness};
 use crate::pipeline::{Integration, PipelineError};
 use crate::schedule::Schedule;
+use crate::schema::Dataset;
 use crate::store::{RunRecord, Store};
 
 /// One integration, at a glance.
@@ -28,40 +31,72 @@ pub struct Card {
 }
 
 /// The cards of every integration; runs come from `store` when there is one.
+///
+/// The history is read once for all integrations (`Store::glances`), so
+/// the overview of 200 integrations costs a few queries, not a few each.
 pub fn cards(
     store: Option<&Store>,
     config: &Config,
     now: DateTime<Utc>,
 ) -> Result<Vec<Card>, PipelineError> {
-    let mut out = Vec::new();
-    for name in config.integrations.keys() {
-        let integration = Integration::resolve(config, name)?;
-        let c = &integration.config;
-        let next_run = c
-            .schedule
-            .as_deref()
-            .and_then(|s| Schedule::parse(s, c.timezone.as_deref()).ok())
-            .and_then(|s| s.next_after(now));
-        let last_run = match store {
-            Some(store) => store.runs(Some(name), 1)?.into_iter().next(),
+    let mut resolved = Vec::with_capacity(config.integrations.len());
+    // Loading a dataset and parsing a schedule cost more than reading the
+    // history does: each is done once, however many integrations share it.
+    let mut datasets: HashMap<&str, Dataset> = HashMap::new();
+    let mut schedules: HashMap<(&str, Option<&str>), Option<DateTime<Utc>>> = HashMap::new();
+    for (name, c) in &config.integrations {
+        let dataset = match datasets.get(c.dataset.as_str()) {
+            Some(dataset) => dataset.clone(),
+            None => {
+                let dataset = Dataset::load(&c.dataset, config.store.schemas.as_deref())?;
+                datasets.insert(&c.dataset, dataset.clone());
+                dataset
+            }
+        };
+        let integration = Integration::with_dataset(name, c, dataset)?;
+        let next_run = match c.schedule.as_deref() {
+            Some(schedule) => *schedules
+                .entry((schedule, c.timezone.as_deref()))
+                .or_insert_with(|| {
+                    Schedule::parse(schedule, c.timezone.as_deref())
+                        .ok()
+                        .and_then(|s| s.next_after(now))
+                }),
             None => None,
         };
-        let freshness = freshness_of(store, name, c, now)?;
-        let undelivered_alerts = match store {
-            Some(store) => store.undelivered(name)?,
-            None => Default::default(),
-        };
+        let c = &integration.config;
+        let since = c
+            .expect
+            .as_ref()
+            .map_or(now, |e| e.judged_since(now, c.zone()));
+        resolved.push((name.clone(), since.naive_utc(), next_run, integration));
+    }
+    let mut glances = match store {
+        Some(store) => {
+            let wanted: Vec<_> = resolved
+                .iter()
+                .map(|(name, since, _, _)| (name.clone(), *since))
+                .collect();
+            store.glances(&wanted)?
+        }
+        None => Default::default(),
+    };
+    let mut out = Vec::with_capacity(resolved.len());
+    for (name, _, next_run, integration) in resolved {
+        let c = &integration.config;
+        let glance = glances.remove(&name).unwrap_or_default();
+        let freshness = freshness::assess(c.expect.as_ref(), c.zone(), &glance.arrivals, now);
         out.push(Card {
-            integration: name.clone(),
             dataset: integration.dataset.name.clone(),
             mode: integration.mode.as_str().to_string(),
             source: c.source.describe(),
             schedule: c.schedule.clone(),
             timezone: c.timezone.clone(),
             next_run,
-            last_run,
+            last_run: glance.last_run,
             freshness,
-            undelivered_alerts,
+            undelivered_alerts: glance.undelivered,
+            integration: name,
         });
     }
     Ok(out)

@@ -148,11 +148,22 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(self.query_error(context))?;
+        // A run's rows are numbered 0, 1, 2... in file order as they are
+        // recorded, so without a search a page is a range of positions:
+        // DuckDB skips the row groups outside it instead of sorting the
+        // run's million rows to throw away all but a page.
+        let page = match search {
+            None => format!(
+                "AND position >= {offset} AND position < {end} ORDER BY position",
+                end = offset.saturating_add(limit)
+            ),
+            Some(_) => format!("ORDER BY position LIMIT {limit} OFFSET {offset}"),
+        };
         let mut stmt = self
             .conn()
             .prepare(&format!(
                 "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
-                 WHERE {condition} ORDER BY position LIMIT {limit} OFFSET {offset}"
+                 WHERE {condition} {page}"
             ))
             .map_err(self.query_error(context))?;
         let errors = stmt

@@ -32,7 +32,7 @@ impl RunStatus {
         }
     }
 
-    fn parse(s: &str) -> RunStatus {
+    pub(super) fn parse(s: &str) -> RunStatus {
         match s {
             "running" => RunStatus::Running,
             "success" => RunStatus::Success,
@@ -162,6 +162,9 @@ pub(super) const COLUMNS: &str = "execution_id, integration, dataset, mode, trig
     staged_path, content_hash, file_size, business_date, forced, input_rows, success_rows, error_rows,
     skipped_rows, inserted, updated, deleted, unchanged, subscribed, unsubscribed, started_at, completed_at,
     failure, attempt";
+
+/// How many columns `COLUMNS` names.
+pub(super) const COLUMN_COUNT: usize = 28;
 
 pub(super) fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
     Ok(RunRecord {
@@ -539,7 +542,7 @@ impl Store {
 }
 
 fn insert_run(conn: &duckdb::Connection, run: &RunRecord) -> duckdb::Result<usize> {
-    let placeholders = vec!["?"; 28].join(", ");
+    let placeholders = vec!["?"; COLUMN_COUNT].join(", ");
     conn.execute(
         &format!("INSERT INTO dropsync_runs ({COLUMNS}) VALUES ({placeholders})"),
         params![

@@ -7,6 +7,7 @@ mod browse;
 mod fetched;
 mod history;
 mod outbox;
+mod overview;
 mod unsubscribes;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ pub use apply::{ApplyRequest, ChangeSet, Outcome, TargetTable};
 pub use browse::{RunFilter, RunPage};
 pub use history::{FailureKind, RunRecord, RunStatus};
 pub use outbox::{PendingDelivery, Undelivered};
+pub use overview::HistoryGlance;
 pub use unsubscribes::{FormulaCells, UnsubscribeColumns, UnsubscribeFilter, spreadsheet_safe};
 
 #[derive(Debug, thiserror::Error)]
