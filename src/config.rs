@@ -663,6 +663,8 @@ bounded_settings! {
     TimeoutSecs = "timeout_secs", 1..=3_600 "seconds";
     /// `csv.max_field_bytes`: a byte to 1 GiB.
     MaxFieldBytes = "max_field_bytes", 1..=1_073_741_824 "bytes";
+    /// `[web] max_upload_bytes`: a byte to 1 TiB.
+    MaxUploadBytes = "max_upload_bytes", 1..=1_099_511_627_776 "bytes";
 }
 
 fn bounded<'de, B: Bounds, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -738,7 +740,7 @@ macro_rules! bounded_type {
 
         impl<B: Bounds> $name<B> {
             /// A default (`defaults_are_within_their_bounds` checks it).
-            const fn known(v: u64) -> Self {
+            pub(crate) const fn known(v: u64) -> Self {
                 $name(v, PhantomData)
             }
             /// The number as written in the config.
@@ -831,6 +833,9 @@ impl Config {
         }
         if let Some(web) = config.web.as_mut() {
             if let Some(file) = web.token_file.as_mut() {
+                resolve(file);
+            }
+            if let Some(file) = web.read_token_file.as_mut() {
                 resolve(file);
             }
             web.check().map_err(|message| ConfigError::Parse {
@@ -1104,6 +1109,7 @@ mod tests {
         check::<AnswerTimeoutSecs>(d.answer_timeout_secs.get());
         check::<KeepStagedDays>(StoreConfig::default().keep_staged_days.get());
         check::<MaxFieldBytes>(CsvDialect::default().max_field_bytes.get());
+        check::<MaxUploadBytes>(crate::web::WebConfig::default().max_upload_bytes.get());
         check::<MinAgeSecs>(default_min_age().get());
         check::<RemoteSettleSecs>(default_remote_settle().get());
         check::<Retries>(default_retries().get());

@@ -30,6 +30,9 @@ pub(super) fn routes() -> Router<Console> {
 
 /// Most runs or rejected rows one page holds.
 pub(super) const MAX_PAGE: usize = 1000;
+/// The deepest a page may start: far past any history, and small enough
+/// for every SQL engine's OFFSET.
+const MAX_OFFSET: usize = 1_000_000_000_000;
 /// Rejected rows a CSV download reads from the store at a time.
 const CSV_CHUNK: usize = 5000;
 
@@ -374,14 +377,36 @@ fn csv_chunk(rows: &[RowError], with_header: bool) -> Bytes {
     Bytes::from(out.into_inner().unwrap_or_default())
 }
 
-/// The run with execution id `id`, or a 404 that says so.
+/// The run with execution id `id`, or a 404 that says so; an id that
+/// cannot be one (execution ids are letters, digits, `-` and `_`) is a 400.
 pub(super) fn find_run(store: &Store, id: &str) -> Result<RunRecord, ApiError> {
+    run_id(id)?;
     store.find_run(id)?.ok_or_else(|| {
         ApiError::not_found(
             "run_not_found",
             format!("no run has the execution id `{id}`"),
         )
     })
+}
+
+/// `id` if it can be an execution id.
+pub(super) fn run_id(id: &str) -> Result<&str, ApiError> {
+    let plain = !id.is_empty()
+        && id.len() <= 100
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if plain {
+        Ok(id)
+    } else {
+        let shown: String = id.chars().take(100).collect();
+        Err(ApiError::bad_request(
+            "invalid_run_id",
+            format!(
+                "`{shown}` is not an execution id (letters, digits, `-` and `_`, as `dropsync history` lists them)"
+            ),
+        ))
+    }
 }
 
 /// The filter the query parameters `integration`, `status`, `from` and `to`
@@ -455,7 +480,14 @@ pub(super) fn paging(
             format!("{limit_name} must be between 1 and {MAX_PAGE}"),
         ));
     }
-    Ok((limit, number(offset_name)?.unwrap_or(0)))
+    let offset = number(offset_name)?.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(
+            "invalid_paging",
+            format!("{offset_name} must be at most {MAX_OFFSET}"),
+        ));
+    }
+    Ok((limit, offset))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! batch being applied and never shows half of one.
 
 mod api;
+mod auth;
 mod config;
 mod pages;
 
@@ -14,12 +15,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-pub use config::{AccessToken, WebConfig};
+pub use config::{AccessToken, AccessTokens, Role, WebConfig};
 
 use crate::config::Config;
 use crate::store::{Store, StoreError};
@@ -31,7 +32,13 @@ pub struct Console {
     /// The connection read connections are cloned from; held only while
     /// cloning.
     reads: Arc<Mutex<Store>>,
-    token: Option<AccessToken>,
+    /// The tokens requests must show; none configured, none asked for.
+    tokens: AccessTokens,
+    /// Browsers signed in with a token.
+    sessions: auth::SharedSessions,
+    /// Whether the session cookie is marked `Secure` (`[web] public_url`
+    /// is https).
+    secure_cookies: bool,
     /// Hands work to the one thread that writes the store.
     queue: Option<Arc<dyn Fn(Job) -> bool + Send + Sync>>,
     /// Uploads accepted and not yet recorded as runs, by execution id.
@@ -55,22 +62,17 @@ enum Pending {
     },
 }
 
-/// The name of the cookie a signed-in browser carries.
-const SESSION_COOKIE: &str = "dropsync_session";
-
 impl Console {
     /// A console over `reads`, a read connection to the daemon's store.
-    pub fn new(config: Config, reads: Store, token: Option<AccessToken>) -> Console {
+    pub fn new(config: Config, reads: Store, tokens: AccessTokens) -> Console {
+        let web = config.web.clone().unwrap_or_default();
         Console {
-            max_upload_bytes: config
-                .web
-                .as_ref()
-                .map_or(WebConfig::default().max_upload_bytes, |w| {
-                    w.max_upload_bytes
-                }),
+            max_upload_bytes: web.max_upload_bytes.get(),
+            secure_cookies: web.served_over_https(),
             config: Arc::new(config),
             reads: Arc::new(Mutex::new(reads)),
-            token,
+            tokens,
+            sessions: Arc::default(),
             queue: None,
             pending: Arc::default(),
         }
@@ -119,13 +121,62 @@ pub fn router(console: Console) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(pages::routes())
+        .merge(auth::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             console.clone(),
-            require_token,
+            auth::authorize,
         ))
         .layer(axum::middleware::from_fn(same_site_only))
+        .layer(axum::middleware::from_fn(uniform_errors))
         .with_state(console)
+}
+
+/// What axum answers on its own (a path or query it cannot read, a method
+/// a route does not take) comes as plain text; it becomes the console's
+/// own: JSON with a stable code under `/api/`, an HTML page elsewhere.
+async fn uniform_errors(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let typed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/html"));
+    if typed {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let said = String::from_utf8_lossy(&body).trim().to_string();
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this address does not take that method".to_string(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", "the request is too large".to_string()),
+        s if s.is_client_error() && !said.is_empty() => ("bad_request", said),
+        s if s.is_client_error() => ("bad_request", "the request cannot be read".to_string()),
+        _ => (
+            "internal",
+            "the console could not answer this request; its log says why".to_string(),
+        ),
+    };
+    let error = ApiError {
+        status,
+        code,
+        message,
+    };
+    if api {
+        error.into_response()
+    } else {
+        pages::PageError::from(error).into_response()
+    }
 }
 
 /// With `[web]` configured: the console over a read connection to `store`,
@@ -138,7 +189,7 @@ pub fn bind(
     let Some(web) = &config.web else {
         return Ok(None);
     };
-    let token = web.token()?;
+    let tokens = web.tokens()?;
     let listener = std::net::TcpListener::bind(web.listen)
         .map_err(|e| format!("[web] cannot listen on {}: {e}", web.listen))?;
     listener
@@ -147,10 +198,13 @@ pub fn bind(
     let reads = store.reader().map_err(|e| e.to_string())?;
     tracing::info!(
         address = %listener.local_addr().unwrap_or(web.listen),
-        token = token.is_some(),
+        token = tokens.required(),
         "web console listening"
     );
-    Ok(Some((listener, Console::new(config.clone(), reads, token))))
+    Ok(Some((
+        listener,
+        Console::new(config.clone(), reads, tokens),
+    )))
 }
 
 /// Serves the console on `listener` until the task is dropped.
@@ -162,7 +216,9 @@ pub async fn serve(listener: std::net::TcpListener, console: Console) {
             return;
         }
     };
-    if let Err(e) = axum::serve(listener, router(console)).await {
+    // The peer's address lets failed sign-ins be counted per address.
+    let service = router(console).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, service).await {
         tracing::error!("the web console stopped: {e}");
     }
 }
@@ -173,32 +229,6 @@ async fn not_found(request: Request) -> Response {
         ApiError::not_found("not_found", format!("no such endpoint: {path}")).into_response()
     } else {
         pages::not_found(path)
-    }
-}
-
-/// With a token configured, every request but the sign-in page and the
-/// stylesheet must carry it: the API as `Authorization: Bearer TOKEN`, a
-/// browser as the session cookie the sign-in form sets.
-async fn require_token(State(console): State<Console>, request: Request, next: Next) -> Response {
-    let Some(token) = &console.token else {
-        return next.run(request).await;
-    };
-    let path = request.uri().path();
-    if path == "/login" || path.starts_with("/assets/") {
-        return next.run(request).await;
-    }
-    if carries_token(request.headers(), token) {
-        return next.run(request).await;
-    }
-    if path.starts_with("/api/") {
-        ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            message: "this console needs a token: send `Authorization: Bearer TOKEN`".into(),
-        }
-        .into_response()
-    } else {
-        pages::to_login(request.uri())
     }
 }
 
@@ -237,24 +267,6 @@ async fn same_site_only(request: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(request).await
-}
-
-fn carries_token(headers: &HeaderMap, token: &AccessToken) -> bool {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer.is_some_and(|offered| token.matches(offered.trim())) {
-        return true;
-    }
-    let session = token.session_value();
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .any(|(name, value)| name == SESSION_COOKIE && value == session)
 }
 
 /// An answer that is not what was asked for: JSON with a stable code for

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
@@ -83,14 +83,14 @@ pub(super) fn not_found(path: &str) -> Response {
     .into_response()
 }
 
-pub(super) fn to_login(uri: &Uri) -> Response {
-    let _ = uri;
-    Redirect::to("/login").into_response()
-}
-
 /// The frame every page shares. `live` pages refresh themselves while the
 /// browser shows them.
-fn page(title: &str, live: bool, content: Markup) -> Markup {
+pub(super) fn page(title: &str, live: bool, content: Markup) -> Markup {
+    let viewer = super::auth::viewer();
+    // A read-only viewer's buttons that would change something are hidden
+    // (the stylesheet hides every POST form but signing out); the server
+    // refuses such requests anyway.
+    let read_only = viewer.signed_in && !viewer.may_operate();
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -101,11 +101,17 @@ fn page(title: &str, live: bool, content: Markup) -> Markup {
                 link rel="stylesheet" href="/assets/style.css";
                 script src="/assets/live.js" defer {}
             }
-            body {
+            body class=[read_only.then_some("read-only")] {
                 a.skip href="#main" { "Skip to content" }
                 header.top {
                     a.brand href="/" { "dropsync" }
                     nav aria-label="Main" { a href="/" { "Integrations" } }
+                    @if viewer.signed_in {
+                        span.role { @if read_only { "read-only" } }
+                        form.signout method="post" action="/logout" {
+                            button type="submit" { "Sign out" }
+                        }
+                    }
                 }
                 main #main data-live=[live.then_some("5")] { (content) }
             }
@@ -182,8 +188,10 @@ fn card_view(card: &Card) -> Markup {
                 }
                 None => { p.last { "Never ran." } }
             }
-            form.actions method="post" action={ "/integrations/" (card.integration) "/sync" } {
-                button type="submit" { "Sync now" }
+            @if super::auth::viewer().may_operate() {
+                form.actions method="post" action={ "/integrations/" (card.integration) "/sync" } {
+                    button type="submit" { "Sync now" }
+                }
             }
         }
     }
@@ -348,7 +356,7 @@ fn pager(
 }
 
 /// Percent-encodes a query value.
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -31,3 +31,4 @@ mod service;
 mod subscribers;
 mod unattended;
 mod web_api;
+mod web_auth;
