@@ -626,8 +626,7 @@ fn run(
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, None)? {
         return print_outcomes(out, &outcomes, args.sync.json, dates, palette);
     }
-    let mut store = Store::open(&config.store.path)?;
-    store.set_notifiers(&config.notify);
+    let store = Store::open_notifying(&config.store.path, &config.notify)?;
     let selection = Selection {
         integrations: args.integrations,
         dates,
@@ -792,8 +791,7 @@ fn ingest(
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, Some(&mut file))? {
         return print_outcomes(out, &outcomes, args.sync.json, None, palette);
     }
-    let mut store = Store::open(&config.store.path)?;
-    store.set_notifiers(&config.notify);
+    let store = Store::open_notifying(&config.store.path, &config.notify)?;
     let opts = args.sync.options(Trigger::Ingest);
     let outcome =
         sync::ingest(&store, &config, &args.integration, &args.file, opts).map_err(pipeline_error);

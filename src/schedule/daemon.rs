@@ -176,8 +176,7 @@ fn log_outcome(outcome: &FileOutcome) {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
-    let mut store = Store::open(&config.store.path)?;
-    store.set_notifiers(&config.notify);
+    let store = Store::open_notifying(&config.store.path, &config.notify)?;
     let web = crate::web::bind(&config, &store).map_err(DaemonError::Web)?;
     // Questions about the store (status, history, show) are answered on a
     // connection of their own, so they never wait behind a batch.

@@ -147,6 +147,15 @@ impl Store {
     /// Opens (creating if needed) the store at `path`, brings its tables up
     /// to date, and marks runs a crash left `running` as `interrupted`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_notifying(path, &[])
+    }
+
+    /// `open`, routing events to `notifiers` from the start: a run a crash
+    /// interrupted is a failed run to them, told as the store is opened.
+    pub fn open_notifying(
+        path: &Path,
+        notifiers: &[crate::notify::NotifierConfig],
+    ) -> Result<Store, StoreError> {
         keep_new_files_private();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::source::create_private_dir(dir).map_err(|e| StoreError::Other {
@@ -159,7 +168,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             read_only: false,
-            notifiers: Vec::new(),
+            notifiers: notifiers.to_vec(),
         };
         store.migrate()?;
         store.mark_interrupted()?;
@@ -270,17 +279,49 @@ impl Store {
         Ok(())
     }
 
+    /// Marks the runs a stopped process left `running` as `interrupted`,
+    /// with a `run_failed` event for each, in one transaction.
     fn mark_interrupted(&self) -> Result<(), StoreError> {
-        let n = self
-            .conn
-            .execute(
+        let context = "marking interrupted runs";
+        let result = (|| {
+            self.conn.execute_batch("BEGIN TRANSACTION")?;
+            let left: Vec<(String, String, Option<String>)> = self
+                .conn
+                .prepare(
+                    "SELECT execution_id, integration, file_name FROM dropsync_runs
+                     WHERE status = 'running' ORDER BY started_at",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            self.conn.execute(
                 &format!(
                     "UPDATE dropsync_runs SET status = 'interrupted', completed_at = ?, message = '{INTERRUPTED}'
                      WHERE status = 'running'"
                 ),
                 duckdb::params![now()],
-            )
-            .map_err(self.query_error("marking interrupted runs"))?;
+            )?;
+            let events: Vec<crate::notify::Event> = left
+                .iter()
+                .map(|(id, integration, file)| {
+                    crate::notify::Event::new(
+                        crate::notify::EventKind::RunFailed,
+                        integration,
+                        Some(id),
+                        format!(
+                            "run interrupted: {INTERRUPTED} ({}, run {id})",
+                            file.as_deref().unwrap_or("no file")
+                        ),
+                    )
+                })
+                .collect();
+            self.enqueue_in(&events, None)?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(left.len())
+        })();
+        let n = result.map_err(|e| {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.query_error(context)(e)
+        })?;
         if n > 0 {
             tracing::warn!(
                 runs = n,

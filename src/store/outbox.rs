@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use duckdb::params;
 
 use super::{RunRecord, RunStatus, Store, StoreError, now};
-use crate::notify::{Event, EventKind, NotifierConfig};
+use crate::notify::{Event, EventKind};
 
 /// The message a mass-delete refusal starts with (see `apply`).
 pub(crate) const REFUSED: &str = "refused: the file would delete";
@@ -33,11 +33,6 @@ impl Store {
     /// batches, and the sender sees only what was committed.
     pub fn sender(&self) -> Result<Store, StoreError> {
         self.reader()
-    }
-
-    /// Routes events to these receivers from now on.
-    pub fn set_notifiers(&mut self, notifiers: &[NotifierConfig]) {
-        self.notifiers = notifiers.to_vec();
     }
 
     /// The events a finished run makes, judged before its record is

@@ -210,3 +210,170 @@ type = \"webhook\"
     let log = daemon.log();
     assert!(log.contains("sent again"), "{log}");
 }
+
+/// Each `[[notify]]` gets only what it asked for: one receiver follows one
+/// integration's partial runs and refused mass deletes (its URL, with the
+/// chat's token in it, from a file); another gets every integration's
+/// events but `run_succeeded` (its URL from the environment). Neither URL's
+/// secret is ever printed.
+#[test]
+fn receivers_get_only_the_integrations_and_events_they_asked_for() {
+    let (one_port, all_port) = (free_port(), free_port());
+    let one = crate::alerts::Receiver::start(one_port, &[]);
+    let all = crate::alerts::Receiver::start(all_port, &[]);
+    let ws = Workspace::new(&format!(
+        "{}\n[integrations.other]\ndataset = \"accounts\"\ntable = \"other_accounts\"\n\
+         source = {{ type = \"folder\", path = \"other\" }}\n\
+         pattern = \"accounts_{{date:%Y%m%d}}.csv\"\n\
+         \n[[notify]]\nname = \"accounts-ops\"\ntype = \"webhook\"\nurl_file = \"hook.url\"\n\
+         integrations = [\"accounts\"]\nevents = [\"run_partial\", \"mass_delete_refused\"]\n\
+         \n[[notify]]\nname = \"everything\"\ntype = \"webhook\"\nurl_env = \"ALL_HOOK_URL\"\n",
+        accounts_config(
+            "max_delete_ratio = 0.5\non_error = { policy = \"skip\", max_ratio = 0.5 }"
+        ),
+    ));
+    ws.write(
+        "hook.url",
+        format!("http://127.0.0.1:{one_port}/one?token=file-s3cret\n"),
+    );
+    let all_url = format!("http://127.0.0.1:{all_port}/all?token=env-s3cret");
+    let env = [("ALL_HOOK_URL", all_url.as_str())];
+    let mut printed = String::new();
+    let mut run = |args: &[&str], code: i32| {
+        let out = ws.dropsync_env(args, &env);
+        out.code(code);
+        printed.push_str(&out.stdout);
+        printed.push_str(&out.stderr);
+    };
+
+    // A good first file: `run_succeeded`, which nobody asked for.
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    run(&["run", "accounts"], 0);
+    // Another integration's failure: for `everything` only.
+    ws.write("other/accounts_20260101.csv", "");
+    run(&["run", "other"], 1);
+    // One row rejected, the rest applied: both.
+    ws.drop_file(
+        "accounts_20260102.csv",
+        six_accounts().replace("pro,30,", "pro,thirty,"),
+    );
+    run(&["run", "accounts"], 3);
+    // Five of six accounts gone: refused, told to both.
+    let one_left: String = six_accounts()
+        .lines()
+        .take(2)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    ws.drop_file("accounts_20260103.csv", one_left);
+    run(&["run", "accounts"], 1);
+    run(&["status"], 0);
+    run(&["notify", "test"], 0);
+
+    let kinds = |r: &crate::alerts::Receiver| -> Vec<(String, String)> {
+        r.accepted()
+            .iter()
+            .filter(|h| h.kind() != "test")
+            .map(|h| {
+                (
+                    h.body["event"]["integration"].as_str().unwrap().to_string(),
+                    h.kind().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+        p.iter()
+            .map(|(i, k)| (i.to_string(), k.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        kinds(&one),
+        pairs(&[
+            ("accounts", "run_partial"),
+            ("accounts", "mass_delete_refused")
+        ])
+    );
+    assert_eq!(
+        kinds(&all),
+        pairs(&[
+            ("other", "run_failed"),
+            ("accounts", "run_partial"),
+            ("accounts", "mass_delete_refused"),
+        ])
+    );
+    // The secrets reached the receivers, and nothing else.
+    assert!(
+        one.accepted()
+            .iter()
+            .all(|h| h.path == "/one?token=file-s3cret")
+    );
+    assert!(
+        all.accepted()
+            .iter()
+            .all(|h| h.path == "/all?token=env-s3cret")
+    );
+    assert!(
+        !printed.contains("s3cret"),
+        "a webhook's secret was printed: {printed}"
+    );
+}
+
+/// A run killed mid-batch (SIGKILL, out of memory, a power cut) used to be
+/// marked `interrupted` at the next start without a word to anyone: now it
+/// is a `run_failed` alert, sent by the process that finds it, before the
+/// `recovered` of the run that applies the file.
+#[test]
+fn a_run_killed_mid_batch_is_told_as_a_failed_run_at_the_next_start() {
+    let port = free_port();
+    let receiver = crate::alerts::Receiver::start(port, &[]);
+    let ws = Workspace::new(&format!(
+        "{}{}",
+        accounts_config(""),
+        crate::alerts::webhook(port, "\"run_failed\", \"recovered\"")
+    ));
+    let mut big = crate::common::ACCOUNTS_HEADER.to_string();
+    for i in 0..300_000 {
+        big.push_str(&format!(
+            "A{i:07},,Account {i:07},parent,pro,{},2020-01-01\n",
+            i % 100
+        ));
+    }
+    ws.drop_file("accounts_20260101.csv", &big);
+    let mut run = std::process::Command::new(crate::common::BIN)
+        .args(["--config", "dropsync.toml", "run"])
+        .current_dir(&ws.root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let staged = ws.path("staging/accounts");
+    wait_for(Duration::from_secs(30), "the file to be staged", || {
+        std::fs::read_dir(&staged).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+        })
+    });
+    // The run is recorded `running` soon after its file is staged, and
+    // applying 300 000 rows takes the debug binary several seconds more.
+    std::thread::sleep(Duration::from_secs(1));
+    run.kill().unwrap();
+    let _ = run.wait();
+    let history = ws.dropsync(&["history", "--json"]);
+    assert_eq!(history.json()[0]["status"], "interrupted", "{history}");
+    assert!(receiver.hooks().is_empty());
+
+    ws.dropsync(&["run"]).code(0);
+    let hooks = receiver.accepted();
+    let kinds: Vec<&str> = hooks.iter().map(|h| h.kind()).collect();
+    assert_eq!(kinds, ["run_failed", "recovered"], "{hooks:?}");
+    let text = hooks[0].body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("dropsync: accounts: run interrupted: the process stopped"),
+        "{text}"
+    );
+    let interrupted = ws.db().runs()[0].execution_id.clone();
+    assert_eq!(hooks[0].body["event"]["execution_id"], interrupted.as_str());
+    // Told once: the next start finds nothing left running.
+    ws.dropsync(&["run"]).code(0);
+    assert_eq!(receiver.accepted().len(), 2);
+}
