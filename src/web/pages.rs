@@ -107,7 +107,7 @@ pub(super) fn page(title: &str, live: bool, content: Markup) -> Markup {
                     a.brand href="/" { "dropsync" }
                     nav aria-label="Main" { a href="/" { "Integrations" } }
                     @if viewer.signed_in {
-                        span.role { @if read_only { "read-only" } }
+                        @if read_only { span.role { "read-only" } }
                         form.signout method="post" action="/logout" {
                             button type="submit" { "Sign out" }
                         }
@@ -432,12 +432,14 @@ async fn run(
                         } }
                         tbody {
                             @for e in &errors {
+                                // The labels head each cell where a phone's
+                                // width stacks the table (see the stylesheet).
                                 tr {
-                                    td.num { (e.line) }
-                                    td.wrap { (e.key.as_deref().unwrap_or("")) }
-                                    td { (e.field.as_deref().unwrap_or("")) }
-                                    td { (e.message) }
-                                    td { code.raw { (e.raw) } }
+                                    td.num data-label="Line" { (e.line) }
+                                    td.wrap data-label="Key" { (e.key.as_deref().unwrap_or("")) }
+                                    td data-label="Field" { (e.field.as_deref().unwrap_or("")) }
+                                    td data-label="Message" { (e.message) }
+                                    td data-label="Row" { code.raw { (e.raw) } }
                                 }
                             }
                         }

@@ -404,3 +404,24 @@ impl WebConsole {
         )
     }
 }
+
+#[test]
+fn rejected_rows_keep_their_labels_when_a_phone_stacks_the_table() {
+    let port = free_port();
+    let ws = with_rejected_rows(&web_config(port, ""));
+    let web = WebConsole::start(&ws, port, &[]);
+    let id = web.get("/api/runs?status=partial").json()["runs"][0]["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = web.get(&format!("/runs/{id}"));
+    for label in ["Line", "Key", "Field", "Message", "Row"] {
+        assert!(
+            run.body.contains(&format!(r#"data-label="{label}""#)),
+            "{label}: {}",
+            run.body
+        );
+    }
+    let css = web.get("/assets/style.css").body;
+    assert!(css.contains("content: attr(data-label)"), "{css}");
+}
