@@ -1,7 +1,7 @@
 //! `dropsync check`: one line and an exit code for cron or a monitoring
 //! probe, in the Nagios plugin convention: `0` OK, `1` WARNING (a file is
-//! overdue), `2` CRITICAL (a last run failed), `3` UNKNOWN (the config or
-//! the store cannot be read).
+//! overdue, or alerts fail to be delivered), `2` CRITICAL (a last run
+//! failed), `3` UNKNOWN (the config or the store cannot be read).
 
 use std::io::Write;
 
@@ -68,6 +68,21 @@ pub fn report(out: &mut dyn Write, cards: &[Card]) -> std::io::Result<CheckState
                 ));
             }
             _ => {}
+        }
+        // Alerts that a receiver refused or could not be reached for: the
+        // probe is how an operator learns that the alerts themselves are
+        // not getting through.
+        let alerts = &card.undelivered_alerts;
+        if let (true, Some(error)) = (alerts.count > 0, &alerts.last_error) {
+            state = state.max(CheckState::Warning);
+            problems.push(format!(
+                "{} has {} undelivered (last try: {error})",
+                card.integration,
+                match alerts.count {
+                    1 => "1 alert".to_string(),
+                    n => format!("{n} alerts"),
+                },
+            ));
         }
     }
     let perf = format!(

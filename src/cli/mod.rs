@@ -155,8 +155,9 @@ pub enum Command {
     /// whether its file is fresh, due, overdue or failing.
     Status(StatusArgs),
     /// One line and an exit code for cron or a monitoring probe (Nagios
-    /// convention): 0 OK, 1 WARNING (a file is overdue), 2 CRITICAL (a last
-    /// run failed), 3 UNKNOWN (config or store unreadable).
+    /// convention): 0 OK, 1 WARNING (a file is overdue, or alerts fail to be
+    /// delivered), 2 CRITICAL (a last run failed), 3 UNKNOWN (config or store
+    /// unreadable).
     Check,
     /// Run the schedules, watch the folder sources, and serve the command
     /// line, until SIGTERM.

@@ -377,3 +377,34 @@ fn a_run_killed_mid_batch_is_told_as_a_failed_run_at_the_next_start() {
     ws.dropsync(&["run"]).code(0);
     assert_eq!(receiver.accepted().len(), 2);
 }
+
+/// Alerts that cannot be delivered (a receiver down, or refusing) used to
+/// show only in `status`: the monitoring probe said OK while nobody could
+/// be told anything. `check` now warns until they are delivered.
+#[test]
+fn check_warns_while_alerts_cannot_be_delivered() {
+    let port = free_port();
+    let ws = Workspace::new(&format!(
+        "{}{}",
+        accounts_config(""),
+        crate::alerts::webhook(port, "\"run_succeeded\"")
+    ));
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    // Nobody listens: the run is applied, its alert waits.
+    ws.dropsync(&["run"]).code(0);
+    let out = ws.dropsync(&["check"]);
+    out.code(1).stdout_has(&[&format!(
+        "DROPSYNC WARNING - accounts has 1 alert undelivered (last try: http://127.0.0.1:{port}"
+    )]);
+    assert!(!out.stdout.contains("hook-s3cret"), "{out}");
+
+    // The receiver is back; the next command that runs delivers it.
+    let receiver = crate::alerts::Receiver::start(port, &[]);
+    wait_for(Duration::from_secs(30), "the alert to be delivered", || {
+        ws.dropsync(&["run"]).code(0);
+        !receiver.accepted().is_empty()
+    });
+    ws.dropsync(&["check"])
+        .code(0)
+        .stdout_has(&["DROPSYNC OK - 1 integrations, none overdue or failing"]);
+}
