@@ -221,6 +221,10 @@ pub struct RunReport {
 /// How many row errors a report carries for printing.
 const REPORT_ERRORS: usize = 5;
 
+/// How many changed keys of each kind a dry run shows, with their fields
+/// (the console's re-run preview shows them all; the command line, a few).
+pub const DRY_RUN_SAMPLE: usize = 20;
+
 /// Syncs one staged file. `None`: the content was already applied and the
 /// file was not asked for explicitly, so nothing is recorded.
 pub fn sync_file(
@@ -503,7 +507,7 @@ fn validate_and_apply(
         max_delete_ratio: integration.config.max_delete_ratio,
         force: opts.force,
         dry_run: opts.dry_run,
-        sample: if opts.dry_run { 5 } else { 0 },
+        sample: if opts.dry_run { DRY_RUN_SAMPLE } else { 0 },
     };
     run.status = if valid.error_rows > 0 {
         RunStatus::Partial

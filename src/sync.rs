@@ -135,8 +135,15 @@ pub fn run(
         explicit: opts.explicit || selection.dates.is_some(),
         ..opts
     };
+    // An execution id promised before the run started (a re-run asked for
+    // in the console) belongs to the first file; any other gets its own.
+    let mut promised = opts.execution_id;
     for (_, _, _, index, item) in queue {
         let integration = &chosen[index];
+        let opts = RunOptions {
+            execution_id: promised.take(),
+            ..opts
+        };
         let done = match item {
             Item::Staged(staged) => {
                 let opts = RunOptions {

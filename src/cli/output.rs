@@ -165,7 +165,14 @@ pub fn file_outcome(
         )?;
     }
     if let Some(c) = report.changes.as_ref().filter(|_| report.dry_run) {
+        // A few of each kind: enough to see what the batch does.
+        let mut shown: std::collections::HashMap<&str, usize> = Default::default();
         for sample in &c.samples {
+            let n = shown.entry(sample.kind.as_str()).or_default();
+            *n += 1;
+            if *n > CLI_SAMPLES {
+                continue;
+            }
             match &sample.detail {
                 Some(detail) => writeln!(
                     out,
@@ -180,6 +187,9 @@ pub fn file_outcome(
     }
     Ok(())
 }
+
+/// Changed keys of each kind a dry run prints.
+const CLI_SAMPLES: usize = 5;
 
 /// `rows 9 ok 9 rejected 0 skipped 0  +2 ~2 -1`
 fn counts(r: &RunRecord, inserted: u64, updated: u64, deleted: u64) -> String {

@@ -66,6 +66,30 @@ pub struct Sample {
     pub key: String,
     /// For an update: each changed field, `Field: old -> new`.
     pub detail: Option<String>,
+    /// Each field the change touches: for an update the fields that
+    /// differ, for an insert those it sets, for a delete those it removes.
+    #[serde(default)]
+    pub fields: Vec<FieldChange>,
+}
+
+/// One field of a sampled change, as text; `None` is an empty value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+impl Sample {
+    /// `Field: old -> new, ...`, as the command line prints an update.
+    fn describe(fields: &[FieldChange]) -> String {
+        let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "(empty)".into());
+        fields
+            .iter()
+            .map(|f| format!("{}: {} -> {}", f.field, text(&f.old), text(&f.new)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// How a batch ended.
@@ -304,27 +328,28 @@ impl Store {
             }
         }
         if req.sample > 0 {
-            // For an update, which fields change, from what to what.
-            let detail = req
+            // Which fields each sampled change touches, from what to what,
+            // as JSON: one value per row, however many columns the table has.
+            let fields = req
                 .table
                 .columns
                 .iter()
                 .filter(|col| !key.contains(&col.name))
                 .map(|col| {
                     let c = ident(&col.name);
-                    let text = |side: &str| format!("coalesce(CAST({side}.{c} AS VARCHAR), '(empty)')");
                     format!(
-                        "CASE WHEN t.{c} IS DISTINCT FROM c.{c} THEN '{}: ' || {} || ' -> ' || {} END",
+                        "CASE WHEN t.{c} IS DISTINCT FROM c.{c} THEN {{'field': '{}', 'old': CAST(t.{c} AS VARCHAR), 'new': CAST(c.{c} AS VARCHAR)}} END",
                         col.name.replace('\'', "''"),
-                        text("t"),
-                        text("c")
                     )
                 })
                 .collect::<Vec<_>>();
-            let detail = if detail.is_empty() {
-                "NULL".to_string()
+            let fields = if fields.is_empty() {
+                "'[]'".to_string()
             } else {
-                format!("concat_ws(', ', {})", detail.join(", "))
+                format!(
+                    "CAST(to_json(list_filter([{}], f -> f IS NOT NULL)) AS VARCHAR)",
+                    fields.join(", ")
+                )
             };
             let on_key = key
                 .iter()
@@ -333,7 +358,7 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(" AND ");
             let sql = format!(
-                "SELECT c._kind, {key_as_text}, CASE WHEN c._kind = 'update' THEN {detail} END
+                "SELECT c._kind, {key_as_text}, {fields}
                  FROM changes c LEFT JOIN {mine} t ON {on_key}
                  WHERE c._kind IN ('insert', 'update', 'delete')
                  QUALIFY row_number() OVER (PARTITION BY c._kind ORDER BY {}) <= {}
@@ -350,10 +375,16 @@ impl Store {
                 .map_err(self.query_error("sampling changes"))?;
             let rows = stmt
                 .query_map([], |r| {
+                    let kind: String = r.get(0)?;
+                    let fields: Vec<FieldChange> = r
+                        .get::<_, Option<String>>(2)?
+                        .and_then(|json| serde_json::from_str(&json).ok())
+                        .unwrap_or_default();
                     Ok(Sample {
-                        kind: r.get(0)?,
+                        detail: (kind == "update").then(|| Sample::describe(&fields)),
+                        kind,
                         key: r.get(1)?,
-                        detail: r.get(2)?,
+                        fields,
                     })
                 })
                 .map_err(self.query_error("sampling changes"))?;

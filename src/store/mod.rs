@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDateTime;
 use duckdb::Connection;
 
-pub use apply::{ApplyRequest, ChangeSet, Outcome, TargetTable};
+pub use apply::{ApplyRequest, ChangeSet, FieldChange, Outcome, Sample, TargetTable};
 pub use browse::{RunFilter, RunPage};
 pub use history::{FailureKind, RunRecord, RunStatus};
 pub use outbox::{PendingDelivery, Undelivered};

@@ -131,6 +131,24 @@ impl Console {
     /// An upload's answer while its run is not in the history: queued, or
     /// why it never became a run. `None` once the history has it.
     async fn pending_run(&self, id: &str) -> Result<Option<Response>, ApiError> {
+        let body = match self.pending_state(id).await? {
+            None => return Ok(None),
+            Some(Pending::Queued { integration }) => serde_json::json!({
+                "execution_id": id, "integration": integration, "status": "queued",
+            }),
+            Some(Pending::Failed {
+                integration,
+                message,
+            }) => serde_json::json!({
+                "execution_id": id, "integration": integration, "status": "error", "message": message,
+            }),
+        };
+        Ok(Some(axum::Json(body).into_response()))
+    }
+
+    /// What became of an execution promised before its run started, while
+    /// the history does not have it: queued, or why it never became a run.
+    pub(super) async fn pending_state(&self, id: &str) -> Result<Option<Pending>, ApiError> {
         let pending = self
             .pending
             .lock()
@@ -152,18 +170,14 @@ impl Console {
                 .remove(id);
             return Ok(None);
         }
-        let body = match pending {
-            Pending::Queued { integration } => serde_json::json!({
-                "execution_id": id, "integration": integration, "status": "queued",
-            }),
-            Pending::Failed {
-                integration,
-                message,
-            } => serde_json::json!({
-                "execution_id": id, "integration": integration, "status": "error", "message": message,
-            }),
-        };
-        Ok(Some(axum::Json(body).into_response()))
+        Ok(Some(pending))
+    }
+
+    pub(super) fn set_pending(&self, id: &str, state: Pending) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), state);
     }
 }
 
@@ -218,6 +232,29 @@ async fn upload(
 ) -> Result<Response, ApiError> {
     known_integration(&console.config, &integration)?;
     let name = upload_name(params.get("name").map(String::as_str))?;
+    let id = accept_upload(&console, &integration, &name, body.into_data_stream()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "execution_id": id,
+            "integration": integration,
+            "status": "queued",
+            "status_url": format!("/api/runs/{id}"),
+        })),
+    )
+        .into_response())
+}
+
+/// Streams an uploaded file named `name` (checked by `upload_name`) to
+/// staging and queues its ingest; the execution id its run will have. The
+/// API's raw body and the console's form both come through here.
+pub(super) async fn accept_upload<E: std::fmt::Display>(
+    console: &Console,
+    integration: &str,
+    name: &str,
+    content: impl futures_util::Stream<Item = Result<Bytes, E>>,
+) -> Result<String, ApiError> {
+    known_integration(&console.config, integration)?;
     let execution_id = uuid::Uuid::now_v7();
     // The file keeps its own name (the pattern reads its business date from
     // it) inside a directory of the upload's own: the name, checked to be a
@@ -228,25 +265,22 @@ async fn upload(
         .staging
         .join(".uploads")
         .join(execution_id.to_string());
-    let path = dir.join(&name);
-    let written = receive(body, &dir, &path, console.max_upload_bytes).await;
+    let path = dir.join(name);
+    let written = receive(content, &dir, &path, console.max_upload_bytes).await;
     if let Err(e) = written {
         let _ = tokio::fs::remove_dir_all(&dir).await;
         return Err(e);
     }
     let id = execution_id.to_string();
-    console
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(
-            id.clone(),
-            Pending::Queued {
-                integration: integration.clone(),
-            },
-        );
+    console.set_pending(
+        &id,
+        Pending::Queued {
+            integration: integration.to_string(),
+        },
+    );
     let pending = console.pending.clone();
-    let (job_id, job_integration) = (id.clone(), integration.clone());
+    let (job_id, job_integration, name) = (id.clone(), integration.to_string(), name.to_string());
+    let job_dir = dir.clone();
     let queued = console.submit(Box::new(move |store, config| {
         let opts = crate::pipeline::RunOptions {
             force: false,
@@ -272,7 +306,7 @@ async fn upload(
                 },
             );
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&job_dir);
     }));
     if let Err(e) = queued {
         console
@@ -280,22 +314,14 @@ async fn upload(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        let _ = tokio::fs::remove_dir_all(&dir).await;
         return Err(e);
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({
-            "execution_id": id,
-            "integration": integration,
-            "status": "queued",
-            "status_url": format!("/api/runs/{id}"),
-        })),
-    )
-        .into_response())
+    Ok(id)
 }
 
 /// The uploaded file's name: a plain file name, or a clear refusal.
-fn upload_name(name: Option<&str>) -> Result<String, ApiError> {
+pub(super) fn upload_name(name: Option<&str>) -> Result<String, ApiError> {
     let name = name.map(str::trim).unwrap_or_default();
     let plain = !name.is_empty()
         && name.len() <= 255
@@ -314,9 +340,10 @@ fn upload_name(name: Option<&str>) -> Result<String, ApiError> {
     Ok(name.to_string())
 }
 
-/// Streams `body` into `path`, refusing an empty body and one over `limit`.
-async fn receive(
-    body: Body,
+/// Streams `content` into `path` a chunk at a time, refusing an empty file
+/// and one over `limit`.
+async fn receive<E: std::fmt::Display>(
+    content: impl futures_util::Stream<Item = Result<Bytes, E>>,
     dir: &std::path::Path,
     path: &std::path::Path,
     limit: u64,
@@ -326,7 +353,7 @@ async fn receive(
     let io = |e: std::io::Error| ApiError::internal(format!("cannot store the upload: {e}"));
     tokio::fs::create_dir_all(dir).await.map_err(io)?;
     let mut file = tokio::fs::File::create(path).await.map_err(io)?;
-    let mut stream = body.into_data_stream();
+    let mut stream = std::pin::pin!(content);
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -345,14 +372,14 @@ async fn receive(
     if size == 0 {
         return Err(ApiError::bad_request(
             "empty_upload",
-            "the upload is empty: send the file as the request body",
+            "the upload is empty: send a file with something in it",
         ));
     }
     file.sync_all().await.map_err(io)?;
     Ok(())
 }
 
-fn known_integration(config: &Config, name: &str) -> Result<(), ApiError> {
+pub(super) fn known_integration(config: &Config, name: &str) -> Result<(), ApiError> {
     config
         .integration(name)
         .map(drop)

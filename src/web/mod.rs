@@ -10,6 +10,8 @@ mod api;
 mod auth;
 mod config;
 mod pages;
+mod rerun;
+mod upload;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -122,6 +124,8 @@ pub fn router(console: Console) -> Router {
         .merge(api::routes())
         .merge(pages::routes())
         .merge(auth::routes())
+        .merge(rerun::routes())
+        .merge(upload::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             console.clone(),

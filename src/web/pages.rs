@@ -197,7 +197,7 @@ fn card_view(card: &Card) -> Markup {
     }
 }
 
-fn status_badge(status: Option<RunStatus>) -> Markup {
+pub(super) fn status_badge(status: Option<RunStatus>) -> Markup {
     let (class, text) = match status {
         None => ("none", "never ran"),
         Some(RunStatus::Running) => ("running", "in progress"),
@@ -268,6 +268,14 @@ async fn integration(
         html! {
             nav.crumbs aria-label="Breadcrumb" { a href="/" { "Integrations" } " / " (name) }
             @if let Some(card) = &card { (card_view(card)) }
+            // Only for those who may change something (the server refuses
+            // the others anyway).
+            @if super::auth::viewer().may_operate() {
+                div.panels {
+                    (super::upload::form(&name, console.max_upload_bytes))
+                    (super::rerun::form(&name))
+                }
+            }
             h2 { "History" }
             form.filters method="get" action={ "/integrations/" (name) } {
                 label { "Status "
@@ -374,6 +382,9 @@ async fn run(
 ) -> PageResult {
     let (limit, offset) = paging(&params, "errors", "errors_offset", 50)?;
     let search = params.get("q").cloned().unwrap_or_default();
+    if let Some(pending) = console.pending_state(&id).await? {
+        return Ok(pending_view(&id, &pending));
+    }
     let q = search.clone();
     let (run, errors, total) = console
         .read(move |store, _| {
@@ -449,4 +460,38 @@ async fn run(
             (pager(&format!("/runs/{}", run.execution_id), &params, "errors_offset", limit, offset, total))
         },
     ))
+}
+
+/// An execution whose run is not in the history: queued behind the batch
+/// in flight (the page refreshes itself until the run shows), or why it
+/// never became a run.
+fn pending_view(id: &str, pending: &super::Pending) -> Markup {
+    let (integration, failure) = match pending {
+        super::Pending::Queued { integration } => (integration, None),
+        super::Pending::Failed {
+            integration,
+            message,
+        } => (integration, Some(message)),
+    };
+    page(
+        &format!("Execution {id}"),
+        failure.is_none(),
+        html! {
+            nav.crumbs aria-label="Breadcrumb" {
+                a href="/" { "Integrations" } " / "
+                a href={ "/integrations/" (encode(integration)) } { (integration) } " / run"
+            }
+            div.heading {
+                h1 { "Run " code { (id) } }
+                @match failure {
+                    None => span.badge.badge-running { "queued" },
+                    Some(_) => span.badge.badge-failed { "error" },
+                }
+            }
+            @match failure {
+                None => p.muted { "Waiting for its turn: runs go one at a time. This page updates by itself." },
+                Some(message) => p.message role="alert" { (message) },
+            }
+        },
+    )
 }

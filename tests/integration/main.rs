@@ -30,5 +30,6 @@ mod servers;
 mod service;
 mod subscribers;
 mod unattended;
+mod web_actions;
 mod web_api;
 mod web_auth;
