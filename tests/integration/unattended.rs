@@ -339,23 +339,23 @@ fn a_run_killed_mid_batch_is_told_as_a_failed_run_at_the_next_start() {
         ));
     }
     ws.drop_file("accounts_20260101.csv", &big);
+    // Killed once its file is parsed: the run is recorded `running` by
+    // then, and nothing is applied before validation and the diff.
+    let log = ws.path("run.log");
     let mut run = std::process::Command::new(crate::common::BIN)
         .args(["--config", "dropsync.toml", "run"])
         .current_dir(&ws.root)
+        .env("DROPSYNC_LOG", "dropsync=debug")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let staged = ws.path("staging/accounts");
-    wait_for(Duration::from_secs(30), "the file to be staged", || {
-        std::fs::read_dir(&staged).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+    wait_for(Duration::from_secs(120), "the file to be parsed", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("stage done") && l.contains("parse"))
         })
     });
-    // The run is recorded `running` soon after its file is staged, and
-    // applying 300 000 rows takes the debug binary several seconds more.
-    std::thread::sleep(Duration::from_secs(1));
     run.kill().unwrap();
     let _ = run.wait();
     let history = ws.dropsync(&["history", "--json"]);
