@@ -267,23 +267,24 @@ pattern = "accounts_{date:%Y%m%d}.csv"
         ));
     }
     ws.drop_file("accounts_20260101.csv", &big);
+    // Killed once its file is parsed: the run is recorded `running` by then,
+    // and nothing is applied before validation and the diff. A fixed wait
+    // after staging could kill it before its run row existed on a busy machine.
+    let log = ws.path("run.log");
     let mut run = Command::new(BIN)
         .args(["--config", "dropsync.toml", "run"])
         .current_dir(&ws.root)
+        .env("DROPSYNC_LOG", "dropsync=debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let staged = ws.path("staging/accounts");
-    wait_for(Duration::from_secs(30), "the file to be staged", || {
-        std::fs::read_dir(&staged)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".csv"))
-            })
-            .unwrap_or(false)
+    wait_for(Duration::from_secs(120), "the file to be parsed", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("stage done") && l.contains("parse"))
+        })
     });
-    std::thread::sleep(Duration::from_millis(150));
     signal(&run, "KILL");
     let _ = run.wait();
 
