@@ -1,11 +1,32 @@
-//! The day-2 benchmark: a 1,000,000-row accounts snapshot is applied, then
-//! the next day's export (1% updated, 0.5% deleted, 0.5% inserted) is synced
-//! by the real binary: validate + diff + apply + history. Next to it, in the
-//! same run and interleaved with it, DuckDB merely loads the same CSV into a
-//! typed table (read_csv), the floor any CSV sync stands on.
+//! The day-2 benchmark: an accounts snapshot is applied (day 1), then the
+//! next day's export (1% updated, 0.5% deleted, 0.5% inserted) is synced by
+//! the real binary: validate + diff + apply + history (day 2).
 //!
-//! `scripts/bench` runs it. BENCH_ROWS and BENCH_RUNS change the size and
-//! the number of timed runs. Prints medians, the ratio, and peak memory.
+//! Two workloads, each at every size asked for:
+//! - `unquoted`: the 7 schema columns, nothing quoted, LF line ends;
+//! - `quoted`: what CRM and BI tools export: every field quoted, CRLF line
+//!   ends, the 7 schema columns plus two attribute columns beyond the
+//!   schema, commas and non-ASCII letters in names, grouped numbers
+//!   ("51,750").
+//!
+//! Next to dropsync, in the same run and interleaved with it, two peers
+//! work on the same file, each in its own process so its peak memory is
+//! its own (this bench binary runs itself again as the peer):
+//! - `duckdb load`: DuckDB's plain typed load (read_csv into a typed table),
+//!   the floor any CSV sync stands on;
+//! - `duckdb diff+apply`: the sync a user could write by hand: load into a
+//!   temp table, classify by a hash join against the stored table, delete +
+//!   insert, in one transaction.
+//!
+//! Prints, per size and workload, every run, the medians, the ratios, the
+//! peak memory (max RSS) of each for the day-1 load and the day-2 sync, and
+//! the cost per row, so linearity across sizes shows; then the stage
+//! timings of one more day-2 run.
+//!
+//! `scripts/bench` runs it at 1M rows; `scripts/bench scale` at 1M and 10M.
+//! BENCH_ROWS (a comma-separated list of sizes), BENCH_RUNS, BENCH_WORKLOADS
+//! (`unquoted,quoted`) and BENCH_DIR (where the files go; a temporary
+//! directory by default) change what runs.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +34,75 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PLANS: [&str; 4] = ["free", "starter", "pro", "enterprise"];
+const REGIONS: [&str; 5] = ["EMEA", "NA", "LATAM", "APAC", "Nordics"];
+/// Names with a comma (quoted for it) and letters beyond ASCII.
+const NAME_STEMS: [&str; 6] = [
+    "Müller, Schmidt & Co.",
+    "Ålborg Øst A/S",
+    "Société Générale, Lyon",
+    "Zürich Versicherung",
+    "Łódź Tech, sp. z o.o.",
+    "ACME, Inc.",
+];
+const OWNERS: [&str; 4] = ["Zoë Ortega", "José Núñez", "Chloé Dubois", "Sam O'Neil"];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    Unquoted,
+    Quoted,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Unquoted => "unquoted",
+            Workload::Quoted => "quoted",
+        }
+    }
+
+    fn parse(s: &str) -> Workload {
+        match s {
+            "unquoted" => Workload::Unquoted,
+            "quoted" => Workload::Quoted,
+            other => panic!("unknown workload `{other}` (unquoted, quoted)"),
+        }
+    }
+
+    /// The columns DuckDB reads the file with, typed as the schema types them.
+    fn duckdb_columns(self) -> &'static str {
+        match self {
+            Workload::Unquoted => {
+                "{'AccountID': 'VARCHAR', 'ParentID': 'VARCHAR', 'Name': 'VARCHAR', 'Type': 'VARCHAR', 'Plan': 'VARCHAR', 'Seats': 'BIGINT', 'CreatedDate': 'DATE'}"
+            }
+            Workload::Quoted => {
+                "{'AccountID': 'VARCHAR', 'ParentID': 'VARCHAR', 'Name': 'VARCHAR', 'Type': 'VARCHAR', 'Plan': 'VARCHAR', 'Seats': 'BIGINT', 'CreatedDate': 'DATE', 'Region': 'VARCHAR', 'Owner': 'VARCHAR'}"
+            }
+        }
+    }
+
+    /// `read_csv(...)` of a file of this workload, typed.
+    fn read_csv(self, path: &Path) -> String {
+        let dialect = match self {
+            Workload::Unquoted => "",
+            // Grouped numbers: "51,750" is 51750.
+            Workload::Quoted => ", quote = '\"', thousands = ','",
+        };
+        format!(
+            "read_csv('{}', header = true, delim = ',', columns = {}{dialect}, parallel = true)",
+            path.display(),
+            self.duckdb_columns()
+        )
+    }
+
+    fn column_list(self) -> &'static str {
+        match self {
+            Workload::Unquoted => "AccountID, ParentID, Name, Type, Plan, Seats, CreatedDate",
+            Workload::Quoted => {
+                "AccountID, ParentID, Name, Type, Plan, Seats, CreatedDate, Region, Owner"
+            }
+        }
+    }
+}
 
 /// A small deterministic generator, so every run benchmarks the same files.
 struct Rng(u64);
@@ -33,8 +123,8 @@ struct Account {
     id: u64,
     parent: Option<u64>,
     seats: u64,
-    plan: usize,
-    day: u64,
+    plan: u8,
+    day: u16,
 }
 
 fn accounts(rows: u64, rng: &mut Rng) -> Vec<Account> {
@@ -42,35 +132,74 @@ fn accounts(rows: u64, rng: &mut Rng) -> Vec<Account> {
         .map(|id| {
             // One account in ten is a parent; products hang under the
             // nearest parent before them.
-            let parent = (id % 10 != 0).then_some(id - id % 10);
+            let parent = (!id.is_multiple_of(10)).then_some(id - id % 10);
             Account {
                 id,
                 parent,
-                seats: rng.below(5000),
-                plan: rng.below(4) as usize,
-                day: rng.below(3000),
+                // Up to 99,999 seats: most quoted values carry a group comma.
+                seats: rng.below(100_000),
+                plan: rng.below(4) as u8,
+                day: rng.below(3000) as u16,
             }
         })
         .collect()
 }
 
-fn write_csv(path: &Path, rows: &[Account]) -> u64 {
-    let mut out = BufWriter::new(std::fs::File::create(path).expect("create bench file"));
-    writeln!(out, "AccountID,ParentID,Name,Type,Plan,Seats,CreatedDate").unwrap();
+/// "51750" as "51,750".
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn write_csv(path: &Path, rows: &[Account], workload: Workload) -> u64 {
+    let mut out = BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(path).expect("create bench file"),
+    );
     let epoch = chrono::NaiveDate::from_ymd_opt(2017, 1, 1).unwrap();
+    match workload {
+        Workload::Unquoted => {
+            writeln!(out, "AccountID,ParentID,Name,Type,Plan,Seats,CreatedDate").unwrap()
+        }
+        Workload::Quoted => write!(
+            out,
+            "\"AccountID\",\"ParentID\",\"Name\",\"Type\",\"Plan\",\"Seats\",\"CreatedDate\",\"Region\",\"Owner\"\r\n"
+        )
+        .unwrap(),
+    }
     for a in rows {
-        let parent = a.parent.map(|p| format!("ACC{p:07}")).unwrap_or_default();
+        let parent = a.parent.map(|p| format!("ACC{p:08}")).unwrap_or_default();
         let kind = if a.parent.is_some() {
             "product"
         } else {
             "parent"
         };
-        let created = epoch + chrono::Days::new(a.day);
-        writeln!(
-            out,
-            "ACC{:07},{parent},Account {:07} Group,{kind},{},{},{created}",
-            a.id, a.id, PLANS[a.plan], a.seats
-        )
+        let created = epoch + chrono::Days::new(a.day as u64);
+        let plan = PLANS[a.plan as usize];
+        match workload {
+            Workload::Unquoted => writeln!(
+                out,
+                "ACC{:08},{parent},Account {:08} Group,{kind},{plan},{},{created}",
+                a.id, a.id, a.seats
+            ),
+            Workload::Quoted => write!(
+                out,
+                "\"ACC{:08}\",\"{parent}\",\"{} {:08}\",\"{kind}\",\"{plan}\",\"{}\",\"{created}\",\"{}\",\"{}\"\r\n",
+                a.id,
+                NAME_STEMS[(a.id % 6) as usize],
+                a.id,
+                grouped(a.seats),
+                REGIONS[(a.id % 5) as usize],
+                OWNERS[(a.id % 4) as usize],
+            ),
+        }
         .unwrap();
     }
     out.flush().unwrap();
@@ -90,10 +219,12 @@ fn next_day(mut rows: Vec<Account>, rng: &mut Rng) -> Vec<Account> {
             to_delete -= 1;
         }
     }
+    let mut updated = vec![false; rows.len()];
     let mut to_update = n / 100;
     while to_update > 0 {
         let i = rng.below(n) as usize;
-        if !deleted[i] {
+        if !deleted[i] && !updated[i] {
+            updated[i] = true;
             rows[i].seats += 1 + rng.below(50);
             to_update -= 1;
         }
@@ -109,9 +240,9 @@ fn next_day(mut rows: Vec<Account>, rng: &mut Rng) -> Vec<Account> {
         kept.push(Account {
             id,
             parent: Some(rng.below(n / 10) * 10),
-            seats: rng.below(5000),
-            plan: rng.below(4) as usize,
-            day: rng.below(3000),
+            seats: rng.below(100_000),
+            plan: rng.below(4) as u8,
+            day: rng.below(3000) as u16,
         });
     }
     kept
@@ -122,53 +253,156 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Runs a command, returning its wall time and peak resident memory (KiB).
+/// One measured process: wall time and peak resident memory.
+#[derive(Clone, Copy)]
+struct Measured {
+    time: Duration,
+    peak_kib: i64,
+}
+
+impl Measured {
+    fn mb(self) -> f64 {
+        self.peak_kib as f64 / 1024.0
+    }
+}
+
+/// Runs a command, returning its wall time, peak resident memory and what
+/// it printed on stdout.
 // The child is reaped by wait4 rather than Child::wait, to read its rusage.
 #[allow(clippy::zombie_processes)]
-fn run_measured(cmd: &mut Command) -> (Duration, i64, std::process::ExitStatus) {
+fn run_measured(cmd: &mut Command, what: &str) -> (Measured, String) {
+    use std::io::Read;
+    cmd.stdout(std::process::Stdio::piped());
     let start = Instant::now();
-    let child = cmd.spawn().expect("start dropsync");
+    let mut child = cmd.spawn().expect("start a measured process");
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: wait4 on our own child; `usage` is a valid out-pointer.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4 failed");
-    let elapsed = start.elapsed();
+    let time = start.elapsed();
     use std::os::unix::process::ExitStatusExt;
+    let status = std::process::ExitStatus::from_raw(status);
+    assert!(status.success(), "{what} failed ({status}): {stdout}");
     (
-        elapsed,
-        usage.ru_maxrss,
-        std::process::ExitStatus::from_raw(status),
+        Measured {
+            time,
+            peak_kib: usage.ru_maxrss,
+        },
+        stdout,
     )
 }
 
-fn main() {
-    let rows: u64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_dropsync"));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let drops = dir.path().join("drops");
+/// The peers, run as a process of their own (this binary, with DAY2_PEER set).
+mod peer {
+    use super::Workload;
+    use std::path::Path;
+
+    /// `load`: DuckDB's plain typed load of the file into a new table.
+    /// `base`: the hand-written day 1: the same load, with a hash of each
+    /// row kept for tomorrow's diff. `diff`: the hand-written day 2.
+    pub fn main(kind: &str) {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} unset"));
+        let workload = Workload::parse(&var("PEER_WORKLOAD"));
+        let csv = std::path::PathBuf::from(var("PEER_CSV"));
+        let db = std::path::PathBuf::from(var("PEER_DB"));
+        let conn = duckdb::Connection::open(&db).expect("open the peer's database");
+        let columns = workload.column_list();
+        let read = workload.read_csv(&csv);
+        match kind {
+            "load" => conn
+                .execute_batch(&format!("CREATE TABLE accounts AS SELECT * FROM {read}"))
+                .expect("typed load"),
+            "base" => conn
+                .execute_batch(&format!(
+                    "CREATE TABLE accounts AS SELECT *, hash({columns}) AS row_hash FROM {read}"
+                ))
+                .expect("hand-written day 1"),
+            "diff" => diff(&conn, columns, &read, &db),
+            other => panic!("unknown peer `{other}`"),
+        }
+    }
+
+    /// Load into a temp table, classify by a hash join on the key (a row
+    /// hash tells changed rows from unchanged), delete + insert, in one
+    /// transaction. Prints the counts, so the bench can check them.
+    fn diff(conn: &duckdb::Connection, columns: &str, read: &str, _db: &Path) {
+        conn.execute_batch(&format!(
+            "BEGIN TRANSACTION;
+             CREATE TEMP TABLE incoming AS SELECT *, hash({columns}) AS row_hash FROM {read};
+             CREATE TEMP TABLE changes AS
+               SELECT coalesce(i.AccountID, s.AccountID) AS AccountID,
+                      CASE WHEN s.AccountID IS NULL THEN 'insert'
+                           WHEN i.AccountID IS NULL THEN 'delete'
+                           ELSE 'update' END AS change
+               FROM incoming i FULL OUTER JOIN accounts s ON i.AccountID = s.AccountID
+               WHERE s.AccountID IS NULL OR i.AccountID IS NULL OR i.row_hash <> s.row_hash;
+             DELETE FROM accounts WHERE AccountID IN
+               (SELECT AccountID FROM changes WHERE change <> 'insert');
+             INSERT INTO accounts SELECT * FROM incoming WHERE AccountID IN
+               (SELECT AccountID FROM changes WHERE change <> 'delete');
+             COMMIT;"
+        ))
+        .expect("hand-written diff + apply");
+        let mut stmt = conn
+            .prepare("SELECT change, count(*) FROM changes GROUP BY change ORDER BY change")
+            .unwrap();
+        let counts: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for (change, n) in counts {
+            println!("{change} {n}");
+        }
+    }
+}
+
+/// Every figure of one size and workload.
+struct Figures {
+    rows: u64,
+    workload: Workload,
+    day2_mb: f64,
+    day1: [Measured; 3],
+    sync: Vec<Measured>,
+    load: Vec<Measured>,
+    diff: Vec<Measured>,
+}
+
+/// The expected day-2 changes of `rows` day-1 rows.
+fn expected_changes(rows: u64) -> (u64, u64, u64) {
+    (rows / 200, rows / 100, rows / 200)
+}
+
+fn bench_one(bin: &Path, root: &Path, rows: u64, workload: Workload, runs: usize) -> Figures {
+    let dir = root.join(format!("{}-{rows}", workload.name()));
+    let drops = dir.join("drops");
     std::fs::create_dir_all(&drops).unwrap();
+    let peer_bin = std::env::current_exe().unwrap();
 
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let day1 = accounts(rows, &mut rng);
     let day1_path = drops.join("accounts_20261101.csv");
-    let day1_size = write_csv(&day1_path, &day1);
+    let day1_size = write_csv(&day1_path, &day1, workload);
     let day2 = next_day(day1, &mut rng);
+    let day2_rows = day2.len();
     let day2_path = drops.join("accounts_20261102.csv");
-    let day2_size = write_csv(&day2_path, &day2);
+    let day2_size = write_csv(&day2_path, &day2, workload);
+    drop(day2);
     println!(
-        "day 1: {rows} rows, {:.1} MB; day 2: {} rows, {:.1} MB",
+        "\n== {} workload, {rows} rows: day 1 {:.1} MB; day 2 {day2_rows} rows, {:.1} MB ({:.0} bytes a row)",
+        workload.name(),
         day1_size as f64 / 1e6,
-        day2.len(),
-        day2_size as f64 / 1e6
+        day2_size as f64 / 1e6,
+        day2_size as f64 / day2_rows as f64
     );
 
     let config = |store: &Path| {
@@ -178,7 +412,7 @@ fn main() {
             format!(
                 "[store]\npath = \"{}\"\nstaging = \"{}\"\n\n[integrations.accounts]\ndataset = \"accounts\"\nsource = {{ type = \"folder\", path = \"{}\" }}\npattern = \"accounts_{{date:%Y%m%d}}.csv\"\n",
                 store.display(),
-                dir.path().join("staging").display(),
+                dir.join("staging").display(),
                 drops.display()
             ),
         )
@@ -186,95 +420,254 @@ fn main() {
         path
     };
     let ingest = |cfg: &Path, file: &Path| {
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("--config")
             .arg(cfg)
             .arg("ingest")
             .arg("accounts")
-            .arg(file);
-        cmd.stdout(std::process::Stdio::null());
+            .arg(file)
+            .arg("--json");
         cmd
     };
-
-    // Day 1, once; every timed run starts from a copy of this store.
-    let base = dir.path().join("day1.duckdb");
-    let base_cfg = config(&base);
-    let (t, rss, status) = run_measured(&mut ingest(&base_cfg, &day1_path));
-    assert!(status.success(), "day 1 failed");
-    println!(
-        "day 1 sync (initial load): {:.2} s, peak RSS {:.0} MB",
-        t.as_secs_f64(),
-        rss as f64 / 1024.0
-    );
-
-    let columns = "{'AccountID': 'VARCHAR', 'ParentID': 'VARCHAR', 'Name': 'VARCHAR', 'Type': 'VARCHAR', 'Plan': 'VARCHAR', 'Seats': 'BIGINT', 'CreatedDate': 'DATE'}";
-    let mut sync_times = Vec::new();
-    let mut load_times = Vec::new();
-    let mut peak = 0;
-    for i in 0..runs {
-        // Baseline: DuckDB loads the day-2 CSV into a typed table in a new file.
-        let load_db = dir.path().join(format!("load{i}.duckdb"));
-        let conn = duckdb::Connection::open(&load_db).unwrap();
-        let start = Instant::now();
-        conn.execute_batch(&format!(
-            "CREATE TABLE accounts AS SELECT * FROM read_csv('{}', header = true, columns = {columns}, parallel = true)",
-            day2_path.display()
-        ))
-        .unwrap();
-        load_times.push(start.elapsed());
-        drop(conn);
-        let _ = std::fs::remove_file(&load_db);
-
-        // dropsync: the full day-2 sync, as a user runs it.
-        let store = dir.path().join(format!("run{i}.duckdb"));
-        std::fs::copy(&base, &store).unwrap();
-        let cfg = config(&store);
-        let (t, rss, status) = run_measured(&mut ingest(&cfg, &day2_path));
-        assert!(status.success(), "day 2 sync failed");
-        sync_times.push(t);
-        peak = peak.max(rss);
-        let _ = std::fs::remove_file(&store);
-    }
-    let sync = median(sync_times.clone());
-    let load = median(load_times.clone());
-    let secs = |v: &[Duration]| {
-        v.iter()
-            .map(|d| format!("{:.2}", d.as_secs_f64()))
-            .collect::<Vec<_>>()
-            .join(" ")
+    let peer = |kind: &str, csv: &Path, db: &Path| {
+        let mut cmd = Command::new(&peer_bin);
+        cmd.env("DAY2_PEER", kind)
+            .env("PEER_WORKLOAD", workload.name())
+            .env("PEER_CSV", csv)
+            .env("PEER_DB", db);
+        cmd
     };
-    println!(
-        "duckdb read_csv load, {runs} runs (s): {}",
-        secs(&load_times)
+    let remove_db = |db: &Path| {
+        let _ = std::fs::remove_file(db);
+        let _ = std::fs::remove_file(db.with_extension("duckdb.wal"));
+    };
+    // What dropsync's run changed, as its --json output says.
+    let changes_of = |json: &str| -> (u64, u64, u64) {
+        let v: serde_json::Value = serde_json::from_str(json).expect("dropsync --json output");
+        let c = &v[0]["changes"];
+        let n = |k: &str| {
+            c[k].as_u64()
+                .unwrap_or_else(|| panic!("no `{k}` in {json}"))
+        };
+        (n("inserted"), n("updated"), n("deleted"))
+    };
+
+    // Day 1, once each; every timed day-2 run starts from a copy of these.
+    let base = dir.join("day1.duckdb");
+    let (day1_sync, out) = run_measured(&mut ingest(&config(&base), &day1_path), "day 1 sync");
+    assert_eq!(
+        changes_of(&out).0,
+        rows,
+        "day 1 should insert every row: {out}"
     );
-    println!(
-        "dropsync day-2 sync, {runs} runs (s): {}",
-        secs(&sync_times)
-    );
-    println!(
-        "median: dropsync day-2 sync {:.2} s, duckdb load {:.2} s, ratio {:.2}x (target <= 1.5x)",
-        sync.as_secs_f64(),
-        load.as_secs_f64(),
-        sync.as_secs_f64() / load.as_secs_f64()
-    );
-    println!(
-        "peak RSS of the day-2 sync: {:.0} MB (target < 1024 MB)",
-        peak as f64 / 1024.0
-    );
+    let load_db = dir.join("load.duckdb");
+    let (day1_load, _) = run_measured(&mut peer("load", &day1_path, &load_db), "day 1 load");
+    remove_db(&load_db);
+    let peer_base = dir.join("peer-day1.duckdb");
+    let (day1_peer, _) = run_measured(&mut peer("base", &day1_path, &peer_base), "day 1 peer");
+
+    let expected = expected_changes(rows);
+    let mut figures = Figures {
+        rows,
+        workload,
+        day2_mb: day2_size as f64 / 1e6,
+        day1: [day1_sync, day1_load, day1_peer],
+        sync: Vec::new(),
+        load: Vec::new(),
+        diff: Vec::new(),
+    };
+    for i in 0..runs {
+        // Interleaved: the three see the same machine, run after run.
+        let (m, _) = run_measured(&mut peer("load", &day2_path, &load_db), "duckdb load");
+        figures.load.push(m);
+        remove_db(&load_db);
+
+        let store = dir.join(format!("run{i}.duckdb"));
+        std::fs::copy(&base, &store).unwrap();
+        let (m, out) = run_measured(&mut ingest(&config(&store), &day2_path), "day 2 sync");
+        assert_eq!(changes_of(&out), expected, "dropsync's day-2 changes");
+        figures.sync.push(m);
+        remove_db(&store);
+
+        let db = dir.join(format!("peer{i}.duckdb"));
+        std::fs::copy(&peer_base, &db).unwrap();
+        let (m, out) = run_measured(&mut peer("diff", &day2_path, &db), "duckdb diff+apply");
+        let count = |change: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(change)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!(
+            (count("insert"), count("update"), count("delete")),
+            expected,
+            "the hand-written diff's changes"
+        );
+        figures.diff.push(m);
+        remove_db(&db);
+    }
 
     // One more day-2 run with stage timings in the log, for where time goes.
-    let store = dir.path().join("stages.duckdb");
+    let store = dir.join("stages.duckdb");
     std::fs::copy(&base, &store).unwrap();
-    let cfg = config(&store);
-    let out = ingest(&cfg, &day2_path)
+    let out = ingest(&config(&store), &day2_path)
         .env("DROPSYNC_LOG", "dropsync=debug")
         .output()
         .unwrap();
+    remove_db(&store);
     let log = String::from_utf8_lossy(&out.stderr);
+    report(&figures);
+    println!("stage timings of one more day-2 sync:");
     for line in log
         .lines()
         .filter(|l| l.contains("stage") || l.contains("step"))
     {
         println!("  {}", line.trim());
     }
+    remove_db(&base);
+    remove_db(&peer_base);
+    let _ = std::fs::remove_dir_all(&dir);
+    figures
+}
+
+fn secs(v: &[Measured]) -> String {
+    v.iter()
+        .map(|m| format!("{:.2}", m.time.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn med(v: &[Measured]) -> Duration {
+    median(v.iter().map(|m| m.time).collect())
+}
+
+fn peak(v: &[Measured]) -> f64 {
+    v.iter().map(|m| m.mb()).fold(0.0, f64::max)
+}
+
+/// Nanoseconds a row.
+fn per_row(t: Duration, rows: u64) -> f64 {
+    t.as_nanos() as f64 / rows as f64
+}
+
+fn report(f: &Figures) {
+    let runs = f.sync.len();
+    let [d1_sync, d1_load, d1_peer] = f.day1;
+    println!(
+        "day 1 (once each): dropsync {:.2} s / {:.0} MB peak; duckdb load {:.2} s / {:.0} MB; duckdb hand-written load {:.2} s / {:.0} MB; ratio to load {:.2}x",
+        d1_sync.time.as_secs_f64(),
+        d1_sync.mb(),
+        d1_load.time.as_secs_f64(),
+        d1_load.mb(),
+        d1_peer.time.as_secs_f64(),
+        d1_peer.mb(),
+        d1_sync.time.as_secs_f64() / d1_load.time.as_secs_f64()
+    );
+    println!("day 2, {runs} runs (s):");
+    println!("  dropsync sync:      {}", secs(&f.sync));
+    println!("  duckdb load:        {}", secs(&f.load));
+    println!("  duckdb diff+apply:  {}", secs(&f.diff));
+    let (sync, load, diff) = (med(&f.sync), med(&f.load), med(&f.diff));
+    println!(
+        "day 2 median: dropsync {:.2} s, duckdb load {:.2} s, duckdb diff+apply {:.2} s; dropsync/load {:.2}x (target <= 1.0x), dropsync/diff+apply {:.2}x (target < 1.0x)",
+        sync.as_secs_f64(),
+        load.as_secs_f64(),
+        diff.as_secs_f64(),
+        sync.as_secs_f64() / load.as_secs_f64(),
+        sync.as_secs_f64() / diff.as_secs_f64()
+    );
+    println!(
+        "day 2 peak RSS: dropsync {:.0} MB, duckdb load {:.0} MB, duckdb diff+apply {:.0} MB (target < 2048 MB)",
+        peak(&f.sync),
+        peak(&f.load),
+        peak(&f.diff)
+    );
+}
+
+/// The side-by-side table of every size, for linearity.
+fn summary(all: &[Figures]) {
+    println!("\n== summary (medians; ns a row; peak RSS)");
+    println!(
+        "{:<9} {:>11} {:>8} | {:>22} {:>22} | {:>22} {:>22} {:>22} | {:>7} {:>7}",
+        "workload",
+        "rows",
+        "day2 MB",
+        "day-1 dropsync",
+        "day-1 duckdb load",
+        "day-2 dropsync",
+        "day-2 duckdb load",
+        "day-2 duckdb diff",
+        "/load",
+        "/diff"
+    );
+    let cell = |t: Duration, rows: u64, mb: f64| {
+        format!(
+            "{:.2}s {:.0}ns {:.0}MB",
+            t.as_secs_f64(),
+            per_row(t, rows),
+            mb
+        )
+    };
+    for f in all {
+        let (sync, load, diff) = (med(&f.sync), med(&f.load), med(&f.diff));
+        println!(
+            "{:<9} {:>11} {:>8.0} | {:>22} {:>22} | {:>22} {:>22} {:>22} | {:>6.2}x {:>6.2}x",
+            f.workload.name(),
+            f.rows,
+            f.day2_mb,
+            cell(f.day1[0].time, f.rows, f.day1[0].mb()),
+            cell(f.day1[1].time, f.rows, f.day1[1].mb()),
+            cell(sync, f.rows, peak(&f.sync)),
+            cell(load, f.rows, peak(&f.load)),
+            cell(diff, f.rows, peak(&f.diff)),
+            sync.as_secs_f64() / load.as_secs_f64(),
+            sync.as_secs_f64() / diff.as_secs_f64()
+        );
+    }
+}
+
+fn main() {
+    if let Ok(kind) = std::env::var("DAY2_PEER") {
+        peer::main(&kind);
+        return;
+    }
+    let sizes: Vec<u64> = std::env::var("BENCH_ROWS")
+        .unwrap_or_else(|_| "1000000".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .replace('_', "")
+                .parse()
+                .expect("BENCH_ROWS: row counts, comma-separated")
+        })
+        .collect();
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let workloads: Vec<Workload> = std::env::var("BENCH_WORKLOADS")
+        .unwrap_or_else(|_| "unquoted,quoted".into())
+        .split(',')
+        .map(|s| Workload::parse(s.trim()))
+        .collect();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_dropsync"));
+    // BENCH_DIR: big files go where there is room for them (a 10M-row
+    // export is 1.2 GB, and each day's store about as much again).
+    let temp;
+    let root = match std::env::var_os("BENCH_DIR") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
+            PathBuf::from(dir)
+        }
+        None => {
+            temp = tempfile::tempdir().expect("temp dir");
+            temp.path().to_path_buf()
+        }
+    };
+    let mut all = Vec::new();
+    for &rows in &sizes {
+        for &workload in &workloads {
+            all.push(bench_one(&bin, &root, rows, workload, runs));
+        }
+    }
+    summary(&all);
 }
