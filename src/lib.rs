@@ -12,6 +12,7 @@ pub mod config;
 pub mod freshness;
 pub mod notify;
 pub mod pipeline;
+pub mod progress;
 pub mod schedule;
 pub mod schema;
 pub mod secret;

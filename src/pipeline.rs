@@ -11,6 +11,7 @@ use chrono::NaiveDate;
 use polars::prelude::{ParquetCompression, ParquetWriter};
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
+use crate::progress::{self, Event, Stage};
 use crate::schema::{self, Dataset, MetricsSpec, RowError, StoredColumn, ValidRows};
 use crate::source::StagedFile;
 use crate::store::{
@@ -435,6 +436,8 @@ fn validate_and_apply(
         }
         Ok((None, errors, Vec::new()))
     };
+    let _in_flight = progress::file(&file.name, Some(file.size));
+    progress::report(Event::Stage(Stage::Parsing));
     let started = std::time::Instant::now();
     let raw = match schema::read_table(
         &file.path,
@@ -452,6 +455,9 @@ fn validate_and_apply(
         Err(e) => return fail(run, FailureKind::Content, e.to_string(), Vec::new()),
     };
     stage_done("parse", started);
+    // Parsing may have reported its chunks already; positions keep the highest.
+    progress::report(Event::Bytes(file.size));
+    progress::report(Event::Stage(Stage::Validating));
     let header_note = raw.header_note();
     let started = std::time::Instant::now();
     let ctx = schema::validate::Context {
@@ -469,6 +475,7 @@ fn validate_and_apply(
     }
     drop(raw);
     stage_done("validate", started);
+    progress::report(Event::Stage(Stage::Diffing));
     run.input_rows = valid.input_rows as i64;
     run.error_rows = valid.error_rows as i64;
     run.skipped_rows = valid.skipped_rows as i64;
@@ -494,6 +501,7 @@ fn validate_and_apply(
         path: handoff_path(&config.store.staging, &run.execution_id),
     };
     handoff.write(&mut valid)?;
+    progress::report(Event::Rows(valid.frame.height() as u64));
     let parquet = handoff.path.clone();
     stage_done("hand-off", started);
     let started = std::time::Instant::now();

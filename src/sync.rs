@@ -6,6 +6,7 @@ use chrono::NaiveDate;
 
 use crate::config::Config;
 use crate::pipeline::{self, Integration, PipelineError, Prior, RunOptions, RunReport, Trigger};
+use crate::progress;
 use crate::source::{self, Candidate, Source, SourceError, StagedFile};
 use crate::store::Store;
 use crate::store::{FailureKind, RunRecord, RunStatus};
@@ -376,6 +377,8 @@ fn sync_one(
     }
     let staging = config.store.staging.join(&integration.name);
     let started = std::time::Instant::now();
+    let _in_flight = progress::file(&candidate.name, Some(candidate.size));
+    progress::report(progress::Event::Stage(progress::Stage::Fetching));
     let staged = match source.fetch(candidate, &staging) {
         Ok(staged) => staged,
         Err(e) => {
@@ -473,6 +476,12 @@ fn ingest_with(
     let pattern =
         source::FilePattern::parse(&integration.config.pattern).map_err(SourceError::from);
     let started = std::time::Instant::now();
+    let shown_name = std::path::Path::new(shown_as)
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let _in_flight = progress::file(&shown_name, None);
+    progress::report(progress::Event::Stage(progress::Stage::Fetching));
     let staged = pattern.and_then(|p| stage(&p, &config.store.staging.join(&integration.name)));
     let staged = match staged {
         Ok(s) => s,

@@ -5,6 +5,7 @@
 mod check;
 mod generate;
 mod output;
+mod progress;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -241,6 +242,10 @@ pub struct SyncFlags {
     /// Print the runs as JSON.
     #[arg(long)]
     pub json: bool,
+    /// No progress line. (It is only drawn when standard error is a
+    /// terminal.)
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 impl SyncFlags {
@@ -358,8 +363,14 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
     };
     let out = &mut std::io::stdout().lock();
     match cli.command {
-        Command::Run(args) => run(&cli.config, args, out, palette),
-        Command::Ingest(args) => ingest(&cli.config, args, out, palette),
+        Command::Run(args) => {
+            let line = progress::ProgressLine::start(args.sync.quiet, cli.color);
+            run(&cli.config, args, out, palette, line.as_ref())
+        }
+        Command::Ingest(args) => {
+            let line = progress::ProgressLine::start(args.sync.quiet, cli.color);
+            ingest(&cli.config, args, out, palette, line.as_ref())
+        }
         Command::Validate(args) => validate(&cli.config, args, out),
         Command::History(args) => {
             let config = load_config(&cli.config)?;
@@ -601,6 +612,7 @@ fn run(
     args: RunArgs,
     out: &mut dyn Write,
     palette: output::Palette,
+    line: Option<&progress::ProgressLine>,
 ) -> Result<Outcome, CliError> {
     let config = load_config(config_path)?;
     // Every integration must resolve (dataset, schema) before the store is
@@ -637,6 +649,9 @@ fn run(
     let json = args.sync.json;
     let mut print_error = None;
     let outcomes = sync::run(&store, &config, &selection, opts, |outcome| {
+        if let Some(line) = line {
+            line.clear();
+        }
         if !json && let Err(e) = output::file_outcome(out, outcome, palette) {
             print_error.get_or_insert(e);
         }
@@ -756,6 +771,7 @@ fn ingest(
     args: IngestArgs,
     out: &mut dyn Write,
     palette: output::Palette,
+    line: Option<&progress::ProgressLine>,
 ) -> Result<Outcome, CliError> {
     let config = load_config(config_path)?;
     Integration::resolve(&config, &args.integration).map_err(|e| usage(e.to_string()))?;
@@ -797,6 +813,9 @@ fn ingest(
     let outcome =
         sync::ingest(&store, &config, &args.integration, &args.file, opts).map_err(pipeline_error);
     deliver_alerts(&store, &config);
+    if let Some(line) = line {
+        line.clear();
+    }
     let outcome = outcome?;
     printed(if args.sync.json {
         output::json(out, &output::outcomes_json(std::slice::from_ref(&outcome)))

@@ -176,6 +176,10 @@ fn log_outcome(outcome: &FileOutcome) {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
+    // Nobody watches a daemon's terminal: a long run's progress goes to the log.
+    let tracker = Arc::new(crate::progress::Tracker::default());
+    crate::progress::install(tracker.clone());
+    crate::progress::log_every(tracker, crate::progress::log_interval());
     let store = Store::open_notifying(&config.store.path, &config.notify)?;
     let web = crate::web::bind(&config, &store).map_err(DaemonError::Web)?;
     // Questions about the store (status, history, show) are answered on a

@@ -331,6 +331,7 @@ pub(crate) fn stage_reader(
             hasher.update(&buf[..n]);
             tmp.write_all(&buf[..n]).map_err(stage_err)?;
             size += n as u64;
+            crate::progress::report(crate::progress::Event::Bytes(size));
         }
         if let Some(expected) = expected_size
             && expected != size

@@ -20,6 +20,7 @@ mod local_security;
 mod packaging;
 mod partner_formats;
 mod pipeline;
+mod progress;
 mod references;
 mod regression;
 mod remote;
