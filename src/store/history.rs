@@ -32,7 +32,7 @@ impl RunStatus {
         }
     }
 
-    pub(super) fn parse(s: &str) -> RunStatus {
+    fn parse(s: &str) -> RunStatus {
         match s {
             "running" => RunStatus::Running,
             "success" => RunStatus::Success,
