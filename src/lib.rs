@@ -7,6 +7,7 @@
 //! `schema` (parse, validate) -> `store` (diff, apply, history), tied
 //! together per file by `pipeline` and per invocation by `sync`.
 
+pub mod activity;
 pub mod cli;
 pub mod config;
 pub mod freshness;

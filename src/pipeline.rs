@@ -250,6 +250,14 @@ pub fn sync_file(
     run.file_size = Some(file.size as i64);
     run.business_date = Some(file.business_date);
     run.forced = opts.force;
+    let _in_progress = (!opts.dry_run).then(|| {
+        crate::activity::begin(
+            &integration.name,
+            Some(&run.execution_id),
+            Some(&file.name),
+            crate::activity::Stage::Validating,
+        )
+    });
     let report = |run: RunRecord, changes, errors: Vec<RowError>, ignored| RunReport {
         record: run,
         changes,
@@ -494,6 +502,7 @@ fn validate_and_apply(
         return Ok((changes, errors, ignored_columns));
     }
 
+    crate::activity::enter(&integration.name, crate::activity::Stage::Diffing);
     let started = std::time::Instant::now();
     // Removed when this function returns, whichever way: a failed write
     // (a full disk) must not leave a half-written file keeping it full.

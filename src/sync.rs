@@ -375,6 +375,15 @@ fn sync_one(
             Err(e) => return error(e.to_string()),
         }
     }
+    let promised = opts.execution_id.map(|id| id.to_string());
+    let _in_progress = (!opts.dry_run).then(|| {
+        crate::activity::begin(
+            &integration.name,
+            promised.as_deref(),
+            Some(&candidate.name),
+            crate::activity::Stage::Fetching,
+        )
+    });
     let staging = config.store.staging.join(&integration.name);
     let started = std::time::Instant::now();
     let _in_flight = progress::file(&candidate.name, Some(candidate.size));
@@ -480,6 +489,15 @@ fn ingest_with(
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
+    let promised = opts.execution_id.map(|id| id.to_string());
+    let _in_progress = (!opts.dry_run).then(|| {
+        crate::activity::begin(
+            &integration.name,
+            promised.as_deref(),
+            Some(&shown_name),
+            crate::activity::Stage::Fetching,
+        )
+    });
     let _in_flight = progress::file(&shown_name, None);
     progress::report(progress::Event::Stage(progress::Stage::Fetching));
     let staged = pattern.and_then(|p| stage(&p, &config.store.staging.join(&integration.name)));

@@ -412,6 +412,7 @@ impl Store {
         }
 
         let step = step.next("delete and insert");
+        crate::activity::enter(req.integration, crate::activity::Stage::Applying);
         let matches_key = key
             .iter()
             .zip(&key_aliases)

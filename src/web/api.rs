@@ -239,7 +239,7 @@ async fn upload(
             "execution_id": id,
             "integration": integration,
             "status": "queued",
-            "status_url": format!("/api/runs/{id}"),
+            "status_url": format!("/api/executions/{id}"),
         })),
     )
         .into_response())

@@ -9,6 +9,7 @@
 mod api;
 mod auth;
 mod config;
+mod live;
 mod pages;
 mod rerun;
 mod upload;
@@ -125,6 +126,7 @@ pub fn router(console: Console) -> Router {
         .merge(pages::routes())
         .merge(auth::routes())
         .merge(rerun::routes())
+        .merge(live::routes())
         .merge(upload::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

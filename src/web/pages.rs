@@ -141,7 +141,7 @@ async fn overview(State(console): State<Console>) -> PageResult {
             @if cards.is_empty() {
                 p { "No integration is configured yet." }
             }
-            ul.cards {
+            ul.cards #cards data-live-part {
                 @for card in &cards { li { (card_view(card)) } }
             }
         },
@@ -154,7 +154,7 @@ fn card_view(card: &Card) -> Markup {
         article.card {
             header {
                 h2 { a href={ "/integrations/" (card.integration) } { (card.integration) } }
-                (status_badge(card.last_run.as_ref().map(|r| r.status)))
+                (super::live::card_badge(&card.integration, card.last_run.as_ref().map(|r| r.status)))
             }
             dl.facts {
                 dt { "Dataset" } dd { (card.dataset) " · " (card.mode) }
@@ -267,7 +267,7 @@ async fn integration(
         true,
         html! {
             nav.crumbs aria-label="Breadcrumb" { a href="/" { "Integrations" } " / " (name) }
-            @if let Some(card) = &card { (card_view(card)) }
+            div #card data-live-part { @if let Some(card) = &card { (card_view(card)) } }
             // Only for those who may change something (the server refuses
             // the others anyway).
             @if super::auth::viewer().may_operate() {
@@ -290,8 +290,10 @@ async fn integration(
                 label { "To " input type="date" name="to" value=(chosen("to")); }
                 button type="submit" { "Filter" }
             }
-            (runs_table(&page_of_runs))
-            (pager(&format!("/integrations/{name}"), &params, "offset", page_of_runs.limit, page_of_runs.offset, page_of_runs.total))
+            div #history data-live-part {
+                (runs_table(&page_of_runs))
+                (pager(&format!("/integrations/{name}"), &params, "offset", page_of_runs.limit, page_of_runs.offset, page_of_runs.total))
+            }
         },
     ))
 }
@@ -484,7 +486,7 @@ fn pending_view(id: &str, pending: &super::Pending) -> Markup {
             div.heading {
                 h1 { "Run " code { (id) } }
                 @match failure {
-                    None => span.badge.badge-running { "queued" },
+                    None => span.badge.badge-running data-live-execution=(id) role="status" { "queued" },
                     Some(_) => span.badge.badge-failed { "error" },
                 }
             }

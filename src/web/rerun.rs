@@ -132,7 +132,7 @@ async fn api_rerun(
             "integration": name,
             "date": date,
             "status": "queued",
-            "status_url": format!("/api/runs/{id}"),
+            "status_url": format!("/api/executions/{id}"),
         })),
     )
         .into_response())

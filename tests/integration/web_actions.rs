@@ -339,3 +339,114 @@ fn the_upload_form_streams_the_file_and_shows_its_execution() {
     )
     .error(403, "cross_site");
 }
+
+/// Reads `GET /api/events` on a thread of its own: each `run` event's data.
+fn watch_events(web: &WebConsole) -> std::sync::mpsc::Receiver<Value> {
+    use std::io::BufRead;
+    let response = crate::web_api::agent()
+        .get(format!("{}/api/events", web.base))
+        .call()
+        .expect("the event stream opens");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let reader = std::io::BufReader::new(response.into_body().into_reader());
+        let mut event = String::new();
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_string();
+            } else if let Some(data) = line.strip_prefix("data:")
+                && event == "run"
+                && tx.send(serde_json::from_str(data.trim()).unwrap()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn an_execution_tells_its_stage_while_it_runs_and_its_counts_when_done() {
+    let port = free_port();
+    let ws = Workspace::new(&web_config(port, ""));
+    let web = WebConsole::start(&ws, port, &[]);
+    let events = watch_events(&web);
+
+    let accepted = web.post(
+        "/api/integrations/accounts/files?name=accounts_20260101.csv",
+        &[],
+        six_accounts().as_bytes(),
+    );
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let accepted = accepted.json();
+    let id = accepted["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(accepted["status_url"], format!("/api/executions/{id}"));
+
+    // Open pages hear every stage of the run, then how it ended.
+    let mut stages = Vec::new();
+    let finished = loop {
+        let event = events
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("an event for the upload's run");
+        assert_eq!(event["integration"], "accounts", "{event}");
+        assert_eq!(event["execution_id"], id.as_str(), "{event}");
+        match event["state"].as_str().unwrap() {
+            "in_progress" => stages.push(event["stage"].as_str().unwrap().to_string()),
+            "finished" => break event,
+            other => panic!("{other}: {event}"),
+        }
+    };
+    assert_eq!(stages, ["fetching", "validating", "diffing", "applying"]);
+    assert_eq!(finished["status"], "success", "{finished}");
+    assert_eq!(finished["counts"]["inserted"], 6, "{finished}");
+    assert_eq!(finished["run_url"], format!("/runs/{id}"));
+
+    // Scripts polling the execution get the same.
+    let polled = web.get(&format!("/api/executions/{id}")).json();
+    assert_eq!(polled["state"], "finished", "{polled}");
+    assert_eq!(polled["status"], "success", "{polled}");
+    assert_eq!(polled["counts"]["rows"], 6, "{polled}");
+    assert_eq!(polled["file"], "accounts_20260101.csv", "{polled}");
+    let message = web
+        .get("/api/executions/no-such-execution")
+        .error(404, "execution_not_found");
+    assert!(message.contains("no-such-execution"), "{message}");
+
+    // A re-run that finds no file ends as an error, with why.
+    let queued = post_json(
+        &web,
+        "/api/integrations/accounts/rerun",
+        r#"{"date": "2026-01-09"}"#,
+    )
+    .json();
+    let id = queued["execution_id"].as_str().unwrap();
+    let ended = web.wait_for(&format!("/api/executions/{id}"), |j| {
+        j["state"] == "finished"
+    });
+    assert_eq!(ended["status"], "error", "{ended}");
+    assert!(
+        ended["message"].as_str().unwrap().contains("no file"),
+        "{ended}"
+    );
+
+    // The card says how the run ended, and carries the hook the page's
+    // script updates while a run is in progress.
+    let overview = web.get("/");
+    assert!(
+        overview
+            .body
+            .contains(r#"data-live-integration="accounts" role="status">success<"#),
+        "{}",
+        overview.body
+    );
+}
