@@ -34,3 +34,4 @@ mod unattended;
 mod web_actions;
 mod web_api;
 mod web_auth;
+mod web_browser;
