@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::schema::formats::InputFormat;
 use crate::source::FilePattern;
 
 /// What went wrong reading the configuration.
@@ -212,6 +213,21 @@ pub struct IntegrationConfig {
     /// only the `latest`.
     #[serde(default)]
     pub catch_up: CatchUp,
+    /// What its files are: `csv`, `xlsx`, `json` (one array of objects) or
+    /// `jsonl` (one object a line). Default: each file name's extension
+    /// (`.csv`, `.xlsx`, `.json`, `.jsonl` or `.ndjson`, with `.gz` or `.zip`
+    /// on top).
+    #[serde(default)]
+    pub format: Option<InputFormat>,
+    /// For xlsx files: the sheet to read. Default: the first.
+    #[serde(default)]
+    pub sheet: Option<String>,
+    /// For zip archives: the member to read. Default: the archive's only file.
+    #[serde(default)]
+    pub member: Option<String>,
+    /// Limits on what a compressed file may expand to.
+    #[serde(default)]
+    pub decompress: DecompressLimits,
     /// How its files are written.
     #[serde(default)]
     pub csv: CsvDialect,
@@ -441,6 +457,37 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// `[integrations.NAME.decompress]`: a guard against decompression bombs
+/// (a few kilobytes that expand to terabytes).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecompressLimits {
+    /// Most bytes a gzip or zip drop may expand to. Default 4 GiB.
+    #[serde(default = "default_max_decompressed_bytes")]
+    pub max_bytes: Count<MaxDecompressedBytes>,
+    /// Most times larger than the compressed file its content may be, once
+    /// past 16 MiB. Real exports compress 5 to 50 times; bombs a million.
+    /// Default 1000.
+    #[serde(default = "default_max_compression_ratio")]
+    pub max_ratio: Count<MaxCompressionRatio>,
+}
+
+impl Default for DecompressLimits {
+    fn default() -> Self {
+        DecompressLimits {
+            max_bytes: default_max_decompressed_bytes(),
+            max_ratio: default_max_compression_ratio(),
+        }
+    }
+}
+
+fn default_max_decompressed_bytes() -> Count<MaxDecompressedBytes> {
+    Count::known(4 << 30)
+}
+fn default_max_compression_ratio() -> Count<MaxCompressionRatio> {
+    Count::known(1000)
+}
+
 /// `[integrations.NAME.csv]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -665,6 +712,10 @@ bounded_settings! {
     MaxFieldBytes = "max_field_bytes", 1..=1_073_741_824 "bytes";
     /// `[web] max_upload_bytes`: a byte to 1 TiB.
     MaxUploadBytes = "max_upload_bytes", 1..=1_099_511_627_776 "bytes";
+    /// `decompress.max_bytes`: a kilobyte to 1 TiB.
+    MaxDecompressedBytes = "max_bytes", 1_024..=1_099_511_627_776 "bytes";
+    /// `decompress.max_ratio`: 1 to a million.
+    MaxCompressionRatio = "max_ratio", 1..=1_000_000 "times";
 }
 
 fn bounded<'de, B: Bounds, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -886,6 +937,7 @@ impl Config {
                 }
             }
             FilePattern::parse(&integration.pattern).map_err(|e| fail(e.to_string()))?;
+            crate::schema::formats::check_config(integration).map_err(fail)?;
             if let Some(schedule) = &integration.schedule {
                 crate::schedule::Schedule::parse(schedule, integration.timezone.as_deref())
                     .map_err(|e| fail(e.to_string()))?;
@@ -1110,6 +1162,8 @@ mod tests {
         check::<KeepStagedDays>(StoreConfig::default().keep_staged_days.get());
         check::<MaxFieldBytes>(CsvDialect::default().max_field_bytes.get());
         check::<MaxUploadBytes>(crate::web::WebConfig::default().max_upload_bytes.get());
+        check::<MaxDecompressedBytes>(DecompressLimits::default().max_bytes.get());
+        check::<MaxCompressionRatio>(DecompressLimits::default().max_ratio.get());
         check::<MinAgeSecs>(default_min_age().get());
         check::<RemoteSettleSecs>(default_remote_settle().get());
         check::<Retries>(default_retries().get());

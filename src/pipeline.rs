@@ -447,17 +447,16 @@ fn validate_and_apply(
     let _in_flight = progress::file(&file.name, Some(file.size));
     progress::report(Event::Stage(Stage::Parsing));
     let started = std::time::Instant::now();
-    let raw = match schema::read_table(
+    let (raw, format_note) = match schema::formats::read_drop(
         &file.path,
         &file.name,
-        &integration.config.csv,
-        &integration.config.columns,
+        &schema::formats::DropReading::of(&integration.config),
         &integration.file_schema,
     ) {
-        Ok(raw) => raw,
+        Ok(read) => (read.table, read.note),
         // A file that cannot be read may read next time; one that reads
         // but is malformed will not.
-        Err(e @ schema::ParseError::Io { .. }) => {
+        Err(e) if e.is_transient() => {
             return fail(run, FailureKind::Transient, e.to_string(), Vec::new());
         }
         Err(e) => return fail(run, FailureKind::Content, e.to_string(), Vec::new()),
@@ -540,7 +539,10 @@ fn validate_and_apply(
             valid.ignored_columns.join(", ")
         )
     });
-    for note in [header_note, ignored_note].into_iter().flatten() {
+    for note in [format_note, header_note, ignored_note]
+        .into_iter()
+        .flatten()
+    {
         run.message = Some(match run.message.take() {
             Some(m) => format!("{m}; {note}"),
             None => note,

@@ -892,25 +892,25 @@ fn validate(
         dialect.header = false;
     }
     let name = args.file.display().to_string();
-    let raw = match schema::read_table(
-        &args.file,
-        &name,
-        &dialect,
-        &columns,
-        &integration.file_schema,
-    ) {
-        Ok(raw) => raw,
-        Err(e) => {
-            if args.json {
-                output::json(
-                    out,
-                    &serde_json::json!({"file": name, "valid": false, "error": e.to_string()}),
-                )?;
-                return Ok(Outcome::Failed);
-            }
-            return Err(e.into());
-        }
+    let reading = schema::formats::DropReading {
+        csv: &dialect,
+        columns: &columns,
+        ..schema::formats::DropReading::of(&integration.config)
     };
+    let raw =
+        match schema::formats::read_drop(&args.file, &name, &reading, &integration.file_schema) {
+            Ok(read) => read.table,
+            Err(e) => {
+                if args.json {
+                    output::json(
+                        out,
+                        &serde_json::json!({"file": name, "valid": false, "error": e.to_string()}),
+                    )?;
+                    return Ok(Outcome::Failed);
+                }
+                return Err(e.into());
+            }
+        };
     // References to other datasets need the store; only the file is checked here.
     let ctx = schema::validate::Context {
         references: Default::default(),

@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub mod formats;
 mod parse;
 pub mod results;
 pub mod validate;

@@ -21,7 +21,7 @@ use super::{FieldsMatch, TableSchema};
 use crate::config::{CsvDialect, Encoding};
 
 /// The longest raw row kept in a row error.
-const RAW_ROW_LIMIT: usize = 4096;
+pub(crate) const RAW_ROW_LIMIT: usize = 4096;
 
 /// The longest header name accepted, in bytes. Real headers are words or
 /// short phrases; a longer one is a file that has no header, or garbage, and
@@ -114,7 +114,7 @@ impl RawTable {
     }
 }
 
-fn raw_text(text: &[u8], start: u64, end: u64) -> String {
+pub(crate) fn raw_text(text: &[u8], start: u64, end: u64) -> String {
     let end = (end as usize).min(text.len());
     let start = (start as usize).min(end);
     let mut slice = &text[start..end];
@@ -336,7 +336,7 @@ struct Chunk {
 pub const ATTRIBUTES: &str = "_attributes";
 
 /// A file column the schema does not know, as it appears in `_attributes`.
-struct AttributeKey {
+pub(crate) struct AttributeKey {
     column: usize,
     header: String,
     /// `"header":`, escaped once for the whole file.
@@ -345,7 +345,7 @@ struct AttributeKey {
 
 /// The extra columns' keys, sorted by name as a JSON object's keys are
 /// (so a file that reorders its columns does not change every row).
-fn attribute_keys(extras: &[(usize, String)]) -> Vec<AttributeKey> {
+pub(crate) fn attribute_keys(extras: &[(usize, String)]) -> Vec<AttributeKey> {
     let mut keys: Vec<AttributeKey> = extras
         .iter()
         .map(|(column, header)| AttributeKey {
@@ -361,7 +361,7 @@ fn attribute_keys(extras: &[(usize, String)]) -> Vec<AttributeKey> {
 /// A record's extra columns as a JSON object of the non-empty ones, written
 /// into `json` (cleared first); `Ok(false)` when they are all empty. A value
 /// or an object larger than `limit` bytes is refused: (field, message).
-fn attributes_json(
+pub(crate) fn attributes_json(
     record: &csv::ByteRecord,
     extras: &[AttributeKey],
     limit: usize,
@@ -410,7 +410,7 @@ fn attributes_json(
     Ok(true)
 }
 
-fn empty_columns(schema: &TableSchema) -> Vec<StringChunked> {
+pub(crate) fn empty_columns(schema: &TableSchema) -> Vec<StringChunked> {
     schema
         .fields
         .iter()
@@ -632,13 +632,13 @@ fn parse_chunk(
 }
 
 /// How a header feeds the schema.
-struct HeaderMatch {
+pub(crate) struct HeaderMatch {
     /// Schema field -> file column.
-    layout: Vec<Option<usize>>,
+    pub(crate) layout: Vec<Option<usize>>,
     /// The file's other columns: (column, header).
-    extras: Vec<(usize, String)>,
+    pub(crate) extras: Vec<(usize, String)>,
     /// Header names matched only loosely: (header, field).
-    renamed: Vec<(String, String)>,
+    pub(crate) renamed: Vec<(String, String)>,
 }
 
 /// A header name reduced to what tells fields apart: `User id`, `user_id`
@@ -689,7 +689,7 @@ fn list_names<S: AsRef<str>>(names: &[S]) -> String {
 
 /// For each schema field, the header column that feeds it; and the header
 /// names that feed nothing. Errors say what is missing and what was found.
-fn match_header(
+pub(crate) fn match_header(
     header: &[String],
     mapping: &std::collections::BTreeMap<String, String>,
     schema: &TableSchema,

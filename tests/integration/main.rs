@@ -15,6 +15,7 @@ mod daemon;
 mod demo;
 mod durability;
 mod error_policy;
+mod formats;
 mod freshness;
 mod local_security;
 mod packaging;
