@@ -31,6 +31,9 @@ fn demo_syncs_every_dataset_and_refuses_the_truncated_export() {
         "line 13 [STARK-1] ParentID: `STARK` does not exist: no row of this file has that AccountID",
         "line 7 [ghost@nowhere.example] AccountID: `GHOST` does not exist: no accounts record has that AccountID",
         "columns not in the schema, kept in _attributes: Region",
+        "line 4 [ZETA] Plan:",
+        "line 4",
+        "Pipeline: the cell holds the spreadsheet error #REF!",
     ]);
     let store = root.join("demo/dropsync.duckdb");
     assert!(
@@ -215,6 +218,8 @@ fn demo_syncs_every_dataset_and_refuses_the_truncated_export() {
             "campaign_results 2026-11-02 campaigns_20261102.csv success in=2 err=0 +12 ~0 -0",
             "crm_accounts 2026-11-02 accounts_20261102.csv success in=8 err=0 +8 ~0 -0",
             "newsletter 2026-11-02 subscribers_20261102.csv success in=4 err=0 +4 ~0 -0",
+            "partner_accounts 2026-11-02 partner_accounts_20261102.json partial in=3 err=1 +2 ~0 -0",
+            "partner_results 2026-11-02 workspan_results_20261102.xlsx partial in=4 err=1 +15 ~0 -0",
             "product_usage 2026-11-02 usage_2026-11-02.csv success in=5 err=0 +4 ~0 -0",
             "crm_users 2026-11-02 users_20261102.csv success in=5 err=0 +5 ~0 -0",
             "campaign_results 2026-11-03 campaigns_20261103.csv partial in=3 err=1 +4 ~2 -0",
@@ -227,6 +232,34 @@ fn demo_syncs_every_dataset_and_refuses_the_truncated_export() {
             "crm_users 2026-11-04 users_20261104.csv partial in=8 err=3 +0 ~0 -0",
             "crm_accounts 2026-11-05 accounts_20261105.csv failed in=2 err=0 +0 ~0 -0",
         ]
+    );
+    // The JSON and xlsx drops: typed like any CSV, nested JSON kept aside.
+    assert_eq!(
+        db.rows(
+            "SELECT AccountID, coalesce(ParentID, 'NULL'), Seats, coalesce(_attributes, 'NULL')
+             FROM partner_accounts ORDER BY AccountID"
+        ),
+        table(&[
+            [
+                "NOVA",
+                "NULL",
+                "400",
+                r#"{"Address":"{\"city\":\"Lyon\",\"country\":\"FR\"}"}"#
+            ],
+            ["NOVA-LAB", "NOVA", "35", r#"{"Partner":"true"}"#],
+        ])
+    );
+    assert_eq!(
+        db.rows(
+            "SELECT Metric, Value, NumberValue, DateValue FROM partner_results WHERE EntityID = 'WS-OPP-102' ORDER BY Metric"
+        ),
+        table(&[
+            ["CloseDate", "2027-01-31", "NULL", "2027-01-31"],
+            ["DealsWon", "1", "1", "NULL"],
+            ["Pipeline", "48000.5", "48000.5", "NULL"],
+            ["Stage", "Best case", "NULL", "NULL"],
+            ["WinRate", "25%", "25", "NULL"],
+        ])
     );
     let all = db.runs();
     drop(db);
