@@ -121,6 +121,11 @@ pub(crate) fn raw_text(text: &[u8], start: u64, end: u64) -> String {
     while let [rest @ .., b'\n' | b'\r'] = slice {
         slice = rest;
     }
+    // A record's span starts where the read before it stopped: after a CRLF
+    // line end that is the LF, and blank lines before the record are in it.
+    while let [b'\n' | b'\r', rest @ ..] = slice {
+        slice = rest;
+    }
     let shortened = slice.len() > RAW_ROW_LIMIT;
     if shortened {
         slice = &slice[..RAW_ROW_LIMIT];
@@ -154,6 +159,19 @@ pub(crate) fn parse_bytes(
     dialect: &CsvDialect,
     mapping: &std::collections::BTreeMap<String, String>,
     schema: &TableSchema,
+) -> Result<RawTable, ParseError> {
+    parse_in_stretches(bytes, file, dialect, mapping, schema, None)
+}
+
+/// `parse_bytes`, cut into `stretches` pieces when given (tests compare
+/// every cut with one read from start to end), else as many as pay.
+fn parse_in_stretches(
+    bytes: Vec<u8>,
+    file: &str,
+    dialect: &CsvDialect,
+    mapping: &std::collections::BTreeMap<String, String>,
+    schema: &TableSchema,
+    stretches: Option<usize>,
 ) -> Result<RawTable, ParseError> {
     let mut text = decode(bytes, dialect.encoding, file)?;
     // A BOM glued to the first header name is the classic CSV bug: drop it.
@@ -251,7 +269,8 @@ pub(crate) fn parse_bytes(
         key_fields: &key_fields,
         width,
     };
-    let chunks = split_body(&text, body_start, first_line, dialect.quote as u8);
+    let pieces = stretches.unwrap_or_else(|| stretches_for(text.len() - body_start));
+    let chunks = split_body(&text, body_start, first_line, dialect, pieces);
     let parsed: Vec<Result<Chunk, ParseError>> = std::thread::scope(|scope| {
         let workers: Vec<_> = chunks
             .iter()
@@ -418,38 +437,146 @@ pub(crate) fn empty_columns(schema: &TableSchema) -> Vec<StringChunked> {
         .collect()
 }
 
-/// Where to cut the records after the header into stretches parsed side by
-/// side: (start byte, end byte, line of the first record). Only a file with
-/// no quote character at all is cut, at line ends: there, every line end
-/// ends a record. Others, and small files, are one stretch.
-fn split_body(text: &[u8], start: usize, first_line: u64, quote: u8) -> Vec<(usize, usize, u64)> {
-    const MIN_STRETCH: usize = 4 << 20;
+/// The smallest stretch worth a thread of its own: below this, starting a
+/// thread and joining its columns costs more than parsing side by side saves.
+const MIN_STRETCH: usize = 4 << 20;
+
+/// How many stretches to parse a body of `len` bytes in.
+fn stretches_for(len: usize) -> usize {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let body = &text[start..];
-    if threads < 2 || body.len() < 2 * MIN_STRETCH || body.contains(&quote) {
+    if threads < 2 || len < 2 * MIN_STRETCH {
+        1
+    } else {
+        threads.min(len / MIN_STRETCH)
+    }
+}
+
+/// Where to cut the records after the header into `pieces` stretches parsed
+/// side by side: (start byte, end byte, line of the first record). Cuts fall
+/// at record boundaries found by following the quote state from the body's
+/// start (`RecordStarts`), so a line end inside a quoted field never cuts.
+/// A quote left open runs to the end of the file: no cut after it, and its
+/// stretch meets it exactly as a read from start to end would.
+fn split_body(
+    text: &[u8],
+    start: usize,
+    first_line: u64,
+    dialect: &CsvDialect,
+    pieces: usize,
+) -> Vec<(usize, usize, u64)> {
+    let body = text.len() - start;
+    if pieces < 2 || body == 0 {
         return vec![(start, text.len(), first_line)];
     }
-    let pieces = threads.min(body.len() / MIN_STRETCH);
-    let mut out = Vec::with_capacity(pieces);
+    let targets: Vec<usize> = (1..pieces).map(|i| start + body * i / pieces).collect();
+    let cuts =
+        RecordStarts::new(dialect.delimiter as u8, dialect.quote as u8).near(text, start, &targets);
+    let mut out = Vec::with_capacity(cuts.len() + 1);
     let (mut from, mut line) = (start, first_line);
-    for i in 1..pieces {
-        let target = start + body.len() * i / pieces;
-        let Some(cut) = text[target..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|p| target + p + 1)
-        else {
-            break;
-        };
-        if cut <= from {
+    for cut in cuts {
+        if cut <= from || cut >= text.len() {
             continue;
         }
         out.push((from, cut, line));
-        line += text[from..cut].iter().filter(|&&b| b == b'\n').count() as u64;
+        line += memchr::memchr_iter(b'\n', &text[from..cut]).count() as u64;
         from = cut;
     }
     out.push((from, text.len(), line));
     out
+}
+
+/// Finds where records start by following only what decides it: whether a
+/// byte is inside a quoted field. It reads quotes the way the csv reader
+/// does: a quote opens a quoted field only at the start of a field (after a
+/// delimiter or a line end), a doubled quote inside one is a quote, and a
+/// quote in the middle of an unquoted field is an ordinary character. A line
+/// end outside quotes ends a record. Between quotes it jumps with `memchr`,
+/// so the pass costs little next to parsing.
+struct RecordStarts {
+    delimiter: u8,
+    quote: u8,
+}
+
+impl RecordStarts {
+    fn new(delimiter: u8, quote: u8) -> RecordStarts {
+        RecordStarts { delimiter, quote }
+    }
+
+    /// For each of `targets` (ascending byte offsets), a record start past
+    /// it, reading from `start` (a record start). A cut must fall exactly
+    /// where the csv reader, reading from the start, stops after a record:
+    /// a record's position is where the read before it stopped, and that is
+    /// where its line and span are counted from. A read stops just after
+    /// the record's terminator: after the LF of an LF line end, after the CR
+    /// of a CRLF one (the LF is skipped by the next read), and blank lines
+    /// are skipped by the next read too. So a cut follows the terminator of
+    /// a line that is not blank. Targets with no such line end after them
+    /// (a quote open to the end of the file) get none: fewer cuts come back.
+    fn near(&self, text: &[u8], start: usize, targets: &[usize]) -> Vec<usize> {
+        let mut cuts = Vec::with_capacity(targets.len());
+        let mut pending = targets.iter().copied().peekable();
+        // Outside quotes from `pos`; `pos == start` is a field start.
+        let mut pos = start;
+        loop {
+            let next_quote = memchr::memchr(self.quote, &text[pos..]).map(|q| pos + q);
+            let unquoted_end = next_quote.unwrap_or(text.len());
+            // Line ends in text[pos..unquoted_end] end records.
+            'targets: while let Some(&target) = pending.peek() {
+                let mut from = target.max(pos);
+                loop {
+                    if from >= unquoted_end {
+                        break 'targets;
+                    }
+                    let Some(n) = memchr::memchr(b'\n', &text[from..unquoted_end]) else {
+                        break 'targets;
+                    };
+                    let lf = from + n;
+                    let terminator = if lf > 0 && text[lf - 1] == b'\r' {
+                        lf - 1
+                    } else {
+                        lf
+                    };
+                    if terminator <= start || matches!(text[terminator - 1], b'\n' | b'\r') {
+                        // A blank line: the next read skips it.
+                        from = lf + 1;
+                        continue;
+                    }
+                    let cut = terminator + 1;
+                    cuts.push(cut);
+                    // Targets this cut already passes share it.
+                    while pending.next_if(|&t| t <= cut).is_some() {}
+                    break;
+                }
+            }
+            let Some(q) = next_quote else {
+                return cuts;
+            };
+            if pending.peek().is_none() {
+                return cuts;
+            }
+            let field_start = q == start
+                || (q > pos && matches!(text[q - 1], b'\n' | b'\r'))
+                || (q > pos && text[q - 1] == self.delimiter);
+            if !field_start {
+                // A quote inside an unquoted field is text.
+                pos = q + 1;
+                continue;
+            }
+            // Inside a quoted field: find its closing quote; a doubled
+            // quote is a quote in the value.
+            let mut inside = q + 1;
+            loop {
+                match memchr::memchr(self.quote, &text[inside..]) {
+                    None => return cuts,
+                    Some(c) if text.get(inside + c + 1) == Some(&self.quote) => inside += c + 2,
+                    Some(c) => {
+                        pos = inside + c + 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Parses the records in `text[start..end]`, the first on line `first_line`.
@@ -935,5 +1062,181 @@ mod tests {
             )
         );
         assert_eq!(raw.columns[0].get(130_000), Some("A0130001"));
+    }
+
+    /// What a parse gives, spelled out so two parses compare: every column,
+    /// line, span and row error, or the error that stopped the file.
+    fn outcome(parsed: Result<RawTable, ParseError>) -> String {
+        let raw = match parsed {
+            Ok(raw) => raw,
+            Err(e) => return format!("error: {e}"),
+        };
+        let values = |c: &StringChunked| -> Vec<Option<String>> {
+            c.iter().map(|v| v.map(str::to_string)).collect()
+        };
+        let columns: Vec<_> = raw.columns.iter().map(values).collect();
+        let raws: Vec<String> = (0..raw.lines.len()).map(|r| raw.raw_row(r)).collect();
+        format!(
+            "records {}\ncolumns {columns:?}\nattributes {:?}\nlines {:?}\nspans {:?}\nraw {raws:?}\nerrors {:#?}",
+            raw.records,
+            raw.attributes.as_ref().map(values),
+            raw.lines,
+            raw.spans,
+            raw.errors
+        )
+    }
+
+    /// Parses `text` read whole, then cut into 2 to 12 stretches, and checks
+    /// every cut gives what the whole read gives. Returns the whole read.
+    fn same_in_every_cut(text: &[u8], dialect: &CsvDialect) -> String {
+        let schema = Dataset::load("accounts", None).unwrap().schema;
+        let parse = |pieces| {
+            outcome(parse_in_stretches(
+                text.to_vec(),
+                "f.csv",
+                dialect,
+                &Default::default(),
+                &schema,
+                Some(pieces),
+            ))
+        };
+        let whole = parse(1);
+        for pieces in 2..=12 {
+            assert_eq!(parse(pieces), whole, "{pieces} stretches of {text:?}");
+        }
+        whole
+    }
+
+    /// One record per line kind that makes quotes hard, many times over so
+    /// cuts land everywhere: quoted CRLF and LF inside fields, doubled quotes,
+    /// quoted delimiters, a stray quote in an unquoted field, text after a
+    /// closing quote, a quote-only record, blank lines, lone CRs.
+    fn tricky_text(copies: usize) -> Vec<u8> {
+        let mut text = String::from(
+            "\u{feff}\"AccountID\",\"ParentID\",\"Name\",\"Type\",\"Plan\",\"Seats\",\"CreatedDate\",\"Region\"\r\n",
+        );
+        for i in 0..copies {
+            text.push_str(&format!(
+                "\"A{i}a\",\"\",\"Line one\r\nline two, \"\"quoted\"\"\",\"parent\",\"pro\",\"5\",\"2024-01-01\",\"EU, west\"\r\n\
+                 A{i}b,,Bob's \"nick\" name,parent,pro,6,2024-01-02,\"\"\r\n\
+                 \"A{i}c\",,\"ACME\"x,product,free,7,2024-01-03,\"\n\"\n\
+                 \"\"\r\n\
+                 \r\n\
+                 \n\
+                 A{i}d,,\"\"\"\",parent,pro,8,2024-01-04,\r\
+                 A{i}e,,\"multi\n\nline\n\",parent,pro,9,2024-01-05,x\n\
+                 A{i}f,,too,few\n"
+            ));
+        }
+        text.into_bytes()
+    }
+
+    #[test]
+    fn quoted_files_parse_the_same_in_stretches() {
+        let whole = same_in_every_cut(&tricky_text(40), &CsvDialect::default());
+        assert!(
+            whole.contains("Line one\\r\\nline two, \\\"quoted\\\""),
+            "{whole}"
+        );
+        assert!(whole.contains("Bob's \\\"nick\\\" name"), "{whole}");
+        assert!(whole.contains("expected 8 fields, found 4"), "{whole}");
+        // The cuts really fall inside the file, at record starts.
+        let text = tricky_text(40);
+        // The csv reader stops after the header's CR: the body starts at its LF.
+        let body = text.iter().position(|&b| b == b'\n').unwrap();
+        let stretches = split_body(&text, body, 2, &CsvDialect::default(), 7);
+        assert_eq!(stretches.len(), 7, "{stretches:?}");
+        for &(start, _, _) in &stretches[1..] {
+            assert!(matches!(text[start - 1], b'\r' | b'\n'), "a cut at {start}");
+        }
+    }
+
+    #[test]
+    fn other_delimiters_quotes_and_encodings_parse_the_same_in_stretches() {
+        let semicolons = CsvDialect {
+            delimiter: ';',
+            quote: '\'',
+            ..CsvDialect::default()
+        };
+        let text = String::from_utf8(tricky_text(20))
+            .unwrap()
+            .replace('\'', "`")
+            .replace(',', ";")
+            .replace('"', "'");
+        same_in_every_cut(text.as_bytes(), &semicolons);
+
+        let latin1 = CsvDialect {
+            encoding: Encoding::from_label("latin1").unwrap(),
+            ..CsvDialect::default()
+        };
+        let mut text = b"AccountID,ParentID,Name,Type,Plan,Seats,CreatedDate\n".to_vec();
+        for i in 0..50 {
+            text.extend_from_slice(
+                format!("A{i},,\"Caf\u{e9}, \"\"Bar\"\"\r\n\u{c9}t\u{e9}\",parent,pro,{i},2024-01-01\r\n")
+                    .as_bytes(),
+            );
+        }
+        // Write the text in Latin-1, as the file would be.
+        let text: Vec<u8> = String::from_utf8(text)
+            .unwrap()
+            .chars()
+            .map(|c| c as u32 as u8)
+            .collect();
+        let whole = same_in_every_cut(&text, &latin1);
+        assert!(whole.contains("Café, \\\"Bar\\\"\\r\\nÉté"), "{whole}");
+    }
+
+    /// A quote that never closes swallows the rest of the file: cut or not,
+    /// the file fails with the same message, naming the same line.
+    #[test]
+    fn an_unbalanced_quote_fails_the_same_in_stretches() {
+        let plain: String = (0..200)
+            .map(|i| format!("P{i},,plain,parent,pro,{i},2024-01-01,\r\n"))
+            .collect();
+        let mut text = String::from_utf8(tricky_text(20)).unwrap();
+        text.push_str("A9,,\"never closed,parent,pro,1,2024-01-01,\r\n");
+        text.push_str(&plain);
+        let whole = same_in_every_cut(text.as_bytes(), &CsvDialect::default());
+        assert!(whole.starts_with("error: f.csv: line 263: a quoted field opened in this record runs on to line 463 and leaves it with 3 fields instead of 8"), "{whole}");
+        assert!(
+            whole.ends_with("an unbalanced quote? Nothing was applied"),
+            "{whole}"
+        );
+
+        // A record of one lone quote, the same.
+        let mut text = String::from_utf8(tricky_text(10)).unwrap();
+        text.push_str("\"\n");
+        text.push_str(&plain);
+        let whole = same_in_every_cut(text.as_bytes(), &CsvDialect::default());
+        assert!(whole.starts_with("error: f.csv: line "), "{whole}");
+        assert!(
+            whole.contains("leaves it with 1 fields instead of 8: an unbalanced quote?"),
+            "{whole}"
+        );
+    }
+
+    /// Random mixes of the bytes that matter (quotes, delimiters, CR, LF)
+    /// parse the same cut or whole: whatever the quoting, cuts fall only
+    /// where the reader from the start sees a record begin.
+    #[test]
+    fn random_quoting_parses_the_same_in_stretches() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet: &[&[u8]] = &[
+            b"a", b"b", b",", b",", b"\"", b"\"", b"\n", b"\r\n", b"\r", b"x,y",
+        ];
+        for _ in 0..300 {
+            let mut text = b"AccountID,ParentID,Name\n".to_vec();
+            let len = 20 + next() % 200;
+            for _ in 0..len {
+                text.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            same_in_every_cut(&text, &CsvDialect::default());
+        }
     }
 }

@@ -14,6 +14,7 @@ mod correctness;
 mod daemon;
 mod demo;
 mod durability;
+mod enterprise_exports;
 mod error_policy;
 mod formats;
 mod freshness;
