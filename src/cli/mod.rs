@@ -149,9 +149,12 @@ pub enum Command {
     History(HistoryArgs),
     /// Show one run and its rejected rows.
     Show(ShowArgs),
-    /// Export data back out.
-    #[command(subcommand)]
-    Export(ExportCommand),
+    /// The changes runs applied to an integration's rows, oldest first:
+    /// each changed key, its kind and its fields' old and new values.
+    Changes(ChangesArgs),
+    /// Export data back out: a table's rows, now or as of a past date
+    /// (`export TABLE`), or unsubscribed records (`export unsubscribes`).
+    Export(ExportArgs),
     /// Each integration: its source, schedule, next run, last run, and
     /// whether its file is fresh, due, overdue or failing.
     Status(StatusArgs),
@@ -312,6 +315,54 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    pub integration: String,
+    /// Only changes of runs with this business date (YYYY-MM-DD) or later.
+    #[arg(long, value_parser = pipeline::parse_date, conflicts_with = "run")]
+    pub since: Option<NaiveDate>,
+    /// Only changes of this run (its execution id, or a unique part of it).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Only changes of this kind (repeatable).
+    #[arg(long = "kind", value_enum)]
+    pub kinds: Vec<crate::store::ChangeKind>,
+    /// As JSON: an array of changes.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// As CSV, one change a line (key and fields as JSON).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ExportArgs {
+    #[command(subcommand)]
+    pub command: Option<ExportCommand>,
+    /// The table to export (`accounts`, or an integration's `table`).
+    #[arg(required = true)]
+    pub table: Option<String>,
+    /// The rows as they stood after the last run with this business date
+    /// (YYYY-MM-DD) or an earlier one, rebuilt from the change log.
+    /// Default: as they stand now.
+    #[arg(long, value_parser = pipeline::parse_date)]
+    pub as_of: Option<NaiveDate>,
+    /// Only the rows of this integration.
+    #[arg(long)]
+    pub integration: Option<String>,
+    /// Write here instead of standard output (created for its owner only).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// `csv`, `parquet`, or `json` (one JSON object a line).
+    #[arg(long, value_enum, default_value_t = crate::store::ExportFormat::Csv)]
+    pub format: crate::store::ExportFormat,
+    /// CSV: write text cells that start with `=`, `+`, `-`, `@`, a tab or a
+    /// carriage return as they are. By default they get a leading `'`.
+    #[arg(long)]
+    pub allow_formulas: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ExportCommand {
     /// Unsubscribed records, as CSV.
@@ -416,6 +467,35 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             }
             Ok(Outcome::Success)
         }
+        Command::Changes(args) => {
+            let config = load_config(&cli.config)?;
+            if !config.integrations.contains_key(&args.integration) {
+                return Err(usage(format!(
+                    "no integration named `{}` in {}",
+                    args.integration,
+                    config.path.display()
+                )));
+            }
+            let store = Store::open_read_only(&config.store.path)?;
+            let execution_id = match &args.run {
+                Some(id) => Some(store.run(id)?.execution_id),
+                None => None,
+            };
+            let changes = store.changes(&crate::store::ChangeFilter {
+                integration: Some(args.integration.clone()),
+                since: args.since,
+                execution_id,
+                kinds: args.kinds,
+            })?;
+            if args.json {
+                output::json(out, &changes)?;
+            } else if args.csv {
+                output::changes_csv(out, &changes)?;
+            } else {
+                output::changes(out, &changes)?;
+            }
+            Ok(Outcome::Success)
+        }
         Command::Status(args) => {
             let config = load_config(&cli.config)?;
             let cards = status_cards(&config)?;
@@ -494,7 +574,69 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             crate::schedule::daemon::run(config, crate::schedule::daemon::Mode::ServeOnly)?;
             Ok(Outcome::Success)
         }
-        Command::Export(ExportCommand::Unsubscribes(args)) => {
+        Command::Export(ExportArgs {
+            command: None,
+            table,
+            as_of,
+            integration,
+            output,
+            format,
+            allow_formulas,
+        }) => {
+            let Some(table) = table else {
+                return Err(usage("name the table to export, or `export unsubscribes`"));
+            };
+            let config = load_config(&cli.config)?;
+            let key = table_key(&config, &table, integration.as_deref())?;
+            let store = Store::open_read_only(&config.store.path)?;
+            let export = crate::store::TableExport {
+                table,
+                key,
+                as_of,
+                integration,
+                format,
+                neutralise_formulas: !allow_formulas,
+            };
+            // DuckDB writes the file: into a private temporary file beside
+            // the destination (partners' data is never world-readable, and a
+            // reader sees the old file or the whole new one), renamed after.
+            let dir = output
+                .as_deref()
+                .and_then(Path::parent)
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(std::env::temp_dir);
+            let tmp = tempfile::Builder::new()
+                .prefix(".dropsync-export-")
+                .tempfile_in(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot create a file in {}: {e}", dir.display()))?;
+            let n = store.export_table(&export, tmp.path())?;
+            match &output {
+                Some(path) => {
+                    tmp.as_file().sync_all()?;
+                    tmp.persist(path).map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot write the export to {}: {}",
+                            path.display(),
+                            e.error
+                        )
+                    })?;
+                    if let Ok(d) = std::fs::File::open(&dir) {
+                        let _ = d.sync_all();
+                    }
+                }
+                None => {
+                    let mut file = std::fs::File::open(tmp.path())?;
+                    printed(std::io::copy(&mut file, out).map(drop))?;
+                }
+            }
+            tracing::info!(rows = n, table = export.table, "table exported");
+            Ok(Outcome::Success)
+        }
+        Command::Export(ExportArgs {
+            command: Some(ExportCommand::Unsubscribes(args)),
+            ..
+        }) => {
             let config = load_config(&cli.config)?;
             let spec = unsubscribe_columns(&config, &args.table)?;
             let store = Store::open_read_only(&config.store.path)?;
@@ -555,6 +697,42 @@ fn status_cards(config: &Config) -> Result<Vec<crate::status::Card>, CliError> {
                 .map_err(|e| usage(e.to_string()))
         }
     }
+}
+
+/// The key of `table`, from the dataset of the integration(s) syncing into
+/// it (`integration` when named).
+fn table_key(
+    config: &Config,
+    table: &str,
+    integration: Option<&str>,
+) -> Result<Vec<String>, CliError> {
+    if let Some(name) = integration {
+        match config.integrations.get(name) {
+            None => {
+                return Err(usage(format!(
+                    "no integration named `{name}` in {}",
+                    config.path.display()
+                )));
+            }
+            Some(i) if i.table_name() != table => {
+                return Err(usage(format!(
+                    "integration `{name}` syncs into table `{}`, not `{table}`",
+                    i.table_name()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    let Some((name, _)) = config.integrations.iter().find(|(n, i)| {
+        i.table_name() == table && integration.is_none_or(|want| want == n.as_str())
+    }) else {
+        return Err(usage(format!(
+            "no integration in {} syncs into a table `{table}`",
+            config.path.display()
+        )));
+    };
+    let resolved = Integration::resolve(config, name).map_err(|e| usage(e.to_string()))?;
+    Ok(resolved.target.key.clone())
 }
 
 /// What an unsubscribe export of `table` reads: the status rule and fields

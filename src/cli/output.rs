@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::schema::{RowError, ValidRows};
-use crate::store::{RunRecord, RunStatus};
+use crate::store::{ChangeRecord, RowAction, RunRecord, RunStatus, json_text, spreadsheet_safe};
 use crate::sync::FileOutcome;
 
 /// Whether what is printed carries color: run statuses, in the terminal's
@@ -495,6 +495,87 @@ fn freshness(out: &mut dyn Write, c: &crate::status::Card) -> io::Result<()> {
         None => String::new(),
     };
     writeln!(out, "  freshness {state}: {expected}{next}")
+}
+
+/// What one logged change did, in a line: `Name: Acme -> Acme Inc` for an
+/// update, the row for an insert or a delete.
+fn change_detail(c: &ChangeRecord) -> String {
+    let serde_json::Value::Object(fields) = &c.fields else {
+        return String::new();
+    };
+    fields
+        .iter()
+        .map(|(name, value)| match (c.action, value) {
+            (RowAction::Update, serde_json::Value::Array(pair)) if pair.len() == 2 => {
+                let side = |v: &serde_json::Value| match v {
+                    serde_json::Value::Null => "(empty)".to_string(),
+                    v => json_text(v),
+                };
+                format!("{name}: {} -> {}", side(&pair[0]), side(&pair[1]))
+            }
+            _ => format!("{name}={}", json_text(value)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `changes`, as a table.
+pub fn changes(out: &mut dyn Write, changes: &[ChangeRecord]) -> io::Result<()> {
+    if changes.is_empty() {
+        return writeln!(out, "no changes");
+    }
+    writeln!(
+        out,
+        "{:>8}  {:<10}  {:<36}  {:<11}  {:<24}  CHANGED",
+        "SEQ", "DATE", "EXECUTION ID", "KIND", "KEY"
+    )?;
+    for c in changes {
+        writeln!(
+            out,
+            "{:>8}  {:<10}  {:<36}  {:<11}  {:<24}  {}",
+            c.seq,
+            c.business_date.map(|d| d.to_string()).unwrap_or_default(),
+            c.execution_id,
+            c.kind.as_str(),
+            term(&c.key_text()),
+            term(&change_detail(c))
+        )?;
+    }
+    Ok(())
+}
+
+/// `changes --csv`: one change a line, its key and fields as JSON; cells a
+/// spreadsheet would run as formulas get a leading `'`.
+pub fn changes_csv(out: &mut dyn Write, changes: &[ChangeRecord]) -> io::Result<()> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record([
+        "seq",
+        "integration",
+        "dataset",
+        "table",
+        "execution_id",
+        "business_date",
+        "kind",
+        "key",
+        "fields",
+        "recorded_at",
+    ])?;
+    for c in changes {
+        let cells = [
+            c.seq.to_string(),
+            c.integration.clone(),
+            c.dataset.clone(),
+            c.table.clone(),
+            c.execution_id.clone(),
+            c.business_date.map(|d| d.to_string()).unwrap_or_default(),
+            c.kind.as_str().to_string(),
+            c.key.to_string(),
+            c.fields.to_string(),
+            c.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ];
+        writer.write_record(cells.iter().map(|cell| spreadsheet_safe(cell).into_owned()))?;
+    }
+    writer.flush()
 }
 
 #[cfg(test)]

@@ -411,6 +411,17 @@ impl Store {
             return Ok(Outcome::DryRun(changes));
         }
 
+        let step = step.next("log the changes");
+        self.log_changes_in(&super::changelog::LoggedBatch {
+            integration: req.integration,
+            dataset: &run.dataset,
+            execution_id: &run.execution_id,
+            business_date_sql: &business_date,
+            table: req.table,
+            status: req.status,
+            mine: &mine,
+            key_aliases: &key_aliases,
+        })?;
         let step = step.next("delete and insert");
         crate::activity::enter(req.integration, crate::activity::Stage::Applying);
         let matches_key = key

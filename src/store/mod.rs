@@ -4,6 +4,8 @@
 
 mod apply;
 mod browse;
+mod changelog;
+mod export;
 mod fetched;
 mod history;
 mod outbox;
@@ -17,6 +19,8 @@ use duckdb::Connection;
 
 pub use apply::{ApplyRequest, ChangeSet, FieldChange, Outcome, Sample, TargetTable};
 pub use browse::{RunFilter, RunPage};
+pub use changelog::{ChangeFilter, ChangeKind, ChangeRecord, RowAction, json_text};
+pub use export::{ExportFormat, TableExport};
 pub use history::{FailureKind, RunRecord, RunStatus};
 pub use outbox::{PendingDelivery, Undelivered};
 pub use overview::HistoryGlance;
@@ -141,6 +145,29 @@ const MIGRATIONS: &[&str] = &[
     // 6: a delivery being sent: claimed by the sender before it sends, so
     // no other sender takes it meanwhile; cleared when marked.
     "ALTER TABLE dropsync_outbox ADD COLUMN claimed_at TIMESTAMP;",
+    // 7: the change log: every row an applied batch changed, and each
+    // applied run's place in it (the highest sequence number at its commit).
+    "CREATE TABLE dropsync_changes (
+        seq BIGINT NOT NULL,
+        execution_id VARCHAR NOT NULL,
+        integration VARCHAR NOT NULL,
+        dataset VARCHAR NOT NULL,
+        target_table VARCHAR NOT NULL,
+        business_date DATE,
+        record_key JSON NOT NULL,
+        kind VARCHAR NOT NULL,
+        action VARCHAR NOT NULL,
+        fields JSON NOT NULL,
+        recorded_at TIMESTAMP NOT NULL
+     );
+     CREATE TABLE dropsync_change_runs (
+        execution_id VARCHAR NOT NULL,
+        integration VARCHAR NOT NULL,
+        target_table VARCHAR NOT NULL,
+        business_date DATE,
+        last_seq BIGINT NOT NULL,
+        applied_at TIMESTAMP NOT NULL
+     );",
 ];
 
 impl Store {

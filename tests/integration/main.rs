@@ -7,6 +7,7 @@ mod common;
 
 mod alerts;
 mod bad_input;
+mod changelog;
 mod cli;
 mod cli_habits;
 mod conformance;

@@ -1,0 +1,423 @@
+//! The change log: every row a batch changes, kept with what it changed
+//! from and to, written in the batch's own transaction by set-based SQL from
+//! the classified diff (the `changes` temp table `apply` builds), so it
+//! holds exactly what was applied, whatever fed the diff. It is what the
+//! `changes` command reads, what `export --as-of` walks back, and what the
+//! change feed sends.
+//!
+//! Storage grows with the changes: an update keeps only the fields that
+//! changed (`{field: [old, new]}`), an insert its new row, a delete the row
+//! it removed. Each applied run also leaves a watermark (the highest
+//! sequence number when it committed, in `dropsync_change_runs`), which
+//! says where "after the last run of date D" is in the log, runs that
+//! changed nothing included.
+
+use chrono::{NaiveDate, NaiveDateTime};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError, TargetTable, ident};
+use crate::schema::StatusRule;
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Insert,
+    Update,
+    Delete,
+    /// Inserted or updated into a status its dataset counts as subscribed.
+    Subscribe,
+    /// Inserted or updated into a status its dataset counts as unsubscribed.
+    Unsubscribe,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Insert => "insert",
+            ChangeKind::Update => "update",
+            ChangeKind::Delete => "delete",
+            ChangeKind::Subscribe => "subscribe",
+            ChangeKind::Unsubscribe => "unsubscribe",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+impl std::fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened to the stored row, whatever the kind says: a subscribe
+/// is an insert or an update. Walking the log back needs to know which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowAction {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// One logged change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    /// Order in the log: later changes have higher numbers.
+    pub seq: i64,
+    pub integration: String,
+    pub dataset: String,
+    pub table: String,
+    /// The key, typed as the store keeps it: `{"AccountID": "A1"}`.
+    pub key: serde_json::Value,
+    pub kind: ChangeKind,
+    pub action: RowAction,
+    /// Update: `{field: [old, new]}` for each changed field; insert: the new
+    /// row; delete: the row removed.
+    pub fields: serde_json::Value,
+    pub execution_id: String,
+    pub business_date: Option<NaiveDate>,
+    pub recorded_at: NaiveDateTime,
+}
+
+impl ChangeRecord {
+    /// The key as one line of text, parts joined with `|`.
+    pub fn key_text(&self) -> String {
+        match &self.key {
+            serde_json::Value::Object(parts) => {
+                parts.values().map(json_text).collect::<Vec<_>>().join("|")
+            }
+            other => json_text(other),
+        }
+    }
+
+    /// Whether one of `fields` changed: for an update, among its changed
+    /// fields; an insert or a delete changes every field.
+    pub fn touches_any(&self, fields: &[String]) -> bool {
+        if fields.is_empty() {
+            return true;
+        }
+        match &self.fields {
+            serde_json::Value::Object(map) => fields.iter().any(|f| map.contains_key(f)),
+            _ => false,
+        }
+    }
+}
+
+/// A JSON value as a person reads it: strings without their quotes.
+pub fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Which logged changes to read.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeFilter {
+    pub integration: Option<String>,
+    /// Changes of runs with this business date or a later one.
+    pub since: Option<NaiveDate>,
+    /// Changes of this run only.
+    pub execution_id: Option<String>,
+    /// Only these kinds (all when empty).
+    pub kinds: Vec<ChangeKind>,
+}
+
+/// What the change log needs to know about a batch being applied.
+pub(crate) struct LoggedBatch<'a> {
+    pub integration: &'a str,
+    pub dataset: &'a str,
+    pub execution_id: &'a str,
+    /// SQL: the business date (`DATE '2026-11-03'` or `NULL`).
+    pub business_date_sql: &'a str,
+    pub table: &'a TargetTable,
+    pub status: Option<&'a StatusRule>,
+    /// SQL: the integration's stored rows before the batch (aliased `t`).
+    pub mine: &'a str,
+    /// The `changes` table's key columns (`_key0`, ...), in key order.
+    pub key_aliases: &'a [String],
+}
+
+/// A column's value as JSON text (never SQL NULL: JSON `null`). A number
+/// that JSON cannot hold (NaN, infinity) is kept as its text, which casts
+/// back to the same DOUBLE.
+pub(crate) fn json_value_sql(expr: &str, sql_type: &str) -> String {
+    if sql_type == "DOUBLE" {
+        format!(
+            "coalesce(CASE WHEN isfinite({expr}) THEN CAST(to_json({expr}) AS VARCHAR)
+                           ELSE CAST(to_json(CAST({expr} AS VARCHAR)) AS VARCHAR) END, 'null')"
+        )
+    } else {
+        format!("coalesce(CAST(to_json({expr}) AS VARCHAR), 'null')")
+    }
+}
+
+/// `"name":` as SQL text.
+fn json_member(name: &str) -> String {
+    let key = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+    format!("'{}:'", key.replace('\'', "''"))
+}
+
+/// SQL for a JSON object of `columns` read from `side` (`{"a": 1, ...}`).
+fn row_object(side: &str, columns: &[(&str, &str)]) -> String {
+    if columns.is_empty() {
+        return "'{}'".into();
+    }
+    let members = columns
+        .iter()
+        .map(|(name, sql_type)| {
+            format!(
+                "{} || {}",
+                json_member(name),
+                json_value_sql(&format!("{side}.{}", ident(name)), sql_type)
+            )
+        })
+        .collect::<Vec<_>>();
+    format!("'{{' || concat_ws(',', {}) || '}}'", members.join(", "))
+}
+
+impl Store {
+    /// Logs every change of the batch in the `changes` temp table, in the
+    /// caller's transaction, before the target table is touched (the old
+    /// rows are read from it). Returns the number of changes logged.
+    pub(crate) fn log_changes_in(&self, batch: &LoggedBatch<'_>) -> Result<u64, StoreError> {
+        let key = &batch.table.key;
+        let data: Vec<(&str, &str)> = batch
+            .table
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.sql_type))
+            .collect();
+        let non_key: Vec<(&str, &str)> = data
+            .iter()
+            .filter(|(name, _)| !key.iter().any(|k| k == name))
+            .copied()
+            .collect();
+        let key_object = {
+            let members = key
+                .iter()
+                .zip(batch.key_aliases)
+                .map(|(k, alias)| {
+                    let sql_type = data
+                        .iter()
+                        .find(|(name, _)| name == k)
+                        .map(|(_, t)| *t)
+                        .unwrap_or("VARCHAR");
+                    format!(
+                        "{} || {}",
+                        json_member(k),
+                        json_value_sql(&format!("c.{alias}"), sql_type)
+                    )
+                })
+                .collect::<Vec<_>>();
+            format!("'{{' || concat_ws(',', {}) || '}}'", members.join(", "))
+        };
+        let diff = if non_key.is_empty() {
+            "'{}'".to_string()
+        } else {
+            let members = non_key
+                .iter()
+                .map(|(name, sql_type)| {
+                    let c = ident(name);
+                    format!(
+                        "CASE WHEN t.{c} IS DISTINCT FROM c.{c} THEN {} || '[' || {} || ',' || {} || ']' END",
+                        json_member(name),
+                        json_value_sql(&format!("t.{c}"), sql_type),
+                        json_value_sql(&format!("c.{c}"), sql_type)
+                    )
+                })
+                .collect::<Vec<_>>();
+            format!("'{{' || concat_ws(',', {}) || '}}'", members.join(", "))
+        };
+        let status_kind = match batch.status {
+            Some(rule) => {
+                let arms = rule
+                    .changes
+                    .iter()
+                    .filter(|(_, change)| matches!(change.as_str(), "subscribe" | "unsubscribe"))
+                    .map(|(value, change)| {
+                        format!("WHEN '{}' THEN '{change}'", value.replace('\'', "''"))
+                    })
+                    .collect::<Vec<_>>();
+                if arms.is_empty() {
+                    "NULL".to_string()
+                } else {
+                    format!(
+                        "CASE WHEN c._old_status IS DISTINCT FROM c._new_status
+                              THEN CASE c._new_status {} END END",
+                        arms.join(" ")
+                    )
+                }
+            }
+            None => "NULL".to_string(),
+        };
+        let on_key = key
+            .iter()
+            .zip(batch.key_aliases)
+            .map(|(k, alias)| format!("t.{} = c.{alias}", ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let integration = batch.integration.replace('\'', "''");
+        let dataset = batch.dataset.replace('\'', "''");
+        let table = batch.table.name.replace('\'', "''");
+        let execution_id = batch.execution_id.replace('\'', "''");
+        let business_date = batch.business_date_sql;
+        let logged = self
+            .conn()
+            .execute(
+                &format!(
+                    "INSERT INTO dropsync_changes
+                     SELECT (SELECT coalesce(max(seq), 0) FROM dropsync_changes) + row_number() OVER (),
+                            '{execution_id}', '{integration}', '{dataset}', '{table}', {business_date},
+                            CAST(key_json AS JSON),
+                            coalesce(CASE WHEN action <> 'delete' THEN status_kind END, action),
+                            action, CAST(fields_json AS JSON), now()::TIMESTAMP
+                     FROM (
+                        SELECT {key_object} AS key_json, c._kind AS action, {status_kind} AS status_kind,
+                               CASE c._kind WHEN 'insert' THEN {inserted}
+                                            WHEN 'delete' THEN {deleted}
+                                            ELSE {diff} END AS fields_json
+                        FROM changes c LEFT JOIN {mine} t ON {on_key}
+                        WHERE c._kind IN ('insert', 'update', 'delete')
+                     )",
+                    inserted = row_object("c", &data),
+                    deleted = row_object("t", &data),
+                    mine = batch.mine,
+                ),
+                [],
+            )
+            .map_err(self.query_error("logging the changes"))?;
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO dropsync_change_runs
+                     SELECT '{execution_id}', '{integration}', '{table}', {business_date},
+                            (SELECT coalesce(max(seq), 0) FROM dropsync_changes), now()::TIMESTAMP"
+                ),
+                [],
+            )
+            .map_err(self.query_error("logging the changes"))?;
+        Ok(logged as u64)
+    }
+
+    /// Logged changes matching `filter`, oldest first.
+    pub fn changes(&self, filter: &ChangeFilter) -> Result<Vec<ChangeRecord>, StoreError> {
+        let context = "reading the change log";
+        if !self.table_exists("dropsync_changes")? {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from(
+            "SELECT seq, integration, dataset, target_table, CAST(record_key AS VARCHAR), kind, action,
+                    CAST(fields AS VARCHAR), execution_id, business_date, recorded_at
+             FROM dropsync_changes WHERE true",
+        );
+        let mut params: Vec<Box<dyn duckdb::ToSql>> = Vec::new();
+        if let Some(integration) = &filter.integration {
+            sql.push_str(" AND integration = ?");
+            params.push(Box::new(integration.clone()));
+        }
+        if let Some(since) = filter.since {
+            sql.push_str(" AND business_date >= ?");
+            params.push(Box::new(since));
+        }
+        if let Some(id) = &filter.execution_id {
+            sql.push_str(" AND execution_id = ?");
+            params.push(Box::new(id.clone()));
+        }
+        if !filter.kinds.is_empty() {
+            sql.push_str(&format!(
+                " AND kind IN ({})",
+                filter
+                    .kinds
+                    .iter()
+                    .map(|k| format!("'{}'", k.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        sql.push_str(" ORDER BY seq");
+        let mut stmt = self
+            .conn()
+            .prepare(&sql)
+            .map_err(self.query_error(context))?;
+        let refs: Vec<&dyn duckdb::ToSql> = params.iter().map(|b| b.as_ref()).collect();
+        let rows = stmt
+            .query_map(refs.as_slice(), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, Option<NaiveDate>>(9)?,
+                    r.get::<_, NaiveDateTime>(10)?,
+                ))
+            })
+            .map_err(self.query_error(context))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, integration, dataset, table, key, kind, action, fields, id, date, at) =
+                row.map_err(self.query_error(context))?;
+            let bad = |what: &str| StoreError::Other {
+                path: self.path().to_path_buf(),
+                message: format!("change {seq} in the change log has an unreadable {what}"),
+            };
+            out.push(ChangeRecord {
+                seq,
+                integration,
+                dataset,
+                table,
+                key: serde_json::from_str(&key).map_err(|_| bad("key"))?,
+                kind: ChangeKind::parse(&kind).ok_or_else(|| bad("kind"))?,
+                action: serde_json::from_value(serde_json::Value::String(action))
+                    .map_err(|_| bad("action"))?,
+                fields: serde_json::from_str(&fields).map_err(|_| bad("fields"))?,
+                execution_id: id,
+                business_date: date,
+                recorded_at: at,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_field_filter_passes_updates_that_changed_a_named_field_and_every_insert() {
+        let record = |action, fields: serde_json::Value| ChangeRecord {
+            seq: 1,
+            integration: "crm".into(),
+            dataset: "accounts".into(),
+            table: "accounts".into(),
+            key: serde_json::json!({"AccountID": "A1"}),
+            kind: ChangeKind::Update,
+            action,
+            fields,
+            execution_id: "x".into(),
+            business_date: None,
+            recorded_at: NaiveDateTime::default(),
+        };
+        let update = record(RowAction::Update, serde_json::json!({"Name": ["a", "b"]}));
+        assert!(update.touches_any(&["Name".into()]));
+        assert!(!update.touches_any(&["Seats".into()]));
+        assert!(update.touches_any(&[]));
+        let insert = record(
+            RowAction::Insert,
+            serde_json::json!({"AccountID": "A1", "Name": "a", "Seats": null}),
+        );
+        assert!(insert.touches_any(&["Seats".into()]));
+        assert_eq!(insert.key_text(), "A1");
+    }
+}
