@@ -610,7 +610,13 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 .prefix(".dropsync-export-")
                 .tempfile_in(&dir)
                 .map_err(|e| anyhow::anyhow!("cannot create a file in {}: {e}", dir.display()))?;
+            // DuckDB creates the file anew, with the process's umask.
+            crate::store::keep_new_files_private();
             let n = store.export_table(&export, tmp.path())?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
             match &output {
                 Some(path) => {
                     tmp.as_file().sync_all()?;

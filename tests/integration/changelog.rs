@@ -418,5 +418,8 @@ fn an_export_file_is_private_typed_and_free_of_live_formulas() {
     ws.dropsync(&["export", "nosuch"])
         .code(2)
         .stderr_has(&["no integration", "syncs into a table `nosuch`"]);
-    ws.dropsync(&["export", "unsubscribes"]).code(2);
+    // `export unsubscribes` is still the unsubscribe export.
+    ws.dropsync(&["export", "unsubscribes"])
+        .code(0)
+        .stdout_has(&["ListID,Email,UnsubscribedDate"]);
 }
