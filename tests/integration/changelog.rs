@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use crate::common::{ACCOUNTS_HEADER, Workspace, accounts_config, six_accounts, table};
+use crate::common::{ACCOUNTS_HEADER, Random, Workspace, accounts_config, six_accounts, table};
 
 const SUBSCRIBERS_HEADER: &str =
     "ListID,Email,Status,UnsubscribedDate,UnsubscribeReason,FirstName,LastName\n";
@@ -214,22 +214,6 @@ dataset = "subscribers"
 source = { type = "folder", path = "drops" }
 pattern = "subscribers_{date:%Y%m%d}.csv"
 "#;
-
-/// SplitMix64: the same seed gives the same scenario everywhere.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn day_date(day: usize) -> String {
     format!("2026-11-{day:02}")

@@ -443,3 +443,40 @@ pub fn six_accounts_table() -> Vec<Vec<String>> {
         ["A6", "Account 6", "60"],
     ])
 }
+
+/// A small deterministic generator (SplitMix64): the same seed gives the
+/// same scenarios on every machine.
+pub struct Random(pub u64);
+
+impl Random {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    /// A random non-empty subset of `items`, at most `max` long, in order.
+    pub fn subset<T: Clone>(&mut self, items: &[T], max: usize) -> Vec<T> {
+        let mut indexes: Vec<usize> = (0..items.len()).collect();
+        for i in (1..indexes.len()).rev() {
+            indexes.swap(i, self.below(i + 1));
+        }
+        let mut chosen: Vec<usize> = indexes[..1 + self.below(max.min(items.len()))].to_vec();
+        chosen.sort();
+        chosen.into_iter().map(|i| items[i].clone()).collect()
+    }
+}

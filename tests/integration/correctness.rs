@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::common::{ACCOUNTS_HEADER, Db, Workspace, accounts, accounts_config, table};
+use crate::common::{ACCOUNTS_HEADER, Db, Random, Workspace, accounts, accounts_config, table};
 
 const SUBSCRIBERS_HEADER: &str =
     "ListID,Email,Status,UnsubscribedDate,UnsubscribeReason,FirstName,LastName\n";
@@ -31,43 +31,6 @@ pattern = "results_{date:%Y%m%d}.csv"
 layout = "long"
 metrics = { Sent = "number", Subject = "text" }
 "#;
-
-/// A small deterministic generator (SplitMix64): the same seed gives the
-/// same scenarios on every machine.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    /// A random non-empty subset of `items`, at most `max` long, in order.
-    fn subset<T: Clone>(&mut self, items: &[T], max: usize) -> Vec<T> {
-        let mut indexes: Vec<usize> = (0..items.len()).collect();
-        for i in (1..indexes.len()).rev() {
-            indexes.swap(i, self.below(i + 1));
-        }
-        let mut chosen: Vec<usize> = indexes[..1 + self.below(max.min(items.len()))].to_vec();
-        chosen.sort();
-        chosen.into_iter().map(|i| items[i].clone()).collect()
-    }
-}
 
 fn date(day: usize) -> String {
     format!("2026-11-{day:02}")
