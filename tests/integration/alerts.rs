@@ -4,7 +4,7 @@
 //! outbox.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -88,10 +88,34 @@ impl Drop for Receiver {
 fn serve(stream: std::net::TcpStream, status: u16) -> Option<Hook> {
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let request = read_request(&mut reader)?;
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        if status < 300 { "OK" } else { "Server Error" }
+    );
+    Some(Hook {
+        path: request.path,
+        idempotency_key: request.idempotency_key,
+        body: serde_json::from_slice(&request.body).unwrap_or_default(),
+        status,
+    })
+}
+
+/// One HTTP request as a receiver sees it.
+pub struct Request {
+    pub path: String,
+    pub idempotency_key: String,
+    pub body: Vec<u8>,
+}
+
+/// Reads one request: its path, its `Idempotency-Key` and its body.
+pub fn read_request(reader: &mut impl BufRead) -> Option<Request> {
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let path = line.split_whitespace().nth(1)?.to_string();
-    let (mut length, mut key) = (0usize, String::new());
+    let (mut length, mut idempotency_key) = (0usize, String::new());
     loop {
         let mut header = String::new();
         reader.read_line(&mut header).ok()?;
@@ -102,23 +126,16 @@ fn serve(stream: std::net::TcpStream, status: u16) -> Option<Hook> {
         let (name, value) = header.split_once(':')?;
         match name.to_ascii_lowercase().as_str() {
             "content-length" => length = value.trim().parse().ok()?,
-            "idempotency-key" => key = value.trim().to_string(),
+            "idempotency-key" => idempotency_key = value.trim().to_string(),
             _ => {}
         }
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        if status < 300 { "OK" } else { "Server Error" }
-    );
-    Some(Hook {
+    Some(Request {
         path,
-        idempotency_key: key,
-        body: serde_json::from_slice(&body).unwrap_or_default(),
-        status,
+        idempotency_key,
+        body,
     })
 }
 

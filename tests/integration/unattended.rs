@@ -1,7 +1,7 @@
 //! Running unattended: alerts sent beside the runs, not between them, and
 //! what an operator sees of them.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -64,31 +64,12 @@ impl SlowReceiver {
 
 fn read_post(stream: &std::net::TcpStream) -> Option<Taken> {
     let at = Utc::now();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let (mut length, mut key) = (0usize, String::new());
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let (name, value) = header.split_once(':')?;
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().ok()?,
-            "idempotency-key" => key = value.trim().to_string(),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    let body: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let request = crate::alerts::read_request(&mut BufReader::new(stream))?;
+    let body: serde_json::Value = serde_json::from_slice(&request.body).ok()?;
     Some(Taken {
         at,
         kind: body["event"]["kind"].as_str()?.to_string(),
-        idempotency_key: key,
+        idempotency_key: request.idempotency_key,
     })
 }
 
