@@ -99,7 +99,9 @@ fn main() {
             for name in &names {
                 store.runs(Some(name), 1).unwrap();
                 store.arrivals(name, since).unwrap();
-                store.undelivered(name).unwrap();
+                store
+                    .undelivered(name, dropsync::notify::DeliveryKind::Alert)
+                    .unwrap();
             }
         });
         let wanted: Vec<_> = names.iter().map(|n| (n.clone(), since)).collect();

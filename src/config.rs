@@ -42,6 +42,12 @@ pub enum ConfigError {
         name: String,
         message: String,
     },
+    #[error("invalid config {path}: [[subscribe]] `{}`: {message}", echo(.name))]
+    Subscribe {
+        path: PathBuf,
+        name: String,
+        message: String,
+    },
 }
 
 /// How many characters of a config value an error echoes.
@@ -90,6 +96,10 @@ pub struct Config {
     /// email.
     #[serde(default)]
     pub notify: Vec<crate::notify::NotifierConfig>,
+    /// Who is told of the changes applied runs make: `[[subscribe]]`
+    /// entries, by webhook or as files in a folder (the change feed).
+    #[serde(default)]
+    pub subscribe: Vec<crate::feed::SubscriberConfig>,
     /// The file this was read from; relative paths inside it are resolved
     /// against its directory.
     #[serde(skip)]
@@ -996,6 +1006,26 @@ impl Config {
                 return Err(fail("another [[notify]] has this name".into()));
             }
             notifier.check(&config).map_err(fail)?;
+        }
+        for subscriber in config.subscribe.iter_mut() {
+            for p in [subscriber.url_file.as_mut(), subscriber.path.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                resolve(p);
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for subscriber in &config.subscribe {
+            let fail = |message: String| ConfigError::Subscribe {
+                path: path.to_path_buf(),
+                name: subscriber.name.clone(),
+                message,
+            };
+            if !names.insert(subscriber.name.clone()) {
+                return Err(fail("another [[subscribe]] has this name".into()));
+            }
+            subscriber.check(&config).map_err(fail)?;
         }
         Ok(config)
     }

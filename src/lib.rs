@@ -10,6 +10,7 @@
 pub mod activity;
 pub mod cli;
 pub mod config;
+pub mod feed;
 pub mod freshness;
 pub mod notify;
 pub mod pipeline;

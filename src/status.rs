@@ -28,6 +28,9 @@ pub struct Card {
     pub freshness: Freshness,
     /// Alerts about it that no receiver has accepted yet.
     pub undelivered_alerts: crate::store::Undelivered,
+    /// Its runs' changes that a change feed subscriber has not accepted yet.
+    #[serde(default)]
+    pub undelivered_feed: crate::store::Undelivered,
 }
 
 /// The cards of every integration; runs come from `store` when there is one.
@@ -96,6 +99,7 @@ pub fn cards(
             last_run: glance.last_run,
             freshness,
             undelivered_alerts: glance.undelivered,
+            undelivered_feed: glance.undelivered_feed,
             integration: name,
         });
     }

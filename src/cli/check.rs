@@ -72,17 +72,21 @@ pub fn report(out: &mut dyn Write, cards: &[Card]) -> std::io::Result<CheckState
         // Alerts that a receiver refused or could not be reached for: the
         // probe is how an operator learns that the alerts themselves are
         // not getting through.
-        let alerts = &card.undelivered_alerts;
-        if let (true, Some(error)) = (alerts.count > 0, &alerts.last_error) {
-            state = state.max(CheckState::Warning);
-            problems.push(format!(
-                "{} has {} undelivered (last try: {error})",
-                card.integration,
-                match alerts.count {
-                    1 => "1 alert".to_string(),
-                    n => format!("{n} alerts"),
-                },
-            ));
+        for (undelivered, one, many) in [
+            (&card.undelivered_alerts, "1 alert", "alerts"),
+            (&card.undelivered_feed, "1 feed delivery", "feed deliveries"),
+        ] {
+            if let (true, Some(error)) = (undelivered.count > 0, &undelivered.last_error) {
+                state = state.max(CheckState::Warning);
+                problems.push(format!(
+                    "{} has {} undelivered (last try: {error})",
+                    card.integration,
+                    match undelivered.count {
+                        1 => one.to_string(),
+                        n => format!("{n} {many}"),
+                    },
+                ));
+            }
         }
     }
     let perf = format!(

@@ -486,6 +486,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 since: args.since,
                 execution_id,
                 kinds: args.kinds,
+                ..Default::default()
             })?;
             if args.json {
                 output::json(out, &changes)?;
@@ -823,7 +824,8 @@ fn run(
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, None)? {
         return print_outcomes(out, &outcomes, args.sync.json, dates, palette);
     }
-    let store = Store::open_notifying(&config.store.path, &config.notify)?;
+    let store =
+        Store::open_notifying(&config.store.path, &config.notify)?.feeding(&config.subscribe);
     let selection = Selection {
         integrations: args.integrations,
         dates,
@@ -870,7 +872,7 @@ fn flushed(store: &Store, outcome: Outcome) -> Result<Outcome, CliError> {
 /// Sends the alerts this command's runs recorded (committed already); a
 /// receiver that is down keeps them in the outbox for a later try.
 fn deliver_alerts(store: &Store, config: &Config) {
-    if config.notify.is_empty() {
+    if config.notify.is_empty() && config.subscribe.is_empty() {
         return;
     }
     if let Err(e) = crate::notify::deliver_due(store, config, crate::notify::Recipients::All) {
@@ -992,7 +994,8 @@ fn ingest(
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, Some(&mut file))? {
         return print_outcomes(out, &outcomes, args.sync.json, None, palette);
     }
-    let store = Store::open_notifying(&config.store.path, &config.notify)?;
+    let store =
+        Store::open_notifying(&config.store.path, &config.notify)?.feeding(&config.subscribe);
     let opts = args.sync.options(Trigger::Ingest);
     let outcome =
         sync::ingest(&store, &config, &args.integration, &args.file, opts).map_err(pipeline_error);

@@ -415,16 +415,21 @@ pub fn status(out: &mut dyn Write, cards: &[crate::status::Card]) -> io::Result<
             )?,
         }
         freshness(out, c)?;
-        if c.undelivered_alerts.count > 0 {
-            writeln!(
-                out,
-                "  alerts    {} undelivered{}",
-                c.undelivered_alerts.count,
-                match &c.undelivered_alerts.last_error {
-                    Some(e) => format!(" (last try: {e})"),
-                    None => String::new(),
-                }
-            )?;
+        for (label, undelivered) in [
+            ("alerts", &c.undelivered_alerts),
+            ("feed", &c.undelivered_feed),
+        ] {
+            if undelivered.count > 0 {
+                writeln!(
+                    out,
+                    "  {label:<9} {} undelivered{}",
+                    undelivered.count,
+                    match &undelivered.last_error {
+                        Some(e) => format!(" (last try: {e})"),
+                        None => String::new(),
+                    }
+                )?;
+            }
         }
         match &c.last_run {
             Some(r) => {

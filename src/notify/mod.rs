@@ -13,6 +13,8 @@
 mod email;
 mod webhook;
 
+pub(crate) use webhook::{check_url, shown};
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,7 +22,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::store::{Store, StoreError};
+use crate::feed::SubscriberConfig;
+use crate::store::{PendingDelivery, Store, StoreError};
 
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -34,6 +37,9 @@ pub enum EventKind {
     RunSucceeded,
     /// `dropsync notify test`.
     Test,
+    /// An applied run's changes, for the change feed's subscribers
+    /// (`[[subscribe]]`), never for `[[notify]]` receivers.
+    Changes,
 }
 
 impl EventKind {
@@ -46,6 +52,7 @@ impl EventKind {
             EventKind::MassDeleteRefused => "mass_delete_refused",
             EventKind::RunSucceeded => "run_succeeded",
             EventKind::Test => "test",
+            EventKind::Changes => "changes",
         }
     }
 
@@ -199,8 +206,10 @@ pub enum SmtpTls {
 impl NotifierConfig {
     /// Whether this receiver wants `kind` events of `integration`.
     pub fn wants(&self, kind: EventKind, integration: &str) -> bool {
-        if kind == EventKind::Test {
-            return true;
+        match kind {
+            EventKind::Test => return true,
+            EventKind::Changes => return false,
+            _ => {}
         }
         let kinds = self.events.clone().unwrap_or_else(EventKind::default_set);
         kinds.contains(&kind)
@@ -227,6 +236,13 @@ impl NotifierConfig {
             .is_some_and(|e| e.contains(&EventKind::Test))
         {
             return Err("events: `test` is sent by `dropsync notify test`, always".into());
+        }
+        if self
+            .events
+            .as_ref()
+            .is_some_and(|e| e.contains(&EventKind::Changes))
+        {
+            return Err("events: changes go to [[subscribe]] entries, not to [[notify]]".into());
         }
         let webhook = [
             self.url.is_some(),
@@ -294,7 +310,11 @@ impl NotifierConfig {
 }
 
 /// A secret from an environment variable or a file's first line (trimmed).
-fn secret(env: Option<&str>, file: Option<&PathBuf>, what: &str) -> Result<Option<String>, String> {
+pub(crate) fn secret(
+    env: Option<&str>,
+    file: Option<&PathBuf>,
+    what: &str,
+) -> Result<Option<String>, String> {
     use crate::secret::SecretError;
     let from_file = env.is_none();
     match crate::secret::read(env, file.map(PathBuf::as_path)) {
@@ -319,12 +339,75 @@ pub struct Delivered {
 /// Whose deliveries a round sends.
 #[derive(Debug, Clone, Copy)]
 pub enum Recipients<'a> {
-    /// Every receiver's, and those to receivers no longer in the config
-    /// are marked so (`run` and `ingest`, as they finish).
+    /// Every receiver's and subscriber's, and those to ones no longer in
+    /// the config are marked so (`run` and `ingest`, as they finish).
     All,
     /// One receiver's: the daemon sends to each on a thread of its own, so
     /// a receiver that is slow or hangs holds up only its own alerts.
     Only(&'a NotifierConfig),
+    /// One change feed subscriber's, likewise.
+    Subscriber(&'a SubscriberConfig),
+}
+
+impl Recipients<'_> {
+    /// Who, as logs name them.
+    pub fn name(&self) -> &str {
+        match self {
+            Recipients::All => "all",
+            Recipients::Only(notifier) => &notifier.name,
+            Recipients::Subscriber(subscriber) => &subscriber.name,
+        }
+    }
+}
+
+/// Which kind of receiver a delivery in the outbox goes to: the outbox
+/// holds the alerts to `[[notify]]` receivers and the change feed's runs to
+/// `[[subscribe]]` entries alike, with one claim, retry and backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    Alert,
+    Feed,
+}
+
+impl DeliveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryKind::Alert => "alert",
+            DeliveryKind::Feed => "feed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryKind> {
+        match s {
+            "alert" => Some(DeliveryKind::Alert),
+            "feed" => Some(DeliveryKind::Feed),
+            _ => None,
+        }
+    }
+}
+
+/// Where a pending delivery goes, as the config has it now.
+enum Destination<'a> {
+    Notifier(&'a NotifierConfig),
+    Subscriber(&'a SubscriberConfig),
+}
+
+impl Destination<'_> {
+    fn send(&self, store: &Store, pending: &PendingDelivery) -> Result<(), String> {
+        match self {
+            Destination::Notifier(notifier) => notifier.send(&pending.event),
+            Destination::Subscriber(subscriber) => {
+                subscriber.send(store, &pending.event, pending.cursor)
+            }
+        }
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        match self {
+            Destination::Notifier(notifier) => notifier.backoff(attempts),
+            Destination::Subscriber(subscriber) => subscriber.backoff(attempts),
+        }
+    }
 }
 
 /// Delivers the due deliveries in the outbox: each is claimed (committed)
@@ -338,13 +421,36 @@ pub fn deliver_due(
     let mut done = Delivered::default();
     let only = match recipients {
         Recipients::All => None,
-        Recipients::Only(notifier) => Some(notifier.name.as_str()),
+        Recipients::Only(notifier) => Some((DeliveryKind::Alert, notifier.name.as_str())),
+        Recipients::Subscriber(subscriber) => Some((DeliveryKind::Feed, subscriber.name.as_str())),
     };
     for pending in store.due_deliveries(Utc::now(), only)? {
-        let Some(notifier) = config.notify.iter().find(|n| n.name == pending.notifier) else {
+        let destination = match pending.delivery {
+            DeliveryKind::Alert => config
+                .notify
+                .iter()
+                .find(|n| n.name == pending.notifier)
+                .map(Destination::Notifier),
+            DeliveryKind::Feed => config
+                .subscribe
+                .iter()
+                .find(|s| s.name == pending.notifier)
+                .map(Destination::Subscriber),
+        };
+        let Some(destination) = destination else {
             // The receiver was removed from the config: say so in `status`,
             // and look again in an hour (it may come back).
-            let error = format!("no [[notify]] named `{}` in the config", pending.notifier);
+            let error = match pending.delivery {
+                DeliveryKind::Alert => {
+                    format!("no [[notify]] named `{}` in the config", pending.notifier)
+                }
+                DeliveryKind::Feed => {
+                    format!(
+                        "no [[subscribe]] named `{}` in the config",
+                        pending.notifier
+                    )
+                }
+            };
             let next = Utc::now() + chrono::Duration::hours(1);
             store.mark_failed(
                 &pending.event.id,
@@ -358,7 +464,11 @@ pub fn deliver_due(
         if !store.claim(&pending.event.id, &pending.notifier)? {
             continue;
         }
-        match notifier.send(&pending.event) {
+        let what = match pending.delivery {
+            DeliveryKind::Alert => "alert",
+            DeliveryKind::Feed => "changes",
+        };
+        match destination.send(store, &pending) {
             Ok(()) => {
                 mark_after_sending(|| store.mark_delivered(&pending.event.id, &pending.notifier))?;
                 tracing::info!(
@@ -366,13 +476,13 @@ pub fn deliver_due(
                     event = pending.event.kind.as_str(),
                     integration = pending.event.integration,
                     event_id = pending.event.id,
-                    "alert delivered"
+                    "{what} delivered"
                 );
                 done.sent += 1;
             }
             Err(error) => {
                 let attempts = pending.attempts + 1;
-                let wait = notifier.backoff(pending.attempts);
+                let wait = destination.backoff(pending.attempts);
                 let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
                 mark_after_sending(|| {
                     store.mark_failed(&pending.event.id, &pending.notifier, attempts, next, &error)
@@ -383,7 +493,7 @@ pub fn deliver_due(
                     integration = pending.event.integration,
                     attempts,
                     retry_in_secs = wait.as_secs(),
-                    "alert not delivered: {error}"
+                    "{what} not delivered: {error}"
                 );
                 done.failed += 1;
             }

@@ -5,7 +5,7 @@
 use super::{Event, NotifierConfig, secret};
 
 /// A URL dropsync can POST to.
-pub(super) fn check_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(())
     } else {
@@ -19,7 +19,7 @@ pub(super) fn check_url(url: &str) -> Result<(), String> {
 /// `https://hooks.example:443`: a URL as messages show it. Webhook URLs
 /// carry their secret in the path or query, so only the scheme, host and
 /// port are ever shown.
-fn shown(url: &str) -> String {
+pub(crate) fn shown(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
     // user:password@host: never the credentials.

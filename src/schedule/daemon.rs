@@ -21,7 +21,7 @@ use tokio::net::UnixListener;
 use super::Schedule;
 use super::api::{Request, Response};
 use crate::config::{CatchUp, Config, SourceConfig};
-use crate::notify::NotifierConfig;
+use crate::notify::Recipients;
 use crate::pipeline::{RunOptions, Trigger};
 use crate::store::{Store, StoreError};
 use crate::sync::{self, FileOutcome, ReceivedFile, Selection};
@@ -180,7 +180,8 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     let tracker = Arc::new(crate::progress::Tracker::default());
     crate::progress::install(tracker.clone());
     crate::progress::log_every(tracker, crate::progress::log_interval());
-    let store = Store::open_notifying(&config.store.path, &config.notify)?;
+    let store =
+        Store::open_notifying(&config.store.path, &config.notify)?.feeding(&config.subscribe);
     let web = crate::web::bind(&config, &store).map_err(DaemonError::Web)?;
     // Questions about the store (status, history, show) are answered on a
     // connection of their own, so they never wait behind a batch.
@@ -244,7 +245,18 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         let (config, outbox) = (config.clone(), outbox.clone());
         let notifier = notifier.clone();
         senders.push(std::thread::spawn(move || {
-            outbox.send_until_stopped(&connection, &config, &notifier)
+            let recipients = crate::notify::Recipients::Only(&notifier);
+            outbox.send_until_stopped(&connection, &config, recipients)
+        }));
+    }
+    // The change feed's subscribers likewise, one thread each.
+    for subscriber in &config.subscribe {
+        let connection = store.sender()?;
+        let (config, outbox) = (config.clone(), outbox.clone());
+        let subscriber = subscriber.clone();
+        senders.push(std::thread::spawn(move || {
+            let recipients = crate::notify::Recipients::Subscriber(&subscriber);
+            outbox.send_until_stopped(&connection, &config, recipients)
         }));
     }
 
@@ -490,16 +502,16 @@ impl Outbox {
         self.changed.notify_all();
     }
 
-    /// Sends `notifier`'s due alerts after each commit, and every second for
+    /// Sends the due deliveries of `recipients` (one receiver's alerts, or
+    /// one subscriber's changes) after each commit, and every second for
     /// the retries that come due, until the daemon stops; then one last
     /// round, for what the last batch recorded.
-    fn send_until_stopped(&self, store: &Store, config: &Config, notifier: &NotifierConfig) {
+    fn send_until_stopped(&self, store: &Store, config: &Config, recipients: Recipients) {
         let mut seen = 0;
         let mut last_round = false;
         loop {
-            let recipients = crate::notify::Recipients::Only(notifier);
             if let Err(e) = crate::notify::deliver_due(store, config, recipients) {
-                tracing::warn!(notifier = notifier.name, "cannot deliver alerts: {e}");
+                tracing::warn!(notifier = recipients.name(), "cannot deliver alerts: {e}");
             }
             if last_round {
                 return;

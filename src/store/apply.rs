@@ -412,7 +412,7 @@ impl Store {
         }
 
         let step = step.next("log the changes");
-        self.log_changes_in(&super::changelog::LoggedBatch {
+        let logged = self.log_changes_in(&super::changelog::LoggedBatch {
             integration: req.integration,
             dataset: &run.dataset,
             execution_id: &run.execution_id,
@@ -471,6 +471,7 @@ impl Store {
         run.completed_at = Some(now());
         let step = step.next("record the run");
         self.finish_run_in(run, errors)
+            .and_then(|_| self.enqueue_feed_in(run, logged))
             .map_err(self.query_error("recording the run"))?;
         step.next("");
         Ok(Outcome::Applied(changes))

@@ -66,6 +66,7 @@ impl Store {
             read_only: self.read_only,
             // A reader records no runs, so it makes no events.
             notifiers: Vec::new(),
+            subscribers: Vec::new(),
         })
     }
 

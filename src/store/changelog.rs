@@ -126,6 +126,10 @@ pub struct ChangeFilter {
     pub execution_id: Option<String>,
     /// Only these kinds (all when empty).
     pub kinds: Vec<ChangeKind>,
+    /// Only changes after this sequence number (the change feed's cursor).
+    pub after_seq: Option<i64>,
+    /// At most this many (the change feed reads a large run in chunks).
+    pub limit: Option<usize>,
 }
 
 /// What the change log needs to know about a batch being applied.
@@ -340,7 +344,14 @@ impl Store {
                     .join(", ")
             ));
         }
+        if let Some(after) = filter.after_seq {
+            sql.push_str(" AND seq > ?");
+            params.push(Box::new(after));
+        }
         sql.push_str(" ORDER BY seq");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
         let mut stmt = self
             .conn()
             .prepare(&sql)

@@ -64,6 +64,9 @@ pub struct Store {
     /// Who wants which events (`[[notify]]`): each event a run makes gets a
     /// delivery per receiver that wants it, in the run's own transaction.
     notifiers: Vec<crate::notify::NotifierConfig>,
+    /// Who wants the changes applied runs make (`[[subscribe]]`): each
+    /// applied run gets a delivery per subscriber that may want them.
+    subscribers: Vec<crate::feed::SubscriberConfig>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -168,6 +171,10 @@ const MIGRATIONS: &[&str] = &[
         last_seq BIGINT NOT NULL,
         applied_at TIMESTAMP NOT NULL
      );",
+    // 8: the change feed's deliveries share the outbox with alerts: which
+    // kind each is, and how far a subscriber has accepted a run's changes.
+    "ALTER TABLE dropsync_outbox ADD COLUMN delivery VARCHAR DEFAULT 'alert';
+     ALTER TABLE dropsync_outbox ADD COLUMN feed_cursor BIGINT;",
 ];
 
 impl Store {
@@ -196,6 +203,7 @@ impl Store {
             path: path.to_path_buf(),
             read_only: false,
             notifiers: notifiers.to_vec(),
+            subscribers: Vec::new(),
         };
         store.migrate()?;
         store.mark_interrupted()?;
@@ -222,7 +230,15 @@ impl Store {
             path: path.to_path_buf(),
             read_only: true,
             notifiers: Vec::new(),
+            subscribers: Vec::new(),
         })
+    }
+
+    /// This store, routing the changes of each applied run to
+    /// `subscribers` (the change feed).
+    pub fn feeding(mut self, subscribers: &[crate::feed::SubscriberConfig]) -> Store {
+        self.subscribers = subscribers.to_vec();
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -422,6 +438,19 @@ impl Store {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.query_error("recording schedule state")(e)
             })
+    }
+
+    pub fn column_exists(&self, table: &str, column: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM information_schema.columns
+                 WHERE table_schema = 'main' AND table_name = ? AND column_name = ?",
+                [table, column],
+                |r| r.get(0),
+            )
+            .map_err(self.query_error("looking up a column"))?;
+        Ok(n > 0)
     }
 
     pub fn table_exists(&self, table: &str) -> Result<bool, StoreError> {

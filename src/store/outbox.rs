@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use duckdb::params;
 
 use super::{RunRecord, RunStatus, Store, StoreError, now};
-use crate::notify::{Event, EventKind};
+use crate::notify::{DeliveryKind, Event, EventKind};
 
 /// The message a mass-delete refusal starts with (see `apply`).
 pub(crate) const REFUSED: &str = "refused: the file would delete";
@@ -15,8 +15,13 @@ pub(crate) const REFUSED: &str = "refused: the file would delete";
 #[derive(Debug, Clone)]
 pub struct PendingDelivery {
     pub event: Event,
+    /// The `[[notify]]` receiver's name, or the `[[subscribe]]` entry's.
     pub notifier: String,
+    pub delivery: DeliveryKind,
     pub attempts: u32,
+    /// Change feed: the last change (log sequence) the subscriber accepted;
+    /// sending goes on after it.
+    pub cursor: i64,
 }
 
 /// Deliveries not yet accepted by their receiver.
@@ -151,6 +156,77 @@ impl Store {
         Ok(())
     }
 
+    /// An applied run's delivery to each change feed subscriber that may
+    /// want its changes, in the run's transaction: one event and one outbox
+    /// row per subscriber, whatever the number of changes (they are read
+    /// from the change log when sent). A run that changed nothing makes none.
+    pub(crate) fn enqueue_feed_in(&self, run: &RunRecord, changed: u64) -> duckdb::Result<()> {
+        let subscribers: Vec<&str> = self
+            .subscribers
+            .iter()
+            .filter(|s| s.wants_run(&run.integration, &run.dataset))
+            .map(|s| s.name.as_str())
+            .collect();
+        if changed == 0 || subscribers.is_empty() {
+            return Ok(());
+        }
+        let event = Event::new(
+            EventKind::Changes,
+            &run.integration,
+            Some(&run.execution_id),
+            format!(
+                "{} changed ({}, run {})",
+                crate::rows(changed),
+                run.file_name.as_deref().unwrap_or("no file"),
+                run.execution_id
+            ),
+        );
+        self.conn().execute(
+            "INSERT INTO dropsync_events
+               (event_id, kind, integration, execution_id, summary, dedup_key, created_at)
+             VALUES (?, ?, ?, ?, ?, NULL, ?)",
+            params![
+                event.id,
+                event.kind.as_str(),
+                event.integration,
+                event.execution_id,
+                event.summary,
+                event.created_at.naive_utc()
+            ],
+        )?;
+        for subscriber in subscribers {
+            self.conn().execute(
+                "INSERT INTO dropsync_outbox
+                   (event_id, notifier, attempts, next_attempt_at, delivery, feed_cursor)
+                 VALUES (?, ?, 0, ?, ?, 0)",
+                params![
+                    event.id,
+                    subscriber,
+                    event.created_at.naive_utc(),
+                    DeliveryKind::Feed.as_str()
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records that a subscriber accepted the changes up to `seq` of the
+    /// run of `event_id`: a retry starts after them.
+    pub fn advance_feed_cursor(
+        &self,
+        event_id: &str,
+        subscriber: &str,
+        seq: i64,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE dropsync_outbox SET feed_cursor = ? WHERE event_id = ? AND notifier = ?",
+                params![seq, event_id, subscriber],
+            )
+            .map(drop)
+            .map_err(self.query_error("recording the changes a subscriber accepted"))
+    }
+
     /// Records `event` on its own (a missing file, a test), once per
     /// `dedup_key`: returns false when an event with that key exists.
     pub fn record_event(&self, event: &Event, dedup_key: Option<&str>) -> Result<bool, StoreError> {
@@ -178,40 +254,53 @@ impl Store {
     }
 
     /// Deliveries due at `now` and not being sent, oldest event first: all
-    /// of them, or only those to the receiver `notifier`.
+    /// of them, or only those of one kind to the receiver named.
     pub fn due_deliveries(
         &self,
         now: DateTime<Utc>,
-        notifier: Option<&str>,
+        only: Option<(DeliveryKind, &str)>,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         let context = "reading the outbox";
         let mut stmt = self
             .conn()
             .prepare(
                 "SELECT e.event_id, e.kind, e.integration, e.execution_id, e.summary, e.created_at,
-                        o.notifier, o.attempts
+                        o.notifier, o.attempts, o.delivery, o.feed_cursor
                  FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
                  WHERE o.delivered_at IS NULL AND o.claimed_at IS NULL AND o.next_attempt_at <= ?1
-                   AND (?2::VARCHAR IS NULL OR o.notifier = ?2)
+                   AND (?2::VARCHAR IS NULL OR (o.notifier = ?2 AND o.delivery = ?3))
                  ORDER BY e.created_at, e.event_id, o.notifier",
             )
             .map_err(self.query_error(context))?;
         let rows = stmt
-            .query_map(params![now.naive_utc(), notifier], |r| {
-                let kind: String = r.get(1)?;
-                Ok(PendingDelivery {
-                    event: Event {
-                        id: r.get(0)?,
-                        kind: EventKind::parse(&kind).unwrap_or(EventKind::RunFailed),
-                        integration: r.get(2)?,
-                        execution_id: r.get(3)?,
-                        summary: r.get(4)?,
-                        created_at: r.get::<_, NaiveDateTime>(5)?.and_utc(),
-                    },
-                    notifier: r.get(6)?,
-                    attempts: r.get::<_, i64>(7)? as u32,
-                })
-            })
+            .query_map(
+                params![
+                    now.naive_utc(),
+                    only.map(|(_, name)| name),
+                    only.map(|(kind, _)| kind.as_str())
+                ],
+                |r| {
+                    let kind: String = r.get(1)?;
+                    Ok(PendingDelivery {
+                        event: Event {
+                            id: r.get(0)?,
+                            kind: EventKind::parse(&kind).unwrap_or(EventKind::RunFailed),
+                            integration: r.get(2)?,
+                            execution_id: r.get(3)?,
+                            summary: r.get(4)?,
+                            created_at: r.get::<_, NaiveDateTime>(5)?.and_utc(),
+                        },
+                        notifier: r.get(6)?,
+                        attempts: r.get::<_, i64>(7)? as u32,
+                        delivery: r
+                            .get::<_, Option<String>>(8)?
+                            .as_deref()
+                            .and_then(DeliveryKind::parse)
+                            .unwrap_or(DeliveryKind::Alert),
+                        cursor: r.get::<_, Option<i64>>(9)?.unwrap_or(0),
+                    })
+                },
+            )
             .map_err(self.query_error(context))?;
         rows.collect::<Result<_, _>>()
             .map_err(self.query_error(context))
@@ -282,19 +371,34 @@ impl Store {
             .map_err(self.query_error("recording a failed delivery"))
     }
 
-    /// `integration`'s deliveries not yet accepted.
-    pub fn undelivered(&self, integration: &str) -> Result<Undelivered, StoreError> {
-        // A store last written by a version without alerts, opened
-        // read-only, has no outbox yet.
+    /// `integration`'s deliveries of one kind not yet accepted.
+    pub fn undelivered(
+        &self,
+        integration: &str,
+        kind: DeliveryKind,
+    ) -> Result<Undelivered, StoreError> {
+        // A store last written by a version without alerts (or without the
+        // change feed), opened read-only, has no outbox (or no feed in it).
         if !self.table_exists("dropsync_outbox")? {
             return Ok(Undelivered::default());
         }
+        let feed = self.column_exists("dropsync_outbox", "delivery")?;
+        if !feed && kind == DeliveryKind::Feed {
+            return Ok(Undelivered::default());
+        }
+        let of_kind = if feed {
+            "o.delivery = ?2"
+        } else {
+            "?2 = 'alert'"
+        };
         self.conn()
             .query_row(
-                "SELECT count(*), arg_max(o.last_error, o.next_attempt_at)
-                 FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
-                 WHERE o.delivered_at IS NULL AND e.integration = ?",
-                [integration],
+                &format!(
+                    "SELECT count(*), arg_max(o.last_error, o.next_attempt_at)
+                     FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
+                     WHERE o.delivered_at IS NULL AND e.integration = ?1 AND {of_kind}"
+                ),
+                params![integration, kind.as_str()],
                 |r| {
                     Ok(Undelivered {
                         count: r.get::<_, i64>(0)? as u64,

@@ -14,13 +14,17 @@ use duckdb::ToSql;
 use super::history::{COLUMN_COUNT, COLUMNS, from_row};
 use super::{RunRecord, RunStatus, Store, StoreError, Undelivered};
 use crate::freshness::{Arrivals, LastOutcome, utc};
+use crate::notify::DeliveryKind;
 
 /// One integration's history, at a glance.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryGlance {
     pub last_run: Option<RunRecord>,
     pub arrivals: Arrivals,
+    /// Alerts about it no receiver has accepted yet.
     pub undelivered: Undelivered,
+    /// Its runs' changes a change feed subscriber has not accepted yet.
+    pub undelivered_feed: Undelivered,
 }
 
 impl Store {
@@ -152,29 +156,40 @@ impl Store {
         // A store last written by a version without alerts, opened
         // read-only, has no outbox yet.
         if self.table_exists("dropsync_outbox")? {
+            // Before the change feed, every delivery was an alert.
+            let kind = if self.column_exists("dropsync_outbox", "delivery")? {
+                "o.delivery"
+            } else {
+                "'alert'"
+            };
             let mut stmt = self
                 .conn()
-                .prepare(
-                    "SELECT e.integration, count(*), arg_max(o.last_error, o.next_attempt_at)
+                .prepare(&format!(
+                    "SELECT e.integration, {kind}, count(*), arg_max(o.last_error, o.next_attempt_at)
                      FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
-                     WHERE o.delivered_at IS NULL GROUP BY e.integration",
-                )
+                     WHERE o.delivered_at IS NULL GROUP BY e.integration, {kind}"
+                ))
                 .map_err(self.query_error("reading the outbox"))?;
             let undelivered = stmt
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
                         Undelivered {
-                            count: r.get::<_, i64>(1)?.max(0) as u64,
-                            last_error: r.get(2)?,
+                            count: r.get::<_, i64>(2)?.max(0) as u64,
+                            last_error: r.get(3)?,
                         },
                     ))
                 })
                 .map_err(self.query_error("reading the outbox"))?;
             for row in undelivered {
-                let (name, undelivered) = row.map_err(self.query_error("reading the outbox"))?;
+                let (name, kind, undelivered) =
+                    row.map_err(self.query_error("reading the outbox"))?;
                 if let Some(glance) = out.get_mut(&name) {
-                    glance.undelivered = undelivered;
+                    match kind.as_deref().and_then(DeliveryKind::parse) {
+                        Some(DeliveryKind::Feed) => glance.undelivered_feed = undelivered,
+                        _ => glance.undelivered = undelivered,
+                    }
                 }
             }
         }
@@ -274,7 +289,14 @@ mod tests {
                     last.as_ref().map(|r| (&r.execution_id, r.status)),
                     "{name}"
                 );
-                assert_eq!(glance.undelivered, store.undelivered(name).unwrap());
+                assert_eq!(
+                    glance.undelivered,
+                    store.undelivered(name, DeliveryKind::Alert).unwrap()
+                );
+                assert_eq!(
+                    glance.undelivered_feed,
+                    store.undelivered(name, DeliveryKind::Feed).unwrap()
+                );
             }
             glances
         };

@@ -17,6 +17,7 @@ mod demo;
 mod durability;
 mod enterprise_exports;
 mod error_policy;
+mod feed;
 mod formats;
 mod freshness;
 mod local_security;

@@ -1,0 +1,126 @@
+//! A folder subscriber: each run's changes written as one file, named so
+//! that the files sort by time and say which run they hold
+//! (`20261126T045012.345Z_crm_EXECUTION_ID.jsonl`). The file appears whole
+//! or not at all: it is written under a hidden temporary name in the same
+//! folder, synced, then renamed, and the folder synced.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use super::{Changes, FeedEvent, FeedFormat, SubscriberConfig};
+use crate::notify::Event;
+
+pub(super) fn send(
+    subscriber: &SubscriberConfig,
+    changes: &Changes<'_>,
+    event: &Event,
+) -> Result<(), String> {
+    let Some(dir) = subscriber.path.as_deref() else {
+        return Err("no folder configured".into());
+    };
+    let mode = subscriber.mode()?;
+    let shown = |path: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    crate::source::create_private_dir(dir).map_err(|e| shown(dir, &e))?;
+    let name = format!(
+        "{}_{}_{}.{}",
+        event.created_at.format("%Y%m%dT%H%M%S%.3fZ"),
+        changes.integration,
+        changes.execution_id,
+        match subscriber.format {
+            FeedFormat::Jsonl => "jsonl",
+            FeedFormat::Csv => "csv",
+        }
+    );
+    let path = dir.join(&name);
+    let temp = dir.join(format!(".{name}.tmp"));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&temp)
+        .map_err(|e| shown(&temp, &e))?;
+    // The process's umask keeps new files private; a configured mode is
+    // meant as given.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| shown(&temp, &e))?;
+    let written = write_changes(subscriber.format, changes, &file)
+        .and_then(|n| file.sync_all().map_err(|e| e.to_string()).map(|_| n));
+    let written = match written {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(shown(&temp, &e));
+        }
+    };
+    if written == 0 {
+        // Nothing of the run is for this subscriber: no file.
+        let _ = std::fs::remove_file(&temp);
+        return Ok(());
+    }
+    std::fs::rename(&temp, &path).map_err(|e| shown(&path, &e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| shown(dir, &e))?;
+    tracing::debug!(subscriber = subscriber.name, file = %path.display(), changes = written, "changes written");
+    Ok(())
+}
+
+/// Writes the wanted changes to `file`; returns how many.
+fn write_changes(format: FeedFormat, changes: &Changes<'_>, file: &File) -> Result<u64, String> {
+    let mut count = 0u64;
+    match format {
+        FeedFormat::Jsonl => {
+            let mut out = BufWriter::new(file);
+            changes.for_each(0, |change| {
+                serde_json::to_writer(&mut out, &FeedEvent::new(change))
+                    .map_err(|e| e.to_string())?;
+                out.write_all(b"\n").map_err(|e| e.to_string())?;
+                count += 1;
+                Ok(())
+            })?;
+            out.flush().map_err(|e| e.to_string())?;
+        }
+        FeedFormat::Csv => {
+            let mut out = csv::Writer::from_writer(BufWriter::new(file));
+            out.write_record(CSV_HEADER).map_err(|e| e.to_string())?;
+            changes.for_each(0, |c| {
+                let event = FeedEvent::new(c);
+                out.write_record([
+                    event.idempotency_key,
+                    c.seq.to_string(),
+                    c.integration.clone(),
+                    c.dataset.clone(),
+                    c.table.clone(),
+                    c.execution_id.clone(),
+                    c.business_date.map(|d| d.to_string()).unwrap_or_default(),
+                    c.kind.as_str().to_string(),
+                    c.key.to_string(),
+                    c.fields.to_string(),
+                    c.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                ])
+                .map_err(|e| e.to_string())?;
+                count += 1;
+                Ok(())
+            })?;
+            out.flush().map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(count)
+}
+
+const CSV_HEADER: [&str; 11] = [
+    "idempotency_key",
+    "seq",
+    "integration",
+    "dataset",
+    "table",
+    "execution_id",
+    "business_date",
+    "kind",
+    "key",
+    "fields",
+    "recorded_at",
+];
