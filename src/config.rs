@@ -245,6 +245,13 @@ pub struct IntegrationConfig {
     /// `"Account Id" = "AccountID"`.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+    /// Calculated fields: schema field -> one SQL expression over the
+    /// columns read from the file (schema names, after `columns`):
+    /// `ARR = "MRR * 12"`, `FullName = "FirstName || ' ' || LastName"`.
+    /// Typed and checked like the schema's other fields; checked when the
+    /// config loads.
+    #[serde(default)]
+    pub computed: BTreeMap<String, String>,
     /// What to do with rows that fail validation.
     #[serde(default)]
     pub on_error: ErrorPolicy,

@@ -12,7 +12,9 @@ use polars::prelude::{ParquetCompression, ParquetWriter};
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
 use crate::progress::{self, Event, Stage};
-use crate::schema::{self, Dataset, MetricsSpec, RowError, StoredColumn, ValidRows};
+use crate::schema::{
+    self, ComputedFields, Dataset, MetricsSpec, RowError, StoredColumn, ValidRows,
+};
 use crate::source::StagedFile;
 use crate::store::{
     ApplyRequest, ChangeSet, FailureKind, Outcome, RunRecord, RunStatus, Store, StoreError,
@@ -32,6 +34,8 @@ pub enum PipelineError {
     },
     #[error(transparent)]
     Handoff(#[from] HandoffError),
+    #[error(transparent)]
+    Computed(#[from] schema::ComputedError),
     /// A run failed, and recording that in the history failed too.
     #[error("{error}; and the failure could not be recorded in the history: {record}")]
     Unrecorded {
@@ -65,6 +69,8 @@ pub struct Integration {
     /// The schema its files are read with (for wide results, one column per metric).
     pub file_schema: schema::TableSchema,
     pub metrics: Option<MetricsSpec>,
+    /// Its calculated fields, checked against the dataset's schema.
+    pub computed: Option<ComputedFields>,
     pub target: TargetTable,
 }
 
@@ -148,9 +154,17 @@ impl Integration {
                 dataset.name
             )));
         }
-        let file_schema = match &metrics {
-            Some(spec) => spec.file_schema(&dataset.schema),
-            None => dataset.schema.clone(),
+        if metrics.is_some() && !config.computed.is_empty() {
+            return Err(fail(
+                "`computed` applies to datasets of records, not to typed results".into(),
+            ));
+        }
+        let computed = ComputedFields::check(&dataset.schema, &config.computed, &config.columns)
+            .map_err(fail)?;
+        let file_schema = match (&metrics, &computed) {
+            (Some(spec), _) => spec.file_schema(&dataset.schema),
+            (None, Some(computed)) => computed.file_schema(&dataset.schema),
+            (None, None) => dataset.schema.clone(),
         };
         Ok(Integration {
             name: name.to_string(),
@@ -164,6 +178,7 @@ impl Integration {
             mode,
             file_schema,
             metrics,
+            computed,
         })
     }
 }
@@ -467,18 +482,23 @@ fn validate_and_apply(
     progress::report(Event::Stage(Stage::Validating));
     let header_note = raw.header_note();
     let started = std::time::Instant::now();
+    if let Some(message) = computed_in_file(integration, &raw) {
+        return fail(run, FailureKind::Content, message, Vec::new());
+    }
+    let keep_errors = errors_to_describe(&integration.config.on_error, raw.records);
     let ctx = schema::validate::Context {
         references: references(store, config, &integration.file_schema)?,
         repeats_are_duplicates: integration.mode == Mode::Append,
         key_checked_later: integration.metrics.is_some(),
-        keep_errors: Some(errors_to_describe(
-            &integration.config.on_error,
-            raw.records,
-        )),
+        keep_errors: Some(keep_errors),
     };
     let mut valid = schema::validate(&raw, &integration.file_schema, &ctx);
     if let Some(spec) = &integration.metrics {
         valid = spec.to_long(valid, &raw, file.business_date);
+    }
+    if let Some(computed) = &integration.computed {
+        let scratch = config.store.staging.join(".work");
+        valid = computed.add_to(valid, &raw, &scratch, keep_errors)?;
     }
     drop(raw);
     stage_done("validate", started);
@@ -570,6 +590,19 @@ fn validate_and_apply(
             Ok((Some(changes), errors, ignored_columns))
         }
     }
+}
+
+/// Why a file cannot be read when it carries a column of the integration's
+/// calculated fields: it would say one thing and the expression another.
+/// (A schema whose fields must match the header exactly refuses it already,
+/// as a column the file should not have.)
+pub fn computed_in_file(integration: &Integration, raw: &schema::RawTable) -> Option<String> {
+    let computed = integration.computed.as_ref()?;
+    let column = raw.ignored_columns.iter().find(|c| computed.contains(c))?;
+    Some(format!(
+        "the file has a column `{column}`, which integration `{}` computes (computed.{column}); a field is read from the file or computed, not both: remove it from the file or from `computed`",
+        integration.name
+    ))
 }
 
 /// A batch committed, but the store file could not be written to disk: the

@@ -1115,9 +1115,27 @@ fn validate(
     file_schema
         .foreign_keys
         .retain(|fk| fk.reference.resource.is_empty());
+    if let Some(message) = pipeline::computed_in_file(&integration, &raw) {
+        if args.json {
+            output::json(
+                out,
+                &serde_json::json!({"file": name, "valid": false, "error": message}),
+            )?;
+            return Ok(Outcome::Failed);
+        }
+        return Err(CliError {
+            outcome: Outcome::Failed,
+            error: anyhow::anyhow!("{name}: {message}"),
+        });
+    }
     let mut valid = schema::validate(&raw, &file_schema, &ctx);
     if let Some(spec) = &integration.metrics {
         valid = spec.to_long(valid, &raw, chrono::Utc::now().date_naive());
+    }
+    if let Some(computed) = &integration.computed {
+        valid = computed
+            .add_to(valid, &raw, &std::env::temp_dir(), usize::MAX)
+            .map_err(|e| pipeline_error(e.into()))?;
     }
     output::validation(out, &name, &valid, &unchecked, args.errors, args.json)?;
     Ok(if valid.error_rows > 0 {

@@ -6,6 +6,7 @@
 //! default mode, conditional requirements, the status field that drives
 //! subscribe/unsubscribe, and whether the dataset holds typed metrics.
 
+pub mod computed;
 #[cfg(test)]
 mod conformance;
 pub mod formats;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::Mode;
+pub use computed::{ComputedError, ComputedFields};
 pub use parse::{ATTRIBUTES, ParseError, RawTable, read_table};
 pub use results::MetricsSpec;
 pub use validate::{RowError, ValidRows, validate};

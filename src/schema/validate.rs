@@ -460,6 +460,42 @@ pub(crate) fn canonical_json(field: &Field, value: &serde_json::Value) -> Result
     }
 }
 
+/// Checks a column of values that come from no file (a computed field's,
+/// spelled as the store writes values of the field's type) the way a file's
+/// column of `field` is checked: required, type, format, constraints and
+/// categories. Returns the typed column and each problem, by row.
+pub(crate) fn check_column(
+    field: &Field,
+    schema: &TableSchema,
+    values: &[Option<&str>],
+) -> (Series, Vec<(usize, String)>) {
+    // The store's spelling is the type's default one: the file's own
+    // spellings (a date format, `groupChar`, `trueValues`) do not apply.
+    let read_as = Field {
+        format: field
+            .format
+            .clone()
+            .filter(|_| field.kind == FieldType::String),
+        constraints: field.constraints.clone(),
+        categories: field.categories.clone(),
+        ..plain_field(field)
+    };
+    let mut issues = Vec::new();
+    let mut push = |row: usize, message: String| issues.push((row, message));
+    if field.is_required(schema) {
+        for (row, v) in values.iter().enumerate() {
+            if v.is_none() {
+                push(row, "a value is required".into());
+            }
+        }
+    }
+    let text: StringChunked = values.iter().copied().collect();
+    let series = convert(&read_as, values, &text, &mut push);
+    check_constraints(&read_as, values, &mut push);
+    check_categories(&read_as, values, &mut push);
+    (series, issues)
+}
+
 /// `field` with only its name and type: how values the store gives back as
 /// text are read (default formats, `true`/`false`, `.` decimals).
 fn plain_field(field: &Field) -> Field {

@@ -10,6 +10,7 @@ mod bad_input;
 mod changelog;
 mod cli;
 mod cli_habits;
+mod computed;
 mod conformance;
 mod correctness;
 mod daemon;
