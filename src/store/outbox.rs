@@ -254,7 +254,10 @@ impl Store {
     }
 
     /// Deliveries due at `now` and not being sent, oldest event first: all
-    /// of them, or only those of one kind to the receiver named.
+    /// of them, or only those of one kind to the receiver named. A change
+    /// feed subscriber applies changes in order, so a run's changes wait
+    /// while an earlier run's to the same subscriber are undelivered
+    /// (being retried, or being sent).
     pub fn due_deliveries(
         &self,
         now: DateTime<Utc>,
@@ -269,6 +272,12 @@ impl Store {
                  FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
                  WHERE o.delivered_at IS NULL AND o.claimed_at IS NULL AND o.next_attempt_at <= ?1
                    AND (?2::VARCHAR IS NULL OR (o.notifier = ?2 AND o.delivery = ?3))
+                   AND NOT (o.delivery = 'feed' AND EXISTS (
+                       SELECT 1 FROM dropsync_outbox p JOIN dropsync_events pe USING (event_id)
+                       WHERE p.delivery = 'feed' AND p.notifier = o.notifier
+                         AND p.delivered_at IS NULL
+                         AND (pe.created_at < e.created_at
+                              OR (pe.created_at = e.created_at AND pe.event_id < e.event_id))))
                  ORDER BY e.created_at, e.event_id, o.notifier",
             )
             .map_err(self.query_error(context))?;

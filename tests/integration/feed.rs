@@ -520,3 +520,99 @@ fn changes_committed_before_a_crash_are_delivered_after_restart() {
         .code(0)
         .stdout_lacks(&["undelivered"]);
 }
+
+/// A subscriber applies changes in order, so it gets runs in the order
+/// they were applied: a run whose delivery failed holds back the later
+/// runs' until it is accepted, rather than being overtaken while it waits
+/// out its backoff.
+#[test]
+fn a_later_run_waits_for_an_earlier_run_that_was_not_yet_delivered() {
+    let port = free_port();
+    let ws = Workspace::new(&format!(
+        "{}{}",
+        accounts_config("\n[daemon]\nsettle_secs = 1"),
+        webhook(1 << 20).replace("retry_secs = 1", "retry_secs = 10")
+    ));
+    let env = webhook_env(port);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The first run's changes are refused once; the second run follows at once.
+    let receiver = FeedReceiver::start(port, &[500]);
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    ws.dropsync_env(&["run"], &env)
+        .code(0)
+        .stderr_has(&["changes not delivered", "answered 500"]);
+    ws.drop_file("accounts_20260102.csv", day2());
+    ws.dropsync_env(&["run"], &env).code(0);
+    let mut runs = ws.db().runs();
+    runs.sort_by(|a, b| a.business_date.cmp(&b.business_date));
+
+    let daemon = start_daemon(&ws, &env);
+    wait_for(Duration::from_secs(90), "both runs accepted", || {
+        receiver.accepted().len() == 2
+    });
+    drop(daemon);
+    let order: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .map(|p| p.body["execution_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        order,
+        [runs[0].execution_id.clone(), runs[1].execution_id.clone()]
+    );
+}
+
+/// A replay is a run of its own: the changes it applies again are
+/// delivered under its execution id, with keys of their own.
+#[test]
+fn a_replays_changes_are_delivered_as_a_new_runs() {
+    let ws = Workspace::new(&format!(
+        "{}{}",
+        accounts_config("max_delete_ratio = 1.0"),
+        folder("warehouse", "feed", "")
+    ));
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    ws.dropsync(&["run"]).code(0);
+    ws.drop_file("accounts_20260102.csv", day2());
+    ws.dropsync(&["run"]).code(0);
+    // Day 1 again: its snapshot undoes day 2.
+    ws.dropsync(&["run", "accounts", "--date", "2026-01-01", "--force"])
+        .code(0);
+    let written = files(&ws.path("feed"));
+    assert_eq!(written.len(), 3, "{written:?}");
+    let runs = ws.db().runs();
+    let replay = runs
+        .iter()
+        .find(|r| r.forced)
+        .expect("the replay's run")
+        .execution_id
+        .clone();
+    let name = written[2]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(name.ends_with(&format!("_{replay}.jsonl")), "{name}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&written[2])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines.iter().all(|l| {
+        l["execution_id"] == replay.as_str()
+            && l["idempotency_key"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{replay}:"))
+    }));
+    let renamed_back = lines
+        .iter()
+        .find(|l| l["key"]["AccountID"] == "A2")
+        .unwrap();
+    assert_eq!(
+        renamed_back["fields"]["Name"],
+        serde_json::json!(["Acme Two", "Account 2"])
+    );
+}
