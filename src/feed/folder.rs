@@ -22,7 +22,12 @@ pub(super) fn send(
     };
     let mode = subscriber.mode()?;
     let shown = |path: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    crate::source::create_private_dir(dir).map_err(|e| shown(dir, &e))?;
+    if !dir.is_dir() {
+        crate::source::create_private_dir(dir).map_err(|e| shown(dir, &e))?;
+        // Whom the files' mode lets read them can open the folder too.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(folder_mode(mode)))
+            .map_err(|e| shown(dir, &e))?;
+    }
     let name = format!(
         "{}_{}_{}.{}",
         event.created_at.format("%Y%m%dT%H%M%S%.3fZ"),
@@ -66,6 +71,18 @@ pub(super) fn send(
         .map_err(|e| shown(dir, &e))?;
     tracing::debug!(subscriber = subscriber.name, file = %path.display(), changes = written, "changes written");
     Ok(())
+}
+
+/// The mode of a folder created for files of `file_mode`: its owner's,
+/// and searchable by the group or others when they may read the files.
+fn folder_mode(file_mode: u32) -> u32 {
+    let mut mode = 0o700;
+    for (read, search) in [(0o040, 0o050), (0o004, 0o005)] {
+        if file_mode & read != 0 {
+            mode |= search;
+        }
+    }
+    mode
 }
 
 /// Writes the wanted changes to `file`; returns how many.
@@ -124,3 +141,18 @@ const CSV_HEADER: [&str; 11] = [
     "fields",
     "recorded_at",
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_folder_is_opened_to_whom_its_files_are() {
+        for (file, folder) in [
+            (0o600, 0o700),
+            (0o640, 0o750),
+            (0o644, 0o755),
+            (0o604, 0o705),
+        ] {
+            assert_eq!(super::folder_mode(file), folder, "{file:o}");
+        }
+    }
+}

@@ -138,7 +138,7 @@ impl<'a> FeedEvent<'a> {
 
 /// How many logged changes are read at a time while sending: memory stays
 /// bounded whatever the size of the run.
-const READ_CHUNK: usize = 2_000;
+const READ_CHUNK: usize = 10_000;
 
 impl SubscriberConfig {
     /// The kinds of change wanted (all when empty); `check` made sure each

@@ -122,6 +122,16 @@ fn a_folder_subscribers_files_match_the_change_log_and_a_dry_run_writes_nothing(
 
     let csv_files = files(&ws.path("feed-csv"));
     assert_eq!(csv_files.len(), 2, "{csv_files:?}");
+    // A folder dropsync creates lets in whom the files' mode lets read them.
+    let dir_mode = |dir: &str| {
+        std::fs::metadata(ws.path(dir))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(dir_mode("feed"), 0o700);
+    assert_eq!(dir_mode("feed-csv"), 0o750);
     let mode = std::fs::metadata(&csv_files[1])
         .unwrap()
         .permissions()
