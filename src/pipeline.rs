@@ -8,7 +8,10 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
-use polars::prelude::{ParquetCompression, ParquetWriter};
+use polars::prelude::{
+    BooleanChunked, DataFrame, ParquetCompression, ParquetReader, ParquetWriter, PolarsError,
+    SerReader,
+};
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
 use crate::progress::{self, Event, Stage};
@@ -462,46 +465,32 @@ fn validate_and_apply(
     let _in_flight = progress::file(&file.name, Some(file.size));
     progress::report(Event::Stage(Stage::Parsing));
     let started = std::time::Instant::now();
-    let (raw, format_note) = match schema::formats::read_drop(
-        &file.path,
-        &file.name,
-        &schema::formats::DropReading::of(&integration.config),
-        &integration.file_schema,
-    ) {
-        Ok(read) => (read.table, read.note),
+    // Removed when this function returns, whichever way: a failed write
+    // (a full disk) must not leave a half-written file keeping it full.
+    let mut parts = HandoffParts::new(&config.store.staging, &run.execution_id);
+    let reading = schema::formats::DropReading::of(&integration.config);
+    let read =
+        if integration.metrics.is_none() && schema::formats::is_plain_csv(&file.name, &reading) {
+            read_in_chunks(store, config, integration, file, &reading, &mut parts)
+        } else {
+            read_whole(store, config, integration, file, &reading, &mut parts)
+        };
+    let mut valid = match read {
+        Ok(valid) => valid,
         // A file that cannot be read may read next time; one that reads
         // but is malformed will not.
-        Err(e) if e.is_transient() => {
+        Err(ReadFailure::Drop(e)) if e.is_transient() => {
             return fail(run, FailureKind::Transient, e.to_string(), Vec::new());
         }
-        Err(e) => return fail(run, FailureKind::Content, e.to_string(), Vec::new()),
+        Err(ReadFailure::Drop(e)) => {
+            return fail(run, FailureKind::Content, e.to_string(), Vec::new());
+        }
+        Err(ReadFailure::Content(message)) => {
+            return fail(run, FailureKind::Content, message, Vec::new());
+        }
+        Err(ReadFailure::Pipeline(e)) => return Err(e),
     };
-    stage_done("parse", started);
-    // Parsing may have reported its chunks already; positions keep the highest.
-    progress::report(Event::Bytes(file.size));
-    progress::report(Event::Stage(Stage::Validating));
-    let header_note = raw.header_note();
-    let started = std::time::Instant::now();
-    if let Some(message) = computed_in_file(integration, &raw) {
-        return fail(run, FailureKind::Content, message, Vec::new());
-    }
-    let keep_errors = errors_to_describe(&integration.config.on_error, raw.records);
-    let ctx = schema::validate::Context {
-        references: references(store, config, &integration.file_schema)?,
-        repeats_are_duplicates: integration.mode == Mode::Append,
-        key_checked_later: integration.metrics.is_some(),
-        keep_errors: Some(keep_errors),
-    };
-    let mut valid = schema::validate(&raw, &integration.file_schema, &ctx);
-    if let Some(spec) = &integration.metrics {
-        valid = spec.to_long(valid, &raw, file.business_date);
-    }
-    if let Some(computed) = &integration.computed {
-        let scratch = config.store.staging.join(".work");
-        valid = computed.add_to(valid, &raw, &scratch, keep_errors)?;
-    }
-    drop(raw);
-    stage_done("validate", started);
+    stage_done("parse and validate", started);
     progress::report(Event::Stage(Stage::Diffing));
     run.input_rows = valid.input_rows as i64;
     run.error_rows = valid.error_rows as i64;
@@ -511,7 +500,7 @@ fn validate_and_apply(
         .saturating_sub(valid.error_rows + valid.skipped_rows) as i64;
     if let Some(message) = policy_breach(&integration.config, &valid) {
         run.success_rows = 0;
-        let ValidRows {
+        let Validated {
             mut errors,
             ignored_columns,
             ..
@@ -522,23 +511,16 @@ fn validate_and_apply(
     }
 
     crate::activity::enter(&integration.name, crate::activity::Stage::Diffing);
+    progress::report(Event::Rows(valid.handed_off));
     let started = std::time::Instant::now();
-    // Removed when this function returns, whichever way: a failed write
-    // (a full disk) must not leave a half-written file keeping it full.
-    let handoff = HandoffFile {
-        path: handoff_path(&config.store.staging, &run.execution_id),
-    };
-    handoff.write(&mut valid)?;
-    progress::report(Event::Rows(valid.frame.height() as u64));
-    let parquet = handoff.path.clone();
-    stage_done("hand-off", started);
-    let started = std::time::Instant::now();
+    let handoff = parts.handoff();
+    store.limit_memory(&spill_directory(&config.store.staging))?;
     let req = ApplyRequest {
         integration: &integration.name,
         table: &integration.target,
         mode: integration.mode,
         status: integration.dataset.schema.dropsync.status.as_ref(),
-        rows: &parquet,
+        rows: &handoff,
         protected_keys: &valid.rejected_keys,
         max_delete_ratio: integration.config.max_delete_ratio,
         force: opts.force,
@@ -559,9 +541,13 @@ fn validate_and_apply(
             valid.ignored_columns.join(", ")
         )
     });
-    for note in [format_note, header_note, ignored_note]
-        .into_iter()
-        .flatten()
+    for note in [
+        valid.format_note.take(),
+        valid.header_note.take(),
+        ignored_note,
+    ]
+    .into_iter()
+    .flatten()
     {
         run.message = Some(match run.message.take() {
             Some(m) => format!("{m}; {note}"),
@@ -569,9 +555,9 @@ fn validate_and_apply(
         });
     }
     let outcome = store.apply(&req, run, &valid.errors);
-    drop(handoff);
+    drop(parts);
     stage_done("diff and apply", started);
-    let ValidRows {
+    let Validated {
         errors,
         ignored_columns,
         ..
@@ -603,6 +589,322 @@ pub fn computed_in_file(integration: &Integration, raw: &schema::RawTable) -> Op
         "the file has a column `{column}`, which integration `{}` computes (computed.{column}); a field is read from the file or computed, not both: remove it from the file or from `computed`",
         integration.name
     ))
+}
+
+/// What validation made of a file, whichever way it was read; its valid
+/// rows are already in the hand-off parts.
+struct Validated {
+    input_rows: u64,
+    error_rows: u64,
+    skipped_rows: u64,
+    /// Rows handed off.
+    handed_off: u64,
+    /// Every row error kept, in line order.
+    errors: Vec<RowError>,
+    /// Keys of rejected rows: a snapshot does not delete them.
+    rejected_keys: Vec<String>,
+    ignored_columns: Vec<String>,
+    /// What the run's message says about how the file was read.
+    format_note: Option<String>,
+    header_note: Option<String>,
+}
+
+/// Why a file could not be read and validated.
+enum ReadFailure {
+    /// The file itself: transient or not, as the error says.
+    Drop(schema::formats::DropError),
+    /// The file reads, but is refused as a whole for what it holds.
+    Content(String),
+    /// Anything else (the store, the hand-off).
+    Pipeline(PipelineError),
+}
+
+impl<E: Into<PipelineError>> From<E> for ReadFailure {
+    fn from(e: E) -> ReadFailure {
+        ReadFailure::Pipeline(e.into())
+    }
+}
+
+/// The chunk size a CSV file is read, validated and handed off in. Memory
+/// follows it, not the file: a chunk's text, its parsed and typed columns
+/// and its Parquet encoding take a few times its size at once. 64 MB keeps
+/// that to a few hundred MB, well inside the 2 GB a 10-million-row file must
+/// stay under, while each chunk is still large enough for two threads to
+/// parse it side by side (`MIN_STRETCH` is 4 MB) and for its Parquet row
+/// group to read fast. `DROPSYNC_CHUNK_BYTES` sets another size (tests use
+/// tiny ones so small files span many chunks).
+const CHUNK_BYTES: usize = 64 << 20;
+
+fn chunk_bytes() -> usize {
+    std::env::var("DROPSYNC_CHUNK_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(CHUNK_BYTES)
+}
+
+/// Reads a drop whole (a spreadsheet, JSON, an archive, another encoding,
+/// a results report), validates it, and hands its valid rows off.
+fn read_whole(
+    store: &Store,
+    config: &Config,
+    integration: &Integration,
+    file: &StagedFile,
+    reading: &schema::formats::DropReading<'_>,
+    parts: &mut HandoffParts,
+) -> Result<Validated, ReadFailure> {
+    let started = std::time::Instant::now();
+    let read =
+        schema::formats::read_drop(&file.path, &file.name, reading, &integration.file_schema)
+            .map_err(ReadFailure::Drop)?;
+    let raw = read.table;
+    stage_done("parse", started);
+    progress::report(Event::Bytes(file.size));
+    progress::report(Event::Stage(Stage::Validating));
+    let started = std::time::Instant::now();
+    if let Some(message) = computed_in_file(integration, &raw) {
+        return Err(ReadFailure::Content(message));
+    }
+    let keep_errors = errors_to_describe(&integration.config.on_error, raw.records);
+    let ctx = schema::validate::Context {
+        references: references(store, config, &integration.file_schema)?,
+        repeats_are_duplicates: integration.mode == Mode::Append,
+        key_checked_later: integration.metrics.is_some(),
+        keep_errors: Some(keep_errors),
+    };
+    let mut valid = schema::validate(&raw, &integration.file_schema, &ctx);
+    if let Some(spec) = &integration.metrics {
+        valid = spec.to_long(valid, &raw, file.business_date);
+    }
+    if let Some(computed) = &integration.computed {
+        let scratch = config.store.staging.join(".work");
+        valid = computed.add_to(valid, &raw, &scratch, keep_errors)?;
+    }
+    let header_note = raw.header_note();
+    drop(raw);
+    stage_done("validate", started);
+    let started = std::time::Instant::now();
+    parts.write(&mut valid.frame)?;
+    stage_done("hand-off", started);
+    let ValidRows {
+        frame,
+        errors,
+        input_rows,
+        error_rows,
+        skipped_rows,
+        rejected_keys,
+        ignored_columns,
+        ..
+    } = valid;
+    Ok(Validated {
+        input_rows,
+        error_rows,
+        skipped_rows,
+        handed_off: frame.height() as u64,
+        errors,
+        rejected_keys,
+        ignored_columns,
+        format_note: read.note,
+        header_note,
+    })
+}
+
+/// One chunk of a file as handed off: where it lies in the file, and which
+/// of its records are in its hand-off part.
+struct HandedChunk {
+    start: u64,
+    end: u64,
+    first_line: u64,
+    /// For each row of its part, its index among the chunk's kept records.
+    rows: Vec<u32>,
+    /// Kept records left out as repeats of an earlier event (append mode).
+    skipped: Vec<u32>,
+}
+
+/// Reads a plain CSV file a chunk at a time: parses and validates each
+/// chunk, writes its valid rows as the next hand-off part, and keeps its
+/// row errors. The rules across rows see the whole file through
+/// `FileChecks`; rows they reject after their chunk was handed off (every
+/// copy of a key repeated in a later chunk, a reference no row of the file
+/// answered) are taken out of their parts at the end and described from
+/// their chunk, read again.
+fn read_in_chunks(
+    store: &Store,
+    config: &Config,
+    integration: &Integration,
+    file: &StagedFile,
+    reading: &schema::formats::DropReading<'_>,
+    parts: &mut HandoffParts,
+) -> Result<Validated, ReadFailure> {
+    let schema = &integration.file_schema;
+    let policy = &integration.config.on_error;
+    let drop_error = |e: schema::ParseError| ReadFailure::Drop(e.into());
+    let mut chunks = schema::CsvChunks::open(
+        &file.path,
+        &file.name,
+        reading.csv,
+        reading.columns,
+        schema,
+        chunk_bytes(),
+    )
+    .map_err(drop_error)?;
+    // How many rows validation describes depends on how many the file has,
+    // known only at its end: the count of its line ends bounds it (records
+    // hold at least one each, quoted fields may hold more).
+    let records_at_most = match policy.policy {
+        OnError::Reject => 0,
+        OnError::Skip => line_ends(&file.path)
+            .map_err(|source| {
+                drop_error(schema::ParseError::Io {
+                    file: file.name.clone(),
+                    source,
+                })
+            })?
+            .saturating_add(1),
+    };
+    let describe = errors_to_describe(policy, records_at_most);
+    let tolerated_at_most = tolerated_rows(policy, records_at_most);
+    let ctx = schema::validate::Context {
+        references: references(store, config, schema)?,
+        repeats_are_duplicates: integration.mode == Mode::Append,
+        key_checked_later: false,
+        keep_errors: Some(describe),
+    };
+    let mut checks = schema::FileChecks::new(schema);
+    let mut out = Validated {
+        input_rows: 0,
+        error_rows: 0,
+        skipped_rows: 0,
+        handed_off: 0,
+        errors: Vec::new(),
+        rejected_keys: Vec::new(),
+        ignored_columns: chunks.header().ignored_columns.clone(),
+        format_note: None,
+        header_note: schema::header_note(&chunks.header().renamed_columns),
+    };
+    // Past this many error rows the file is refused whatever the rest
+    // holds: it keeps only the first row errors (one more than the sample,
+    // so the message still says the sample was cut).
+    let refused_sample = REFUSED_ERRORS_KEPT + 1;
+    let mut handed = Vec::new();
+    let scratch = config.store.staging.join(".work");
+    while let Some(chunk) = chunks.next_chunk().map_err(drop_error)? {
+        if handed.is_empty()
+            && let Some(message) = computed_in_file(integration, &chunk.table)
+        {
+            return Err(ReadFailure::Content(message));
+        }
+        let (mut valid, skipped) = schema::validate_chunk(&chunk.table, schema, &ctx, &mut checks);
+        // Calculated fields are per row: each chunk gets its own.
+        if let Some(computed) = &integration.computed {
+            valid = computed.add_to(valid, &chunk.table, &scratch, describe)?;
+        }
+        out.input_rows += valid.input_rows;
+        out.error_rows += valid.error_rows;
+        out.skipped_rows += valid.skipped_rows;
+        out.handed_off += valid.frame.height() as u64;
+        out.errors.append(&mut valid.errors);
+        if out.error_rows > tolerated_at_most && out.errors.len() > refused_sample {
+            out.errors.truncate(refused_sample);
+        }
+        let room = describe.saturating_sub(out.rejected_keys.len());
+        out.rejected_keys
+            .extend(valid.rejected_keys.drain(..).take(room));
+        parts.write(&mut valid.frame)?;
+        handed.push(HandedChunk {
+            start: chunk.start,
+            end: chunk.end,
+            first_line: chunk.first_line,
+            rows: valid.rows,
+            skipped,
+        });
+        progress::report(Event::Bytes(chunk.end));
+        progress::report(Event::Rows(chunk.table.records));
+    }
+    let late = checks.finish();
+    if late.is_empty() {
+        return Ok(out);
+    }
+    // Rows the whole file rejects after their chunk was handed off.
+    let refused = |out: &Validated| out.error_rows > tolerated_at_most;
+    let mut gone: Vec<Vec<u32>> = vec![Vec::new(); handed.len()];
+    let mut counted: foldhash::HashSet<(u32, u32)> = Default::default();
+    for issue in &late {
+        let at = issue.at;
+        let chunk = &handed[at.chunk as usize];
+        if !counted.insert((at.chunk, at.row)) {
+            continue;
+        }
+        if let Ok(index) = chunk.rows.binary_search(&at.row) {
+            gone[at.chunk as usize].push(index as u32);
+            out.error_rows += 1;
+        } else if chunk.skipped.binary_search(&at.row).is_ok() {
+            // A repeat that is also invalid counts as rejected, not skipped.
+            out.skipped_rows -= 1;
+            out.error_rows += 1;
+        }
+    }
+    for (part, rows) in gone.iter_mut().enumerate() {
+        if !rows.is_empty() {
+            rows.sort_unstable();
+            out.handed_off -= rows.len() as u64;
+            parts.drop_rows(part, rows)?;
+        }
+    }
+    // Described from their chunks read again, one at a time; a refused file
+    // describes only what can still be among its first errors.
+    if refused(&out) && out.errors.len() > refused_sample {
+        out.errors.truncate(refused_sample);
+    }
+    let cutoff = (refused(&out) && out.errors.len() >= refused_sample)
+        .then(|| out.errors.last().map_or(0, |e| e.line));
+    let mut late = late;
+    late.sort_by_key(|i| (i.at.chunk, i.at.line));
+    let mut at = 0;
+    while at < late.len() {
+        let chunk_index = late[at].at.chunk;
+        let end = late[at..]
+            .iter()
+            .position(|i| i.at.chunk != chunk_index)
+            .map_or(late.len(), |n| at + n);
+        let wanted: Vec<&schema::LateIssue> = late[at..end]
+            .iter()
+            .filter(|i| cutoff.is_none_or(|line| i.at.line <= line))
+            .collect();
+        if !wanted.is_empty() {
+            let chunk = &handed[chunk_index as usize];
+            let raw = chunks
+                .reread(chunk.start, chunk.end, chunk.first_line)
+                .map_err(drop_error)?;
+            for issue in wanted {
+                let (error, stored_key) = schema::describe_late(&raw, schema, issue);
+                out.errors.push(error);
+                if out.rejected_keys.len() < describe {
+                    out.rejected_keys.extend(stored_key);
+                }
+            }
+        }
+        at = end;
+    }
+    schema::sort_errors(&mut out.errors, schema);
+    Ok(out)
+}
+
+/// How many line ends the file at `path` has.
+fn line_ends(path: &Path) -> io::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut count = 0u64;
+    loop {
+        let n = match file.read(&mut buffer) {
+            Ok(0) => return Ok(count),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        count += memchr::memchr_iter(b'\n', &buffer[..n]).count() as u64;
+    }
 }
 
 /// A batch committed, but the store file could not be written to disk: the
@@ -646,17 +948,22 @@ pub(crate) fn stage_done(stage: &str, started: std::time::Instant) {
 /// wrong, not every row of a file whose dates all switched format.
 pub const REFUSED_ERRORS_KEPT: usize = 1000;
 
-/// How many row errors validation describes in full: every one a file the
-/// policy still applies can have (its rejected rows are all recorded), and
-/// at least the sample a refused file keeps.
-fn errors_to_describe(policy: &ErrorPolicy, input_rows: u64) -> usize {
-    let tolerated = match policy.policy {
+/// How many rejected rows the policy applies a file of `input_rows` with.
+fn tolerated_rows(policy: &ErrorPolicy, input_rows: u64) -> u64 {
+    match policy.policy {
         OnError::Reject => 0,
         OnError::Skip => policy
             .max_rows
             .unwrap_or(u64::MAX)
             .min((policy.max_ratio * input_rows as f64).floor() as u64),
-    };
+    }
+}
+
+/// How many row errors validation describes in full: every one a file the
+/// policy still applies can have (its rejected rows are all recorded), and
+/// at least the sample a refused file keeps.
+fn errors_to_describe(policy: &ErrorPolicy, input_rows: u64) -> usize {
+    let tolerated = tolerated_rows(policy, input_rows);
     usize::try_from(tolerated.saturating_add(1))
         .unwrap_or(usize::MAX)
         .max(REFUSED_ERRORS_KEPT)
@@ -677,7 +984,7 @@ fn keep_error_sample(message: String, errors: &mut Vec<RowError>, error_rows: i6
 }
 
 /// Why the rejected rows fail the whole file under the integration's policy.
-fn policy_breach(config: &IntegrationConfig, valid: &ValidRows) -> Option<String> {
+fn policy_breach(config: &IntegrationConfig, valid: &Validated) -> Option<String> {
     let errors = valid.error_rows;
     if errors == 0 {
         return None;
@@ -741,71 +1048,127 @@ fn references(
     Ok(out)
 }
 
-fn handoff_path(staging: &Path, execution_id: &str) -> PathBuf {
-    staging
-        .join(".work")
-        .join(format!("{execution_id}.parquet"))
+/// Where DuckDB spills what does not fit its memory limit while it diffs
+/// and applies: inside the staging directory, the store's own scratch
+/// space, beside the hand-off files but not among them.
+fn spill_directory(staging: &Path) -> PathBuf {
+    staging.join(".spill")
 }
 
-/// The Parquet file one batch's valid rows travel in from polars to DuckDB.
-/// It lives only as long as the batch: dropping it removes the file.
-struct HandoffFile {
-    path: PathBuf,
+/// The Parquet files one batch's valid rows travel in from polars to
+/// DuckDB, one per chunk of the file. They live only as long as the batch:
+/// dropping this removes them.
+struct HandoffParts {
+    dir: PathBuf,
+    execution_id: String,
+    parts: Vec<PathBuf>,
 }
 
-impl HandoffFile {
-    fn write(&self, valid: &mut ValidRows) -> Result<(), HandoffError> {
-        let io_error = |operation, source| HandoffError::Io {
-            operation,
-            path: self.path.clone(),
-            source,
+impl HandoffParts {
+    fn new(staging: &Path, execution_id: &str) -> HandoffParts {
+        HandoffParts {
+            dir: staging.join(".work"),
+            execution_id: execution_id.to_string(),
+            parts: Vec::new(),
+        }
+    }
+
+    /// The parts written so far, as the store reads them.
+    fn handoff(&self) -> crate::store::Handoff {
+        crate::store::Handoff {
+            parts: self.parts.clone(),
+        }
+    }
+
+    /// Writes `frame` as the next part.
+    fn write(&mut self, frame: &mut DataFrame) -> Result<(), HandoffError> {
+        // The first part keeps the name a batch's single file always had.
+        let path = match self.parts.len() {
+            0 => self.dir.join(format!("{}.parquet", self.execution_id)),
+            n => self
+                .dir
+                .join(format!("{}-{n:05}.parquet", self.execution_id)),
         };
-        let dir = self
-            .path
-            .parent()
-            .expect("hand-off files live in a directory");
-        std::fs::create_dir_all(dir).map_err(|source| HandoffError::Io {
-            operation: "create the directory of",
-            path: self.path.clone(),
+        if self.parts.is_empty() {
+            std::fs::create_dir_all(&self.dir).map_err(|source| HandoffError::Io {
+                operation: "create the directory of",
+                path: path.clone(),
+                source,
+            })?;
+        }
+        // Listed before it is written: a half-written part is removed too.
+        self.parts.push(path.clone());
+        write_parquet(&path, frame)
+    }
+
+    /// Leaves out of part `part` the rows at `rows` (ascending indices in
+    /// it): rows found wrong only once the whole file was read.
+    fn drop_rows(&mut self, part: usize, rows: &[u32]) -> Result<(), HandoffError> {
+        let path = self.parts[part].clone();
+        let file = std::fs::File::open(&path).map_err(|source| HandoffError::Io {
+            operation: "read back",
+            path: path.clone(),
             source,
         })?;
-        let file = std::fs::File::create(&self.path).map_err(|e| io_error("create", e))?;
-        let mut writer = FirstErrorWriter {
-            inner: BufWriter::with_capacity(1 << 20, file),
-            error: None,
+        let encode = |e: PolarsError| HandoffError::Encode {
+            path: path.clone(),
+            message: e.to_string(),
         };
-        let encoded = ParquetWriter::new(&mut writer)
-            .with_compression(ParquetCompression::Uncompressed)
-            .finish(&mut valid.frame);
-        let flushed = encoded.is_ok().then(|| writer.flush());
-        // polars reports a failed write as a Parquet format error ("Invalid
-        // thrift: transport error"): the OS error the writer saw is the cause.
-        if let Some(source) = writer.error.take() {
-            return Err(io_error("write", source));
-        }
-        if let Err(e) = encoded {
-            return Err(HandoffError::Encode {
-                path: self.path.clone(),
-                message: e.to_string(),
-            });
-        }
-        if let Some(Err(source)) = flushed {
-            return Err(io_error("write", source));
-        }
-        Ok(())
+        let frame = ParquetReader::new(file).finish().map_err(encode)?;
+        let mut gone = rows.iter().peekable();
+        let keep: BooleanChunked = (0..frame.height() as u32)
+            .map(|row| gone.next_if(|&&r| r == row).is_none())
+            .collect();
+        let mut frame = frame.filter(&keep).map_err(encode)?;
+        write_parquet(&path, &mut frame)
     }
 }
 
-impl Drop for HandoffFile {
+/// Writes `frame` to `path` as Parquet, naming the OS error when the disk fails.
+fn write_parquet(path: &Path, frame: &mut DataFrame) -> Result<(), HandoffError> {
+    let io_error = |operation, source| HandoffError::Io {
+        operation,
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::create(path).map_err(|e| io_error("create", e))?;
+    let mut writer = FirstErrorWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        error: None,
+    };
+    let encoded = ParquetWriter::new(&mut writer)
+        .with_compression(ParquetCompression::Uncompressed)
+        .finish(frame);
+    let flushed = encoded.is_ok().then(|| writer.flush());
+    // polars reports a failed write as a Parquet format error ("Invalid
+    // thrift: transport error"): the OS error the writer saw is the cause.
+    if let Some(source) = writer.error.take() {
+        return Err(io_error("write", source));
+    }
+    if let Err(e) = encoded {
+        return Err(HandoffError::Encode {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        });
+    }
+    if let Some(Err(source)) = flushed {
+        return Err(io_error("write", source));
+    }
+    Ok(())
+}
+
+impl Drop for HandoffParts {
     fn drop(&mut self) {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(
-                path = %self.path.display(),
-                error = %e,
-                "cannot remove the hand-off file; the next run removes it"
-            ),
+        for path in &self.parts {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot remove the hand-off file; the next run removes it"
+                ),
+            }
         }
     }
 }

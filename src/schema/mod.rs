@@ -21,9 +21,12 @@ use serde::Deserialize;
 
 use crate::config::Mode;
 pub use computed::{ComputedError, ComputedFields};
-pub use parse::{ATTRIBUTES, ParseError, RawTable, read_table};
+pub use parse::{ATTRIBUTES, CsvChunk, CsvChunks, ParseError, RawTable, header_note, read_table};
 pub use results::MetricsSpec;
-pub use validate::{RowError, ValidRows, validate};
+pub use validate::{
+    FileChecks, LateIssue, RowError, ValidRows, describe_late, sort_errors, validate,
+    validate_chunk,
+};
 
 const BUILTIN: &[(&str, &str)] = &[
     ("accounts", include_str!("../../schemas/accounts.json")),

@@ -93,18 +93,7 @@ impl RawTable {
     /// Says which header names were read as which fields, when any had to
     /// be matched loosely; `None` when every name matched as written.
     pub fn header_note(&self) -> Option<String> {
-        if self.renamed_columns.is_empty() {
-            return None;
-        }
-        let pairs: Vec<String> = self
-            .renamed_columns
-            .iter()
-            .map(|(header, field)| format!("`{header}` as {field}"))
-            .collect();
-        Some(format!(
-            "header names matched ignoring case, spaces and underscores: {}",
-            pairs.join(", ")
-        ))
+        header_note(&self.renamed_columns)
     }
 
     /// The raw text of the kept record `row`, shortened if huge.
@@ -112,6 +101,22 @@ impl RawTable {
         let (start, end) = self.spans[row];
         raw_text(&self.text, start, end)
     }
+}
+
+/// Says which header names were read as which fields, when any had to be
+/// matched loosely: (header, field) pairs.
+pub fn header_note(renamed: &[(String, String)]) -> Option<String> {
+    if renamed.is_empty() {
+        return None;
+    }
+    let pairs: Vec<String> = renamed
+        .iter()
+        .map(|(header, field)| format!("`{header}` as {field}"))
+        .collect();
+    Some(format!(
+        "header names matched ignoring case, spaces and underscores: {}",
+        pairs.join(", ")
+    ))
 }
 
 pub(crate) fn raw_text(text: &[u8], start: u64, end: u64) -> String {
@@ -183,12 +188,43 @@ fn parse_in_stretches(
             file: file.to_string(),
         });
     }
+    let (header, body_start, first_line) = read_header(&text, file, dialect, mapping, schema)?;
+    parse_body(
+        text, body_start, first_line, &header, file, dialect, schema, stretches,
+    )
+}
+
+/// How a CSV file's columns feed the schema, read once from its header.
+pub struct CsvHeader {
+    /// Schema field -> file column.
+    layout: Vec<Option<usize>>,
+    /// File columns the schema does not know, in `_attributes` key order.
+    extras: Vec<AttributeKey>,
+    key_fields: Vec<usize>,
+    /// Fields a record must have.
+    width: usize,
+    /// Header names the schema does not know.
+    pub ignored_columns: Vec<String>,
+    /// Header names matched only loosely: (header, field).
+    pub renamed_columns: Vec<(String, String)>,
+}
+
+/// Reads the header at the start of `text` (already decoded, without a
+/// BOM). Returns how the columns feed the schema, the byte where the
+/// records start and the line of the first record.
+fn read_header(
+    text: &[u8],
+    file: &str,
+    dialect: &CsvDialect,
+    mapping: &std::collections::BTreeMap<String, String>,
+    schema: &TableSchema,
+) -> Result<(CsvHeader, usize, u64), ParseError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .delimiter(dialect.delimiter as u8)
         .quote(dialect.quote as u8)
-        .from_reader(text.as_slice());
+        .from_reader(text);
     let mut record = csv::ByteRecord::new();
     let csv_err = |e: csv::Error, line: u64| ParseError::Csv {
         file: file.to_string(),
@@ -259,15 +295,39 @@ fn parse_in_stretches(
     } else {
         0
     };
-    drop(reader);
+    let header = CsvHeader {
+        layout,
+        extras,
+        key_fields,
+        width,
+        ignored_columns: extra_columns.into_iter().map(|(_, h)| h).collect(),
+        renamed_columns: renamed,
+    };
+    Ok((header, body_start, first_line))
+}
+
+/// Parses the records of `text[body_start..]`, the first on line
+/// `first_line`, in `stretches` pieces side by side (as many as pay when
+/// `None`). The table keeps `text` for raw rows.
+#[allow(clippy::too_many_arguments)]
+fn parse_body(
+    text: Vec<u8>,
+    body_start: usize,
+    first_line: u64,
+    header: &CsvHeader,
+    file: &str,
+    dialect: &CsvDialect,
+    schema: &TableSchema,
+    stretches: Option<usize>,
+) -> Result<RawTable, ParseError> {
     let shape = RecordShape {
         file,
         dialect,
         schema,
-        layout: &layout,
-        extras: &extras,
-        key_fields: &key_fields,
-        width,
+        layout: &header.layout,
+        extras: &header.extras,
+        key_fields: &header.key_fields,
+        width: header.width,
     };
     let pieces = stretches.unwrap_or_else(|| stretches_for(text.len() - body_start));
     let chunks = split_body(&text, body_start, first_line, dialect, pieces);
@@ -320,10 +380,248 @@ fn parse_in_stretches(
         spans,
         errors,
         records,
-        ignored_columns: extra_columns.into_iter().map(|(_, h)| h).collect(),
-        renamed_columns: renamed,
+        ignored_columns: header.ignored_columns.clone(),
+        renamed_columns: header.renamed_columns.clone(),
         text,
     })
+}
+
+/// A CSV file read a chunk at a time, so memory follows the chunk size, not
+/// the file: the header once, then runs of whole records of about
+/// `chunk_bytes` each, cut where `RecordStarts` finds a record start (a
+/// line end inside a quoted field never cuts). Every chunk parses exactly
+/// as the same records do in a read of the whole file: same lines, raw
+/// rows and errors. UTF-8 files only: other encodings are decoded whole.
+pub struct CsvChunks<'a> {
+    source: std::fs::File,
+    file: &'a str,
+    dialect: &'a CsvDialect,
+    schema: &'a TableSchema,
+    header: CsvHeader,
+    chunk_bytes: usize,
+    /// Bytes read but not yet handed out; they start at a record start.
+    carry: Vec<u8>,
+    /// Where `carry` starts in the file, and its line.
+    offset: u64,
+    line: u64,
+    /// Whether the file has been read to its end.
+    eof: bool,
+    /// Whether a chunk was handed out: a file of only a header still gives
+    /// one, with no records.
+    yielded: bool,
+}
+
+/// One run of whole records of a file.
+pub struct CsvChunk {
+    pub table: RawTable,
+    /// Where the chunk lies in the file: start and end byte, and the line
+    /// its text starts on (to read it again).
+    pub start: u64,
+    pub end: u64,
+    pub first_line: u64,
+}
+
+impl<'a> CsvChunks<'a> {
+    /// Opens `path` and reads its header. Fails as a whole read would on an
+    /// empty file or a header that does not fit the schema.
+    pub fn open(
+        path: &Path,
+        file: &'a str,
+        dialect: &'a CsvDialect,
+        mapping: &std::collections::BTreeMap<String, String>,
+        schema: &'a TableSchema,
+        chunk_bytes: usize,
+    ) -> Result<CsvChunks<'a>, ParseError> {
+        debug_assert!(
+            dialect.encoding.is_utf8(),
+            "other encodings are decoded whole"
+        );
+        let source = std::fs::File::open(path).map_err(|source| ParseError::Io {
+            file: file.to_string(),
+            source,
+        })?;
+        let mut chunks = CsvChunks {
+            source,
+            file,
+            dialect,
+            schema,
+            header: CsvHeader {
+                layout: Vec::new(),
+                extras: Vec::new(),
+                key_fields: Vec::new(),
+                width: 0,
+                ignored_columns: Vec::new(),
+                renamed_columns: Vec::new(),
+            },
+            chunk_bytes: chunk_bytes.max(1),
+            carry: Vec::new(),
+            offset: 0,
+            line: 1,
+            eof: false,
+            yielded: false,
+        };
+        // Read until the file shows something besides white space (or ends),
+        // and its first record is whole: the header must be read entire.
+        let mut first = true;
+        loop {
+            // Twice as much each time: a header longer than the chunk is
+            // read in a few steps, not rescanned at every one.
+            chunks.read_more(chunks.chunk_bytes.max(chunks.carry.len()))?;
+            if std::mem::take(&mut first) && chunks.carry.starts_with(b"\xEF\xBB\xBF") {
+                // A BOM glued to the first header name is the classic CSV bug: drop it.
+                chunks.carry.drain(..3);
+                chunks.offset = 3;
+            }
+            let blank = chunks.carry.iter().all(|b| b.is_ascii_whitespace());
+            if blank && chunks.eof {
+                return Err(ParseError::Empty {
+                    file: file.to_string(),
+                });
+            }
+            if blank {
+                continue;
+            }
+            let whole_first_record = chunks.eof || chunks.last_cut(&[0]).is_some();
+            if whole_first_record {
+                break;
+            }
+        }
+        let (header, body_start, first_line) =
+            read_header(&chunks.carry, file, dialect, mapping, schema)?;
+        chunks.header = header;
+        chunks.carry.drain(..body_start);
+        chunks.offset += body_start as u64;
+        chunks.line = first_line;
+        Ok(chunks)
+    }
+
+    /// The header as read: names the schema does not know, names matched loosely.
+    pub fn header(&self) -> &CsvHeader {
+        &self.header
+    }
+
+    /// The next run of records; `None` past the end of the file.
+    pub fn next_chunk(&mut self) -> Result<Option<CsvChunk>, ParseError> {
+        loop {
+            if self.carry.len() < self.chunk_bytes && !self.eof {
+                self.read_more(self.chunk_bytes - self.carry.len())?;
+            }
+            if self.carry.is_empty() && self.eof {
+                if self.yielded {
+                    return Ok(None);
+                }
+                break;
+            }
+            if self.eof && self.carry.len() <= self.chunk_bytes {
+                break;
+            }
+            // Cut after the last record that ends in what was read (looked
+            // for past every sixteenth of it, in one pass); a record longer
+            // than the chunk reads on.
+            let len = self.carry.len();
+            let targets: Vec<usize> = (0..16).map(|i| len * i / 16).collect();
+            if let Some(cut) = self.last_cut(&targets) {
+                let rest = self.carry.split_off(cut);
+                let text = std::mem::replace(&mut self.carry, rest);
+                return self.hand_out(text);
+            }
+            if self.eof {
+                break;
+            }
+            // A record longer than what was read: read twice as much, so a
+            // huge record costs a few scans, not one per chunk of it.
+            self.read_more(self.chunk_bytes.max(self.carry.len()))?;
+        }
+        let text = std::mem::take(&mut self.carry);
+        self.hand_out(text)
+    }
+
+    /// Parses the records of `text`, the next of the file.
+    fn hand_out(&mut self, text: Vec<u8>) -> Result<Option<CsvChunk>, ParseError> {
+        let (start, first_line) = (self.offset, self.line);
+        let len = text.len() as u64;
+        self.line += memchr::memchr_iter(b'\n', &text).count() as u64;
+        self.offset += len;
+        self.yielded = true;
+        let table = parse_body(
+            text,
+            0,
+            first_line,
+            &self.header,
+            self.file,
+            self.dialect,
+            self.schema,
+            None,
+        )?;
+        Ok(Some(CsvChunk {
+            table,
+            start,
+            end: start + len,
+            first_line,
+        }))
+    }
+
+    /// Reads the chunk of the file between `start` and `end` again (its
+    /// text starting on `first_line`), to describe rows found wrong only
+    /// once the whole file was seen.
+    pub fn reread(&self, start: u64, end: u64, first_line: u64) -> Result<RawTable, ParseError> {
+        use std::os::unix::fs::FileExt;
+        let mut text = vec![0; (end - start) as usize];
+        self.source
+            .read_exact_at(&mut text, start)
+            .map_err(|source| ParseError::Io {
+                file: self.file.to_string(),
+                source,
+            })?;
+        parse_body(
+            text,
+            0,
+            first_line,
+            &self.header,
+            self.file,
+            self.dialect,
+            self.schema,
+            None,
+        )
+    }
+
+    /// The last of the record starts in `carry` found past each of
+    /// `targets` (ascending), up to its end.
+    fn last_cut(&self, targets: &[usize]) -> Option<usize> {
+        RecordStarts::new(self.dialect.delimiter as u8, self.dialect.quote as u8)
+            .near(&self.carry, 0, targets)
+            .into_iter()
+            .filter(|&cut| cut > 0 && cut <= self.carry.len())
+            .max()
+    }
+
+    /// Appends up to `want` more bytes of the file to `carry`.
+    fn read_more(&mut self, want: usize) -> Result<(), ParseError> {
+        use std::io::Read;
+        let have = self.carry.len();
+        self.carry.reserve(want);
+        let read = (&mut self.source)
+            .take(want as u64)
+            .read_to_end(&mut self.carry)
+            .map_err(|source| ParseError::Io {
+                file: self.file.to_string(),
+                source,
+            })?;
+        if read == 0 || self.carry.len() - have < want {
+            self.eof = true;
+        }
+        Ok(())
+    }
+}
+
+/// The key of kept record `row` of `raw` as written (parts joined with `|`),
+/// as a row error names it.
+pub(crate) fn written_key(raw: &RawTable, key_fields: &[usize], row: usize) -> Option<String> {
+    let parts: Vec<&str> = key_fields
+        .iter()
+        .map(|&f| raw.columns[f].get(row).unwrap_or(""))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("|"))
 }
 
 /// What every record of a file must look like.

@@ -79,6 +79,33 @@ struct Issue {
 
 /// Validates a raw table against `schema`.
 pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRows {
+    validate_rows(raw, schema, ctx, None).0
+}
+
+/// Validates one chunk of a file against `schema`. The rules across rows
+/// (the key, unique keys, references within the file) are checked against
+/// the chunks before it through `across`; what only the rest of the file
+/// can settle (every copy of a repeated key, a reference to a row further
+/// on) comes out of `FileChecks::finish`. A row that repeats a key is left
+/// out here and described then. Also returns the kept records skipped as
+/// repeats of an earlier event (append mode), ascending.
+pub fn validate_chunk(
+    raw: &RawTable,
+    schema: &TableSchema,
+    ctx: &Context,
+    across: &mut FileChecks,
+) -> (ValidRows, Vec<u32>) {
+    let valid = validate_rows(raw, schema, ctx, Some(across));
+    across.chunk += 1;
+    valid
+}
+
+fn validate_rows(
+    raw: &RawTable,
+    schema: &TableSchema,
+    ctx: &Context,
+    across: Option<&mut FileChecks>,
+) -> (ValidRows, Vec<u32>) {
     let n = raw.lines.len();
     let keep_errors = ctx.keep_errors.unwrap_or(usize::MAX);
     // A row can have a few problems in one field (missing, mistyped, out of
@@ -160,24 +187,35 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
     };
 
     // Rules across fields and rows: references, unique keys, and the key.
-    let (mut cross, duplicate_rows): (Vec<Issue>, _) = std::thread::scope(|scope| {
-        let references = scope.spawn(|| {
+    let (mut cross, duplicate_rows, repeated_rows): (Vec<Issue>, _, Vec<u32>) = match across {
+        None => std::thread::scope(|scope| {
+            let references = scope.spawn(|| {
+                let mut issues = Vec::new();
+                check_required_when(schema, &comparable, &mut issues);
+                check_foreign_keys(schema, &comparable, ctx, &mut issues);
+                check_unique_keys(schema, &comparable, raw, &mut issues);
+                issues
+            });
+            let mut key_issues = Vec::new();
+            let duplicates = if ctx.key_checked_later {
+                HashSet::new()
+            } else {
+                check_keys(schema, &comparable, raw, ctx, &mut key_issues)
+            };
+            let mut cross = references.join().expect("reference checks do not panic");
+            cross.extend(key_issues);
+            (cross, duplicates, Vec::new())
+        }),
+        Some(across) => {
             let mut issues = Vec::new();
             check_required_when(schema, &comparable, &mut issues);
-            check_foreign_keys(schema, &comparable, ctx, &mut issues);
-            check_unique_keys(schema, &comparable, raw, &mut issues);
-            issues
-        });
-        let mut key_issues = Vec::new();
-        let duplicates = if ctx.key_checked_later {
-            HashSet::new()
-        } else {
-            check_keys(schema, &comparable, raw, ctx, &mut key_issues)
-        };
-        let mut cross = references.join().expect("reference checks do not panic");
-        cross.extend(key_issues);
-        (cross, duplicates)
-    });
+            // Keys first: a reference to the key finds this chunk's rows too.
+            let (duplicates, repeated) = across.check_keys(schema, &comparable, raw, ctx);
+            across.check_foreign_keys(schema, &comparable, raw, ctx, &mut issues);
+            across.check_unique_keys(schema, &comparable, raw, &mut issues);
+            (issues, duplicates, repeated)
+        }
+    };
     if cross.len() > issue_cap {
         cross.sort_by_key(|i| i.row);
         undescribed.extend(cross.drain(issue_cap..).map(|i| i.row));
@@ -230,6 +268,10 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
         reject(row as usize, &mut bad);
     }
     drop(undescribed);
+    // Copies of a repeated key: described once the file has been read.
+    for &row in &repeated_rows {
+        reject(row as usize, &mut bad);
+    }
     for issue in issues {
         let row = issue.row as usize;
         reject(row, &mut bad);
@@ -265,20 +307,24 @@ pub fn validate(raw: &RawTable, schema: &TableSchema, ctx: &Context) -> ValidRow
             }
         })
         .expect("columns built with one value per row");
-    ValidRows {
+    let mut skipped: Vec<u32> = duplicate_rows
+        .iter()
+        .copied()
+        .filter(|&row| !bad[row as usize])
+        .collect();
+    skipped.sort_unstable();
+    let valid = ValidRows {
         frame,
         rows,
         errors,
         input_rows: raw.records,
         error_rows,
         // A repeat that is also invalid counts as rejected, not skipped.
-        skipped_rows: duplicate_rows
-            .iter()
-            .filter(|&&row| !bad[row as usize])
-            .count() as u64,
+        skipped_rows: skipped.len() as u64,
         rejected_keys,
         ignored_columns: raw.ignored_columns.clone(),
-    }
+    };
+    (valid, skipped)
 }
 
 /// Maps `f` over `items` on as many threads as there are cores, keeping order.
@@ -1456,55 +1502,77 @@ fn check_foreign_keys(
 ) {
     let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
     let rows = values.rows();
-    let no_keys = FastSet::default();
     for fk in &schema.foreign_keys {
+        if !fk.reference.resource.is_empty() {
+            check_stored_reference(schema, fk, values, ctx, issues);
+            continue;
+        }
         let fields: Vec<usize> = fk.fields.to_vec().iter().filter_map(index).collect();
-        let names = fk.fields.to_vec().join(", ");
-        let target_names = fk.reference.fields.to_vec().join(", ");
-        let mut report = |row: usize, value: &str, whose: &str| {
+        let targets: Vec<usize> = fk
+            .reference
+            .fields
+            .to_vec()
+            .iter()
+            .filter_map(index)
+            .collect();
+        let known: FastSet<Cow<str>> = (0..rows)
+            .filter_map(|row| composite(values, &targets, row))
+            .collect();
+        for row in 0..rows {
+            if let Some(value) = composite(values, &fields, row)
+                && !known.contains(&value)
+            {
+                issues.push(missing_in_file(fk, row, &value));
+            }
+        }
+    }
+}
+
+/// A reference within the file to a row no row of it has.
+fn missing_in_file(fk: &super::ForeignKey, row: usize, value: &str) -> Issue {
+    Issue {
+        row: row as u32,
+        field: Some(fk.fields.to_vec().join(", ")),
+        message: format!(
+            "`{value}` does not exist: no row of this file has that {}",
+            fk.reference.fields.to_vec().join(", ")
+        ),
+    }
+}
+
+/// A reference to another dataset's rows, checked against what the store
+/// holds of it.
+fn check_stored_reference(
+    schema: &TableSchema,
+    fk: &super::ForeignKey,
+    values: &Comparable,
+    ctx: &Context,
+    issues: &mut Vec<Issue>,
+) {
+    let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
+    let no_keys = FastSet::default();
+    let fields: Vec<usize> = fk.fields.to_vec().iter().filter_map(index).collect();
+    let names = fk.fields.to_vec().join(", ");
+    let target_names = fk.reference.fields.to_vec().join(", ");
+    let stored = ctx
+        .references
+        .get(&fk.reference.resource)
+        .unwrap_or(&no_keys);
+    let typed = typed_references(schema, &fields, stored);
+    let known = typed.as_ref().unwrap_or(stored);
+    let whose = format!(
+        "no {} record has that {target_names}",
+        fk.reference.resource
+    );
+    for row in 0..values.rows() {
+        if let Some(value) = composite(values, &fields, row)
+            && !known.contains(value.as_ref())
+        {
             issues.push(Issue {
                 row: row as u32,
                 field: Some(names.clone()),
                 message: format!("`{value}` does not exist: {whose}"),
-            })
-        };
-        if fk.reference.resource.is_empty() {
-            let targets: Vec<usize> = fk
-                .reference
-                .fields
-                .to_vec()
-                .iter()
-                .filter_map(index)
-                .collect();
-            let known: FastSet<Cow<str>> = (0..rows)
-                .filter_map(|row| composite(values, &targets, row))
-                .collect();
-            let whose = format!("no row of this file has that {target_names}");
-            for row in 0..rows {
-                if let Some(value) = composite(values, &fields, row)
-                    && !known.contains(&value)
-                {
-                    report(row, &value, &whose);
-                }
-            }
-        } else {
-            let stored = ctx
-                .references
-                .get(&fk.reference.resource)
-                .unwrap_or(&no_keys);
-            let typed = typed_references(schema, &fields, stored);
-            let known = typed.as_ref().unwrap_or(stored);
-            let whose = format!(
-                "no {} record has that {target_names}",
-                fk.reference.resource
-            );
-            for row in 0..rows {
-                if let Some(value) = composite(values, &fields, row)
-                    && !known.contains(value.as_ref())
-                {
-                    report(row, &value, &whose);
-                }
-            }
+            });
         }
     }
 }
@@ -1645,6 +1713,351 @@ fn check_keys(
         }
     }
     skipped
+}
+
+/// Where a record is: its line, the chunk of the file it was read in, and
+/// its index among that chunk's kept records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordAt {
+    pub line: u64,
+    pub chunk: u32,
+    pub row: u32,
+}
+
+/// What the rules across rows remember of a file's chunks already
+/// validated, so that they see the whole file while only one chunk is in
+/// memory. Values are remembered as a 128-bit hash of their canonical
+/// spelling (with a key chosen at random per file, so no file can be made
+/// to collide on purpose), with where their first row is: about 32 bytes
+/// per row, a tenth of what the rows themselves take. A chance collision
+/// (about 1 in 10^24 for 10 million keys) is not worth a copy of every key.
+pub struct FileChecks {
+    hashers: [foldhash::quality::RandomState; 2],
+    /// The chunk being validated.
+    chunk: u32,
+    /// Primary key -> its first row.
+    keys: FastMap<u128, RecordAt>,
+    /// Keys seen more than once: every copy, in file order, and the key.
+    repeated: FastMap<u128, (String, Vec<RecordAt>)>,
+    /// Per unique key: value -> line of its first row.
+    unique: Vec<FastMap<u128, u64>>,
+    /// Per foreign key within the file: its target values seen so far;
+    /// `None` when the target is the primary key, which `keys` holds.
+    targets: Vec<Option<FastSet<u128>>>,
+    /// References to values no chunk so far has: (foreign key, value, row).
+    pending: Vec<(u32, u128, RecordAt)>,
+}
+
+/// A problem with a row that only the whole file shows, found after the
+/// row's chunk was validated (and perhaps handed on).
+#[derive(Debug, Clone)]
+pub struct LateIssue {
+    pub at: RecordAt,
+    pub problem: LateProblem,
+}
+
+#[derive(Debug, Clone)]
+pub enum LateProblem {
+    /// The row's key is in other rows too: every copy is rejected.
+    Duplicate {
+        /// The key, spelled as the store spells it.
+        key: std::sync::Arc<str>,
+        message: std::sync::Arc<str>,
+    },
+    /// The row refers, through foreign key number `fk`, to a row that no
+    /// row of the file is.
+    MissingReference { fk: usize },
+}
+
+impl FileChecks {
+    pub fn new(schema: &TableSchema) -> FileChecks {
+        let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
+        let key: Vec<usize> = schema.primary_key().iter().filter_map(index).collect();
+        let targets = schema
+            .foreign_keys
+            .iter()
+            .map(|fk| {
+                let targets: Vec<usize> = fk
+                    .reference
+                    .fields
+                    .to_vec()
+                    .iter()
+                    .filter_map(index)
+                    .collect();
+                (!(fk.reference.resource.is_empty() && !key.is_empty() && targets == key))
+                    .then(FastSet::default)
+            })
+            .collect();
+        FileChecks {
+            hashers: Default::default(),
+            chunk: 0,
+            keys: FastMap::new(),
+            repeated: FastMap::new(),
+            unique: schema.unique_keys.iter().map(|_| FastMap::new()).collect(),
+            targets,
+            pending: Vec::new(),
+        }
+    }
+
+    fn hash(&self, value: &str) -> u128 {
+        use std::hash::BuildHasher;
+        (u128::from(self.hashers[0].hash_one(value)) << 64)
+            | u128::from(self.hashers[1].hash_one(value))
+    }
+
+    /// Notes each row's key. Returns the rows to skip as repeats of an
+    /// earlier event (append mode), and the rows of this chunk that share a
+    /// key with another row of the file (rejected; described by `finish`).
+    fn check_keys(
+        &mut self,
+        schema: &TableSchema,
+        values: &Comparable,
+        raw: &RawTable,
+        ctx: &Context,
+    ) -> (HashSet<u32>, Vec<u32>) {
+        let key: Vec<usize> = schema
+            .primary_key()
+            .iter()
+            .filter_map(|k| schema.fields.iter().position(|f| &f.name == k))
+            .collect();
+        let (mut skipped, mut repeats) = (HashSet::new(), Vec::new());
+        if key.is_empty() || ctx.key_checked_later {
+            return (skipped, repeats);
+        }
+        let chunk = self.chunk;
+        self.keys.reserve(values.rows());
+        for row in 0..values.rows() {
+            let Some(k) = composite(values, &key, row) else {
+                continue;
+            };
+            let hash = self.hash(&k);
+            let here = RecordAt {
+                line: raw.lines[row],
+                chunk,
+                row: row as u32,
+            };
+            match self.keys.entry(hash) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(here);
+                }
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    if ctx.repeats_are_duplicates {
+                        skipped.insert(row as u32);
+                        continue;
+                    }
+                    let first = *e.get();
+                    let (_, copies) = self.repeated.entry(hash).or_insert_with(|| {
+                        if first.chunk == chunk {
+                            repeats.push(first.row);
+                        }
+                        (k.into_owned(), vec![first])
+                    });
+                    copies.push(here);
+                    repeats.push(row as u32);
+                }
+            }
+        }
+        (skipped, repeats)
+    }
+
+    /// References to other datasets as `validate` checks them; references
+    /// within the file against every row so far, the rest left for `finish`.
+    fn check_foreign_keys(
+        &mut self,
+        schema: &TableSchema,
+        values: &Comparable,
+        raw: &RawTable,
+        ctx: &Context,
+        issues: &mut Vec<Issue>,
+    ) {
+        let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
+        let chunk = self.chunk;
+        for (number, fk) in schema.foreign_keys.iter().enumerate() {
+            if !fk.reference.resource.is_empty() {
+                check_stored_reference(schema, fk, values, ctx, issues);
+                continue;
+            }
+            let fields: Vec<usize> = fk.fields.to_vec().iter().filter_map(index).collect();
+            if self.targets[number].is_some() {
+                let targets: Vec<usize> = fk
+                    .reference
+                    .fields
+                    .to_vec()
+                    .iter()
+                    .filter_map(index)
+                    .collect();
+                let hashes: Vec<u128> = (0..values.rows())
+                    .filter_map(|row| composite(values, &targets, row))
+                    .map(|value| self.hash(&value))
+                    .collect();
+                self.targets[number]
+                    .as_mut()
+                    .expect("checked above")
+                    .extend(hashes);
+            }
+            for row in 0..values.rows() {
+                if let Some(value) = composite(values, &fields, row) {
+                    let hash = self.hash(&value);
+                    if !self.knows(number, hash) {
+                        let at = RecordAt {
+                            line: raw.lines[row],
+                            chunk,
+                            row: row as u32,
+                        };
+                        self.pending.push((number as u32, hash, at));
+                    }
+                }
+            }
+        }
+    }
+
+    fn knows(&self, fk: usize, hash: u128) -> bool {
+        match &self.targets[fk] {
+            Some(targets) => targets.contains(&hash),
+            None => self.keys.contains_key(&hash),
+        }
+    }
+
+    /// Unique keys against every row so far: a repeat is reported on the
+    /// later row, naming the first.
+    fn check_unique_keys(
+        &mut self,
+        schema: &TableSchema,
+        values: &Comparable,
+        raw: &RawTable,
+        issues: &mut Vec<Issue>,
+    ) {
+        for (number, names) in schema.unique_keys.iter().enumerate() {
+            let fields: Vec<usize> = names
+                .iter()
+                .filter_map(|n| schema.fields.iter().position(|f| &f.name == n))
+                .collect();
+            let label = names.join(", ");
+            for row in 0..values.rows() {
+                let Some(value) = composite(values, &fields, row) else {
+                    continue;
+                };
+                let hash = self.hash(&value);
+                match self.unique[number].entry(hash) {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(raw.lines[row]);
+                    }
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        issues.push(Issue {
+                            row: row as u32,
+                            field: Some(label.clone()),
+                            message: format!(
+                                "`{value}` is not unique for {label} (line {} has it too)",
+                                e.get()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// What only the whole file shows, in line order: every copy of a
+    /// repeated key, and references within the file that no row answered.
+    pub fn finish(self) -> Vec<LateIssue> {
+        let mut late = Vec::new();
+        for (number, hash, at) in &self.pending {
+            if !self.knows(*number as usize, *hash) {
+                late.push(LateIssue {
+                    at: *at,
+                    problem: LateProblem::MissingReference {
+                        fk: *number as usize,
+                    },
+                });
+            }
+        }
+        drop(self.keys);
+        drop(self.targets);
+        for (key, copies) in self.repeated.into_values() {
+            let lines: Vec<String> = copies.iter().map(|c| c.line.to_string()).collect();
+            let message: std::sync::Arc<str> =
+                format!("duplicate key `{key}` (lines {})", lines.join(", ")).into();
+            let key: std::sync::Arc<str> = key.into();
+            for at in copies {
+                late.push(LateIssue {
+                    at,
+                    problem: LateProblem::Duplicate {
+                        key: key.clone(),
+                        message: message.clone(),
+                    },
+                });
+            }
+        }
+        // References before the key on one row, as `validate` orders them.
+        late.sort_by_key(|i| {
+            (
+                i.at.line,
+                matches!(i.problem, LateProblem::Duplicate { .. }),
+            )
+        });
+        late
+    }
+}
+
+/// A late issue as the row error it is, from the row's chunk read again,
+/// and the row's key as the store spells it (to protect its stored copy).
+pub fn describe_late(
+    raw: &RawTable,
+    schema: &TableSchema,
+    issue: &LateIssue,
+) -> (RowError, Option<String>) {
+    let row = issue.at.row as usize;
+    let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
+    let key_fields: Vec<usize> = schema.primary_key().iter().filter_map(index).collect();
+    let written = super::parse::written_key(raw, &key_fields, row);
+    // A value as the rules across rows compare it: missing values are
+    // none, typed values in their canonical spelling.
+    let compared = |fields: &[usize]| -> Option<String> {
+        let mut parts = Vec::with_capacity(fields.len());
+        for &f in fields {
+            let field = &schema.fields[f];
+            let v = raw.columns[f].get(row)?;
+            if field.missing_values(schema).iter().any(|m| m == v) {
+                return None;
+            }
+            parts.push(canonical(field, v).ok()?.into_owned());
+        }
+        Some(parts.join("|"))
+    };
+    let (field, message, stored) = match &issue.problem {
+        LateProblem::Duplicate { key, message } => (
+            schema.primary_key().join(", "),
+            message.to_string(),
+            Some(key.to_string()),
+        ),
+        LateProblem::MissingReference { fk } => {
+            let fk = &schema.foreign_keys[*fk];
+            let fields: Vec<usize> = fk.fields.to_vec().iter().filter_map(index).collect();
+            let value = compared(&fields).unwrap_or_default();
+            let Issue { field, message, .. } = missing_in_file(fk, row, &value);
+            let stored = compared(&key_fields).or_else(|| written.clone());
+            (field.unwrap_or_default(), message, stored)
+        }
+    };
+    let error = RowError {
+        line: issue.at.line,
+        key: written,
+        field: Some(field),
+        message,
+        raw: raw.raw_row(row),
+    };
+    (error, stored)
+}
+
+/// Puts row errors in the order `validate` gives them: by line, then by
+/// field in schema order (a stable sort: problems of one field keep theirs).
+pub fn sort_errors(errors: &mut [RowError], schema: &TableSchema) {
+    let field_order = |f: &Option<String>| {
+        f.as_ref()
+            .and_then(|f| schema.fields.iter().position(|x| &x.name == f))
+            .unwrap_or(usize::MAX)
+    };
+    errors.sort_by_key(|e| (e.line, field_order(&e.field)));
 }
 
 #[cfg(test)]

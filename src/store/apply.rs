@@ -1,10 +1,8 @@
-//! Diff and apply. The validated rows arrive as a Parquet file (columnar,
-//! straight from polars); DuckDB compares them with what the integration
-//! holds in its target table, classifies every key (insert, update, delete,
+//! Diff and apply. The validated rows arrive as Parquet files (columnar,
+//! straight from polars, one per chunk of the file); DuckDB compares them
+//! with what the integration holds in its target table, classifies every key (insert, update, delete,
 //! unchanged, duplicate) and applies the changes, the run record and its row
 //! errors in ONE transaction. Anything that fails rolls the whole batch back.
-
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +26,7 @@ pub struct ApplyRequest<'a> {
     pub mode: Mode,
     pub status: Option<&'a StatusRule>,
     /// The validated rows, as Parquet.
-    pub rows: &'a Path,
+    pub rows: &'a super::Handoff,
     /// Keys of rows rejected today: a snapshot does not delete them.
     pub protected_keys: &'a [String],
     pub max_delete_ratio: f64,
@@ -154,10 +152,7 @@ impl Store {
         let table = ident(&req.table.name);
         self.ensure_table(req.table)?;
         let step = step_timer("classify");
-        let incoming = format!(
-            "read_parquet('{}')",
-            req.rows.display().to_string().replace('\'', "''")
-        );
+        let incoming = req.rows.relation();
         conn.execute_batch("CREATE OR REPLACE TEMP TABLE protected (k VARCHAR)")
             .map_err(self.query_error("loading rejected keys"))?;
         {
@@ -424,6 +419,9 @@ impl Store {
         })?;
         let step = step.next("delete and insert");
         crate::activity::enter(req.integration, crate::activity::Stage::Applying);
+        crate::progress::report(crate::progress::Event::Stage(
+            crate::progress::Stage::Applying,
+        ));
         let matches_key = key
             .iter()
             .zip(&key_aliases)

@@ -7,6 +7,7 @@ mod browse;
 mod changelog;
 mod export;
 mod fetched;
+mod handoff;
 mod history;
 mod outbox;
 mod overview;
@@ -21,6 +22,7 @@ pub use apply::{ApplyRequest, ChangeSet, FieldChange, Outcome, Sample, TargetTab
 pub use browse::{RunFilter, RunPage};
 pub use changelog::{ChangeFilter, ChangeKind, ChangeRecord, RowAction, json_text};
 pub use export::{ExportFormat, TableExport};
+pub use handoff::Handoff;
 pub use history::{FailureKind, RunRecord, RunStatus};
 pub use outbox::{PendingDelivery, Undelivered};
 pub use overview::HistoryGlance;

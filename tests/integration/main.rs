@@ -8,6 +8,7 @@ mod common;
 mod alerts;
 mod bad_input;
 mod changelog;
+mod chunks;
 mod cli;
 mod cli_habits;
 mod computed;

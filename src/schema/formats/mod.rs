@@ -108,6 +108,15 @@ fn format_of(name: &str, configured: Option<InputFormat>) -> Result<InputFormat,
     }
 }
 
+/// Whether the drop `name` is plain CSV in UTF-8, which can be read a chunk
+/// at a time straight from the file: not an archive, another format, or
+/// another encoding (those are read whole).
+pub fn is_plain_csv(name: &str, reading: &DropReading<'_>) -> bool {
+    split_name(name).0 == Compression::None
+        && format_of(name, reading.format) == Ok(InputFormat::Csv)
+        && reading.csv.encoding.is_utf8()
+}
+
 /// Checks an integration's format settings at config load.
 pub fn check_config(config: &IntegrationConfig) -> Result<(), String> {
     if config.sheet.is_some()
