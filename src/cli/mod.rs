@@ -876,7 +876,7 @@ fn deliver_alerts(store: &Store, config: &Config) {
         return;
     }
     if let Err(e) = crate::notify::deliver_due(store, config, crate::notify::Recipients::All) {
-        tracing::warn!("cannot deliver alerts: {e}");
+        tracing::warn!("cannot deliver alerts or changes: {e}");
     }
 }
 

@@ -66,7 +66,7 @@ pub struct SubscriberConfig {
     /// Their values are never logged.
     #[serde(default)]
     pub headers_env: BTreeMap<String, String>,
-    /// Webhook: the most bytes of changes in one request. Default 1 MiB; a
+    /// Webhook: the most bytes in one request's body. Default 1 MiB; a
     /// single change larger than that goes alone.
     #[serde(default = "default_page_bytes")]
     pub page_bytes: usize,

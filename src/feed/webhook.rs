@@ -35,14 +35,19 @@ pub(super) fn send(
         .http_status_as_error(false)
         .build()
         .into();
-    let post = |page: &Page, last: bool| -> Result<(), String> {
-        let body = format!(
+    let body = |events: &[String], last: bool| {
+        format!(
             "{{\"subscriber\":{},\"integration\":{},\"execution_id\":{},\"last_page\":{last},\"events\":[{}]}}",
             json_string(&subscriber.name),
             json_string(changes.integration),
             json_string(changes.execution_id),
-            page.events.join(",")
-        );
+            events.join(",")
+        )
+    };
+    // What a request holds besides its changes counts toward page_bytes.
+    let envelope = body(&[], false).len();
+    let post = |page: &Page, last: bool| -> Result<(), String> {
+        let body = body(&page.events, last);
         let key = format!(
             "{}:{}-{}",
             changes.execution_id, page.first_seq, page.last_seq
@@ -81,7 +86,8 @@ pub(super) fn send(
     changes.for_each(cursor, |change| {
         let text = serde_json::to_string(&FeedEvent::new(change))
             .map_err(|e| format!("change {}: {e}", change.seq))?;
-        if !page.events.is_empty() && page.bytes + text.len() + 1 > subscriber.page_bytes {
+        // The body is the envelope, the changes and a comma between each two.
+        if !page.events.is_empty() && envelope + page.bytes + text.len() > subscriber.page_bytes {
             post(&page, false)?;
             page = Page::default();
         }
@@ -103,6 +109,7 @@ pub(super) fn send(
 #[derive(Default)]
 struct Page {
     events: Vec<String>,
+    /// The changes' bytes, with one separator each.
     bytes: usize,
     first_seq: i64,
     last_seq: i64,

@@ -511,7 +511,10 @@ impl Outbox {
         let mut last_round = false;
         loop {
             if let Err(e) = crate::notify::deliver_due(store, config, recipients) {
-                tracing::warn!(notifier = recipients.name(), "cannot deliver alerts: {e}");
+                tracing::warn!(
+                    notifier = recipients.name(),
+                    "cannot deliver alerts or changes: {e}"
+                );
             }
             if last_round {
                 return;

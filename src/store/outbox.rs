@@ -343,7 +343,7 @@ impl Store {
         if released > 0 {
             tracing::warn!(
                 alerts = released,
-                "alerts a stopped process was sending are sent again (same event id)"
+                "deliveries a stopped process was sending (alerts, changes) are sent again, with the same idempotency keys"
             );
         }
         Ok(())

@@ -281,6 +281,8 @@ fn unknown_names_in_a_subscribers_filters_are_config_errors() {
 #[derive(Debug, Clone)]
 struct Page {
     idempotency_key: String,
+    /// The size of the request's body.
+    bytes: usize,
     headers: BTreeMap<String, String>,
     body: serde_json::Value,
     status: u16,
@@ -381,6 +383,7 @@ fn serve(stream: std::net::TcpStream, status: u16) -> Option<Page> {
     );
     Some(Page {
         idempotency_key: headers.get("idempotency-key").cloned().unwrap_or_default(),
+        bytes: body.len(),
         headers,
         body: serde_json::from_slice(&body).unwrap_or_default(),
         status,
@@ -418,7 +421,7 @@ fn a_webhook_down_then_failing_then_back_gets_every_change_once_per_key() {
     let ws = Workspace::new(&format!(
         "{}{}",
         accounts_config("\n[daemon]\nsettle_secs = 1"),
-        webhook(700)
+        webhook(1000)
     ));
     let env = webhook_env(port);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -457,7 +460,9 @@ fn a_webhook_down_then_failing_then_back_gets_every_change_once_per_key() {
     assert_eq!(pages[2].keys(), pages[1].keys());
     assert_eq!(logged.len(), 6);
     assert_eq!(receiver.accepted_keys(), logged, "{pages:?}");
+    // Each request, the changes and what wraps them, within page_bytes.
     for page in &pages {
+        assert!(page.bytes <= 1000, "{} bytes: {page:?}", page.bytes);
         assert_eq!(page.headers["authorization"], "Bearer header-s3cret");
         assert_eq!(page.body["execution_id"], run.as_str());
         assert_eq!(page.body["subscriber"], "crm-feed");
