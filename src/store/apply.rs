@@ -218,14 +218,19 @@ impl Store {
         };
         let integration = req.integration.replace('\'', "''");
         let partition_by_key = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+        // Each stored row comes with its rowid: the apply deletes and
+        // confirms the rows it classified by rowid, not by joining the whole
+        // table on the key again. Rowids hold still within the transaction.
         let mine = match req.mode {
             // An event is its typed key: one stored copy per instant, however
             // the store came to hold it, so each incoming row matches once.
             Mode::Append => format!(
-                "(SELECT * FROM {table} WHERE _integration = '{integration}'
+                "(SELECT *, rowid AS _rowid FROM {table} WHERE _integration = '{integration}'
                   QUALIFY row_number() OVER (PARTITION BY {partition_by_key}) = 1)"
             ),
-            _ => format!("(SELECT * FROM {table} WHERE _integration = '{integration}')"),
+            _ => format!(
+                "(SELECT *, rowid AS _rowid FROM {table} WHERE _integration = '{integration}')"
+            ),
         };
         // Events are the same when their values are, not their text:
         // `2026-11-02T23:57:16Z` and `2026-11-03T00:57:16+01:00` are one
@@ -239,8 +244,10 @@ impl Store {
         };
         // One join classifies every key. Snapshots join both ways, so a key
         // only the store has is a delete, unless its row was rejected today.
-        // `changes` keeps each changed key (`_key0`, ...) with its new row;
-        // unchanged keys are counted, not kept.
+        // `changes` keeps each changed key (`_key0`, ...) with its new row,
+        // the stored row's rowid (`_rowid`) and values (`_was0`, ... in the
+        // order of the table's columns), so neither the apply nor the change
+        // log reads the table again; unchanged keys are counted, not kept.
         let (join_kind, only_stored) = match req.mode {
             Mode::Snapshot => ("FULL OUTER JOIN", format!("i.{} IS NULL", ident(&key[0]))),
             _ => ("LEFT JOIN", "false".to_string()),
@@ -260,10 +267,18 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let stored_values = req
+            .table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(n, c)| format!("t.{} AS _was{n}", ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
         conn.execute_batch(&format!(
             "CREATE OR REPLACE TEMP TABLE changes AS
              SELECT * FROM (
-                SELECT {keys}, i.*,
+                SELECT {keys}, t._rowid AS _rowid, {stored_values}, i.*,
                        CASE WHEN t._integration IS NULL THEN 'insert'
                             WHEN {only_stored} THEN 'delete'
                             ELSE {present_kind} END AS _kind,
@@ -414,7 +429,6 @@ impl Store {
             business_date_sql: &business_date,
             table: req.table,
             status: req.status,
-            mine: &mine,
             key_aliases: &key_aliases,
         })?;
         let step = step.next("delete and insert");
@@ -422,12 +436,6 @@ impl Store {
         crate::progress::report(crate::progress::Event::Stage(
             crate::progress::Stage::Applying,
         ));
-        let matches_key = key
-            .iter()
-            .zip(&key_aliases)
-            .map(|(k, alias)| format!("{table}.{} = c.{alias}", ident(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
         let data_cols = req
             .table
             .columns
@@ -437,13 +445,13 @@ impl Store {
             .join(", ");
         let execution_id = run.execution_id.replace('\'', "''");
         conn.execute_batch(&format!(
-            "DELETE FROM {table} USING changes c
-                WHERE {table}._integration = '{integration}' AND c._kind IN ('update', 'delete') AND {matches_key};
+            "DELETE FROM {table}
+                WHERE rowid IN (SELECT _rowid FROM changes WHERE _kind IN ('update', 'delete'));
              INSERT INTO {table} ({data_cols}, _integration, _execution_id, _business_date, _updated_at)
                 SELECT {data_cols}, '{integration}', '{execution_id}', {business_date}, now()::TIMESTAMP
                 FROM changes WHERE _kind IN ('insert', 'update');
-             UPDATE {table} SET _business_date = {business_date} FROM changes c
-                WHERE {table}._integration = '{integration}' AND c._kind = 'confirm' AND {matches_key};"
+             UPDATE {table} SET _business_date = {business_date}
+                WHERE rowid IN (SELECT _rowid FROM changes WHERE _kind = 'confirm');"
         ))
         .map_err(self.query_error(format!("applying changes to {}", req.table.name)))?;
 

@@ -141,9 +141,10 @@ pub(crate) struct LoggedBatch<'a> {
     pub business_date_sql: &'a str,
     pub table: &'a TargetTable,
     pub status: Option<&'a StatusRule>,
-    /// SQL: the integration's stored rows before the batch (aliased `t`).
-    pub mine: &'a str,
-    /// The `changes` table's key columns (`_key0`, ...), in key order.
+    /// The `changes` table's key columns (`_key0`, ...), in key order. It
+    /// holds each change's new row under the table's column names and the
+    /// stored row it replaces as `_was0`, ... (in the order of the table's
+    /// columns).
     pub key_aliases: &'a [String],
 }
 
@@ -167,18 +168,31 @@ fn json_member(name: &str) -> String {
     format!("'{}:'", key.replace('\'', "''"))
 }
 
-/// SQL for a JSON object of `columns` read from `side` (`{"a": 1, ...}`).
-fn row_object(side: &str, columns: &[(&str, &str)]) -> String {
+/// SQL: the value of a table column after the change (in `changes` under
+/// its own name).
+fn new_value(name: &str) -> String {
+    format!("c.{}", ident(name))
+}
+
+/// SQL: the stored value of the `n`th table column before the change.
+fn old_value(n: usize) -> String {
+    format!("c._was{n}")
+}
+
+/// SQL for a JSON object of `columns` (`{"a": 1, ...}`), each value read by
+/// `value` from the column's position and name.
+fn row_object(columns: &[(&str, &str)], value: impl Fn(usize, &str) -> String) -> String {
     if columns.is_empty() {
         return "'{}'".into();
     }
     let members = columns
         .iter()
-        .map(|(name, sql_type)| {
+        .enumerate()
+        .map(|(n, (name, sql_type))| {
             format!(
                 "{} || {}",
                 json_member(name),
-                json_value_sql(&format!("{side}.{}", ident(name)), sql_type)
+                json_value_sql(&value(n, name), sql_type)
             )
         })
         .collect::<Vec<_>>();
@@ -187,8 +201,9 @@ fn row_object(side: &str, columns: &[(&str, &str)]) -> String {
 
 impl Store {
     /// Logs every change of the batch in the `changes` temp table, in the
-    /// caller's transaction, before the target table is touched (the old
-    /// rows are read from it). Returns the number of changes logged.
+    /// caller's transaction: one INSERT … SELECT from it, which holds both
+    /// sides of each change, so the target table is not read again.
+    /// Returns the number of changes logged.
     pub(crate) fn log_changes_in(&self, batch: &LoggedBatch<'_>) -> Result<u64, StoreError> {
         let key = &batch.table.key;
         let data: Vec<(&str, &str)> = batch
@@ -197,10 +212,13 @@ impl Store {
             .iter()
             .map(|c| (c.name.as_str(), c.sql_type))
             .collect();
-        let non_key: Vec<(&str, &str)> = data
+        // With each column's position among the table's columns, where its
+        // old value is found.
+        let non_key: Vec<(usize, &str, &str)> = data
             .iter()
-            .filter(|(name, _)| !key.iter().any(|k| k == name))
-            .copied()
+            .enumerate()
+            .filter(|(_, (name, _))| !key.iter().any(|k| k == name))
+            .map(|(n, (name, sql_type))| (n, *name, *sql_type))
             .collect();
         let key_object = {
             let members = key
@@ -226,13 +244,13 @@ impl Store {
         } else {
             let members = non_key
                 .iter()
-                .map(|(name, sql_type)| {
-                    let c = ident(name);
+                .map(|(n, name, sql_type)| {
+                    let (old, new) = (old_value(*n), new_value(name));
                     format!(
-                        "CASE WHEN t.{c} IS DISTINCT FROM c.{c} THEN {} || '[' || {} || ',' || {} || ']' END",
+                        "CASE WHEN {old} IS DISTINCT FROM {new} THEN {} || '[' || {} || ',' || {} || ']' END",
                         json_member(name),
-                        json_value_sql(&format!("t.{c}"), sql_type),
-                        json_value_sql(&format!("c.{c}"), sql_type)
+                        json_value_sql(&old, sql_type),
+                        json_value_sql(&new, sql_type)
                     )
                 })
                 .collect::<Vec<_>>();
@@ -260,12 +278,6 @@ impl Store {
             }
             None => "NULL".to_string(),
         };
-        let on_key = key
-            .iter()
-            .zip(batch.key_aliases)
-            .map(|(k, alias)| format!("t.{} = c.{alias}", ident(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
         let integration = batch.integration.replace('\'', "''");
         let dataset = batch.dataset.replace('\'', "''");
         let table = batch.table.name.replace('\'', "''");
@@ -286,12 +298,11 @@ impl Store {
                                CASE c._kind WHEN 'insert' THEN {inserted}
                                             WHEN 'delete' THEN {deleted}
                                             ELSE {diff} END AS fields_json
-                        FROM changes c LEFT JOIN {mine} t ON {on_key}
+                        FROM changes c
                         WHERE c._kind IN ('insert', 'update', 'delete')
                      )",
-                    inserted = row_object("c", &data),
-                    deleted = row_object("t", &data),
-                    mine = batch.mine,
+                    inserted = row_object(&data, |_, name| new_value(name)),
+                    deleted = row_object(&data, |n, _| old_value(n)),
                 ),
                 [],
             )

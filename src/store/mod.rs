@@ -263,9 +263,17 @@ impl Store {
             return Ok(());
         }
         const ATTEMPTS: u32 = 40;
+        let started = std::time::Instant::now();
         for attempt in 1..=ATTEMPTS {
             match self.conn.execute_batch("CHECKPOINT") {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    tracing::debug!(
+                        step = "checkpoint",
+                        ms = started.elapsed().as_millis() as u64,
+                        "store flushed"
+                    );
+                    return Ok(());
+                }
                 Err(e) if held_off_by_other_transactions(&e) => {
                     if attempt == ATTEMPTS {
                         tracing::warn!(
