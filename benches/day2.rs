@@ -26,7 +26,16 @@
 //! `scripts/bench` runs it at 1M rows; `scripts/bench scale` at 1M and 10M.
 //! BENCH_ROWS (a comma-separated list of sizes), BENCH_RUNS, BENCH_WORKLOADS
 //! (`unquoted,quoted`) and BENCH_DIR (where the files go; a temporary
-//! directory by default) change what runs.
+//! directory by default) change what runs. BENCH_COMPARE names another
+//! dropsync binary (one built from an earlier commit, say) that syncs the
+//! same files interleaved with this one, each from its own day 1, so a
+//! change is measured against what it replaces on the same machine, in the
+//! same minutes.
+//!
+//! BENCH_MODE=changelog (`scripts/bench changelog`) measures what the change
+//! log costs instead: the day-2 sync with and without it (interleaved), how
+//! much a day with changes and a day with none add to the log and the store
+//! file, and `export --as-of` of the table against a plain export.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -366,6 +375,13 @@ mod peer {
     }
 }
 
+/// A dropsync binary being measured: this build, or the one BENCH_COMPARE
+/// names.
+struct Binary {
+    label: String,
+    path: PathBuf,
+}
+
 /// Every figure of one size and workload.
 struct Figures {
     rows: u64,
@@ -375,6 +391,8 @@ struct Figures {
     sync: Vec<Measured>,
     load: Vec<Measured>,
     diff: Vec<Measured>,
+    /// BENCH_COMPARE's binary: its day 1 and its day-2 runs.
+    compare: Option<(String, Measured, Vec<Measured>)>,
 }
 
 /// The expected day-2 changes of `rows` day-1 rows.
@@ -382,20 +400,35 @@ fn expected_changes(rows: u64) -> (u64, u64, u64) {
     (rows / 200, rows / 100, rows / 200)
 }
 
-fn bench_one(bin: &Path, root: &Path, rows: u64, workload: Workload, runs: usize) -> Figures {
+/// The exports of one size and workload, and where they live.
+struct Drops {
+    dir: PathBuf,
+    drops: PathBuf,
+    day1: PathBuf,
+    day2: PathBuf,
+    /// Day 2's rows again, in reverse order: a new file that changes nothing.
+    quiet_day: Option<PathBuf>,
+    day2_mb: f64,
+}
+
+fn make_drops(root: &Path, rows: u64, workload: Workload, with_quiet_day: bool) -> Drops {
     let dir = root.join(format!("{}-{rows}", workload.name()));
     let drops = dir.join("drops");
     std::fs::create_dir_all(&drops).unwrap();
-    let peer_bin = std::env::current_exe().unwrap();
-
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let day1 = accounts(rows, &mut rng);
     let day1_path = drops.join("accounts_20261101.csv");
     let day1_size = write_csv(&day1_path, &day1, workload);
-    let day2 = next_day(day1, &mut rng);
+    let mut day2 = next_day(day1, &mut rng);
     let day2_rows = day2.len();
     let day2_path = drops.join("accounts_20261102.csv");
     let day2_size = write_csv(&day2_path, &day2, workload);
+    let quiet_day = with_quiet_day.then(|| {
+        day2.reverse();
+        let path = drops.join("accounts_20261103.csv");
+        write_csv(&path, &day2, workload);
+        path
+    });
     drop(day2);
     println!(
         "\n== {} workload, {rows} rows: day 1 {:.1} MB; day 2 {day2_rows} rows, {:.1} MB ({:.0} bytes a row)",
@@ -404,31 +437,101 @@ fn bench_one(bin: &Path, root: &Path, rows: u64, workload: Workload, runs: usize
         day2_size as f64 / 1e6,
         day2_size as f64 / day2_rows as f64
     );
+    Drops {
+        dir,
+        drops,
+        day1: day1_path,
+        day2: day2_path,
+        quiet_day,
+        day2_mb: day2_size as f64 / 1e6,
+    }
+}
 
-    let config = |store: &Path| {
-        let path = store.with_extension("toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[store]\npath = \"{}\"\nstaging = \"{}\"\n\n[integrations.accounts]\ndataset = \"accounts\"\nsource = {{ type = \"folder\", path = \"{}\" }}\npattern = \"accounts_{{date:%Y%m%d}}.csv\"\n",
-                store.display(),
-                dir.join("staging").display(),
-                drops.display()
-            ),
-        )
+/// The config of a store syncing `drops` into `store`.
+fn config(drops: &Drops, store: &Path) -> PathBuf {
+    let path = store.with_extension("toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[store]\npath = \"{}\"\nstaging = \"{}\"\n\n[integrations.accounts]\ndataset = \"accounts\"\nsource = {{ type = \"folder\", path = \"{}\" }}\npattern = \"accounts_{{date:%Y%m%d}}.csv\"\n",
+            store.display(),
+            drops.dir.join("staging").display(),
+            drops.drops.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn ingest(bin: &Path, cfg: &Path, file: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(cfg)
+        .arg("ingest")
+        .arg("accounts")
+        .arg(file)
+        .arg("--json");
+    cmd
+}
+
+fn remove_db(db: &Path) {
+    let _ = std::fs::remove_file(db);
+    let _ = std::fs::remove_file(db.with_extension("duckdb.wal"));
+    let _ = std::fs::remove_file(db.with_extension("toml"));
+}
+
+/// What dropsync's run changed, as its --json output says.
+fn changes_of(json: &str) -> (u64, u64, u64) {
+    let v: serde_json::Value = serde_json::from_str(json).expect("dropsync --json output");
+    let c = &v[0]["changes"];
+    let n = |k: &str| {
+        c[k].as_u64()
+            .unwrap_or_else(|| panic!("no `{k}` in {json}"))
+    };
+    (n("inserted"), n("updated"), n("deleted"))
+}
+
+/// The stage and apply-step timings a debug log holds, in order:
+/// `parse 812 ms, validate 431 ms, ...`.
+fn stage_timings(log: &str) -> String {
+    let field = |line: &str, name: &str| -> Option<String> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        let rest = &line[at..];
+        let value = if let Some(quoted) = rest.strip_prefix('"') {
+            quoted.split('"').next()?
+        } else {
+            rest.split_whitespace().next()?
+        };
+        Some(value.to_string())
+    };
+    log.lines()
+        .filter_map(|line| {
+            let what = field(line, "stage")
+                .map(|s| format!("[{s}]"))
+                .or_else(|| field(line, "step"))?;
+            let ms = field(line, "ms")?;
+            Some(format!("{what} {ms} ms"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One more day-2 sync of `bin`, with stage timings in its log.
+fn stages_of(bin: &Path, drops: &Drops, base: &Path, name: &str) -> String {
+    let store = drops.dir.join(format!("{name}.duckdb"));
+    std::fs::copy(base, &store).unwrap();
+    let out = ingest(bin, &config(drops, &store), &drops.day2)
+        .env("DROPSYNC_LOG", "dropsync=debug")
+        .output()
         .unwrap();
-        path
-    };
-    let ingest = |cfg: &Path, file: &Path| {
-        let mut cmd = Command::new(bin);
-        cmd.arg("--config")
-            .arg(cfg)
-            .arg("ingest")
-            .arg("accounts")
-            .arg(file)
-            .arg("--json");
-        cmd
-    };
+    remove_db(&store);
+    stage_timings(&String::from_utf8_lossy(&out.stderr))
+}
+
+fn bench_one(bins: &[Binary], root: &Path, rows: u64, workload: Workload, runs: usize) -> Figures {
+    let drops = make_drops(root, rows, workload, false);
+    let dir = drops.dir.clone();
+    let peer_bin = std::env::current_exe().unwrap();
     let peer = |kind: &str, csv: &Path, db: &Path| {
         let mut cmd = Command::new(&peer_bin);
         cmd.env("DAY2_PEER", kind)
@@ -437,61 +540,55 @@ fn bench_one(bin: &Path, root: &Path, rows: u64, workload: Workload, runs: usize
             .env("PEER_DB", db);
         cmd
     };
-    let remove_db = |db: &Path| {
-        let _ = std::fs::remove_file(db);
-        let _ = std::fs::remove_file(db.with_extension("duckdb.wal"));
-    };
-    // What dropsync's run changed, as its --json output says.
-    let changes_of = |json: &str| -> (u64, u64, u64) {
-        let v: serde_json::Value = serde_json::from_str(json).expect("dropsync --json output");
-        let c = &v[0]["changes"];
-        let n = |k: &str| {
-            c[k].as_u64()
-                .unwrap_or_else(|| panic!("no `{k}` in {json}"))
-        };
-        (n("inserted"), n("updated"), n("deleted"))
-    };
 
     // Day 1, once each; every timed day-2 run starts from a copy of these.
-    let base = dir.join("day1.duckdb");
-    let (day1_sync, out) = run_measured(&mut ingest(&config(&base), &day1_path), "day 1 sync");
-    assert_eq!(
-        changes_of(&out).0,
-        rows,
-        "day 1 should insert every row: {out}"
-    );
+    let mut bases = Vec::new();
+    let mut day1_syncs = Vec::new();
+    for (n, bin) in bins.iter().enumerate() {
+        let base = dir.join(format!("day1-{n}.duckdb"));
+        let (day1_sync, out) = run_measured(
+            &mut ingest(&bin.path, &config(&drops, &base), &drops.day1),
+            "day 1 sync",
+        );
+        assert_eq!(
+            changes_of(&out).0,
+            rows,
+            "day 1 should insert every row: {out}"
+        );
+        bases.push(base);
+        day1_syncs.push(day1_sync);
+    }
     let load_db = dir.join("load.duckdb");
-    let (day1_load, _) = run_measured(&mut peer("load", &day1_path, &load_db), "day 1 load");
+    let (day1_load, _) = run_measured(&mut peer("load", &drops.day1, &load_db), "day 1 load");
     remove_db(&load_db);
     let peer_base = dir.join("peer-day1.duckdb");
-    let (day1_peer, _) = run_measured(&mut peer("base", &day1_path, &peer_base), "day 1 peer");
+    let (day1_peer, _) = run_measured(&mut peer("base", &drops.day1, &peer_base), "day 1 peer");
 
     let expected = expected_changes(rows);
-    let mut figures = Figures {
-        rows,
-        workload,
-        day2_mb: day2_size as f64 / 1e6,
-        day1: [day1_sync, day1_load, day1_peer],
-        sync: Vec::new(),
-        load: Vec::new(),
-        diff: Vec::new(),
-    };
+    let mut syncs: Vec<Vec<Measured>> = vec![Vec::new(); bins.len()];
+    let mut load = Vec::new();
+    let mut diff = Vec::new();
     for i in 0..runs {
-        // Interleaved: the three see the same machine, run after run.
-        let (m, _) = run_measured(&mut peer("load", &day2_path, &load_db), "duckdb load");
-        figures.load.push(m);
+        // Interleaved: all of them see the same machine, run after run.
+        let (m, _) = run_measured(&mut peer("load", &drops.day2, &load_db), "duckdb load");
+        load.push(m);
         remove_db(&load_db);
 
-        let store = dir.join(format!("run{i}.duckdb"));
-        std::fs::copy(&base, &store).unwrap();
-        let (m, out) = run_measured(&mut ingest(&config(&store), &day2_path), "day 2 sync");
-        assert_eq!(changes_of(&out), expected, "dropsync's day-2 changes");
-        figures.sync.push(m);
-        remove_db(&store);
+        for (n, bin) in bins.iter().enumerate() {
+            let store = dir.join(format!("run{i}-{n}.duckdb"));
+            std::fs::copy(&bases[n], &store).unwrap();
+            let (m, out) = run_measured(
+                &mut ingest(&bin.path, &config(&drops, &store), &drops.day2),
+                "day 2 sync",
+            );
+            assert_eq!(changes_of(&out), expected, "{}'s day-2 changes", bin.label);
+            syncs[n].push(m);
+            remove_db(&store);
+        }
 
         let db = dir.join(format!("peer{i}.duckdb"));
         std::fs::copy(&peer_base, &db).unwrap();
-        let (m, out) = run_measured(&mut peer("diff", &day2_path, &db), "duckdb diff+apply");
+        let (m, out) = run_measured(&mut peer("diff", &drops.day2, &db), "duckdb diff+apply");
         let count = |change: &str| {
             out.lines()
                 .find_map(|l| l.strip_prefix(change)?.trim().parse::<u64>().ok())
@@ -502,31 +599,188 @@ fn bench_one(bin: &Path, root: &Path, rows: u64, workload: Workload, runs: usize
             expected,
             "the hand-written diff's changes"
         );
-        figures.diff.push(m);
+        diff.push(m);
         remove_db(&db);
     }
 
-    // One more day-2 run with stage timings in the log, for where time goes.
-    let store = dir.join("stages.duckdb");
-    std::fs::copy(&base, &store).unwrap();
-    let out = ingest(&config(&store), &day2_path)
-        .env("DROPSYNC_LOG", "dropsync=debug")
-        .output()
-        .unwrap();
-    remove_db(&store);
-    let log = String::from_utf8_lossy(&out.stderr);
+    // One more day-2 run each with stage timings in the log, for where
+    // time goes.
+    let stages: Vec<String> = bins
+        .iter()
+        .zip(&bases)
+        .map(|(bin, base)| stages_of(&bin.path, &drops, base, "stages"))
+        .collect();
+    let mut syncs = syncs.into_iter();
+    let figures = Figures {
+        rows,
+        workload,
+        day2_mb: drops.day2_mb,
+        day1: [day1_syncs[0], day1_load, day1_peer],
+        sync: syncs.next().unwrap(),
+        load,
+        diff,
+        compare: bins.get(1).map(|bin| {
+            (
+                bin.label.clone(),
+                day1_syncs[1],
+                syncs.next().unwrap_or_default(),
+            )
+        }),
+    };
     report(&figures);
-    println!("stage timings of one more day-2 sync:");
-    for line in log
-        .lines()
-        .filter(|l| l.contains("stage") || l.contains("step"))
-    {
-        println!("  {}", line.trim());
+    println!("stage timings of one more day-2 sync ([stage], then the apply steps):");
+    for (bin, stages) in bins.iter().zip(&stages) {
+        println!("  {}: {stages}", bin.label);
     }
-    remove_db(&base);
+    for base in &bases {
+        remove_db(base);
+    }
     remove_db(&peer_base);
     let _ = std::fs::remove_dir_all(&dir);
     figures
+}
+
+/// What the change log costs at one size: the day-2 sync with and without
+/// it, what a day with changes and a day without add to the log and to the
+/// store file, and `export --as-of` against a plain export.
+fn bench_changelog(bin: &Path, root: &Path, rows: u64, workload: Workload, runs: usize) {
+    let drops = make_drops(root, rows, workload, true);
+    let dir = drops.dir.clone();
+    let base = dir.join("day1.duckdb");
+    let (_, out) = run_measured(
+        &mut ingest(bin, &config(&drops, &base), &drops.day1),
+        "day 1 sync",
+    );
+    assert_eq!(changes_of(&out).0, rows, "day 1 should insert every row");
+    let size = |db: &Path| std::fs::metadata(db).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    let logged = |db: &Path| -> i64 {
+        let conn = duckdb::Connection::open_with_flags(
+            db,
+            duckdb::Config::default()
+                .access_mode(duckdb::AccessMode::ReadOnly)
+                .unwrap(),
+        )
+        .expect("open the store");
+        conn.query_row("SELECT count(*) FROM dropsync_changes", [], |r| r.get(0))
+            .expect("count the change log")
+    };
+    let base_mb = size(&base);
+    let base_logged = logged(&base);
+
+    let expected = expected_changes(rows);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut with_mb, mut without_mb) = (0.0, 0.0);
+    let mut with_logged = 0;
+    let kept = dir.join("kept.duckdb");
+    for i in 0..runs {
+        for logging in [true, false] {
+            let store = dir.join(format!("run{i}-{logging}.duckdb"));
+            std::fs::copy(&base, &store).unwrap();
+            let mut cmd = ingest(bin, &config(&drops, &store), &drops.day2);
+            if !logging {
+                cmd.env("DROPSYNC_BENCH_NO_CHANGE_LOG", "1");
+            }
+            let (m, out) = run_measured(&mut cmd, "day 2 sync");
+            assert_eq!(changes_of(&out), expected, "dropsync's day-2 changes");
+            if logging {
+                with.push(m);
+                with_mb = size(&store);
+                with_logged = logged(&store);
+                let _ = std::fs::remove_file(&kept);
+                std::fs::rename(&store, &kept).unwrap();
+            } else {
+                without.push(m);
+                without_mb = size(&store);
+            }
+            remove_db(&store);
+        }
+    }
+    let (w, wo) = (med(&with), med(&without));
+    println!("day 2, {runs} runs (s):");
+    println!("  with the change log:     {}", secs(&with));
+    println!("  without the change log:  {}", secs(&without));
+    println!(
+        "day 2 median: with {:.2} s, without {:.2} s: the change log adds {:.2} s ({:+.1}%)",
+        w.as_secs_f64(),
+        wo.as_secs_f64(),
+        w.as_secs_f64() - wo.as_secs_f64(),
+        (w.as_secs_f64() / wo.as_secs_f64() - 1.0) * 100.0
+    );
+    println!(
+        "  its own step, one more run: {}",
+        stages_of(bin, &drops, &base, "stages")
+            .split(", ")
+            .filter(|s| s.starts_with("log the changes"))
+            .collect::<Vec<_>>()
+            .join("")
+    );
+
+    // Day 3 sends the same rows again (another file, nothing changed).
+    let (_, out) = run_measured(
+        &mut ingest(
+            bin,
+            &config(&drops, &kept),
+            drops.quiet_day.as_ref().unwrap(),
+        ),
+        "day 3 sync",
+    );
+    assert_eq!(changes_of(&out), (0, 0, 0), "day 3 changes nothing");
+    let (quiet_mb, quiet_logged) = (size(&kept), logged(&kept));
+    println!(
+        "change log rows: {base_logged} after day 1 ({rows} inserts); day 2 ({} changes) adds {}; day 3 (no change) adds {}",
+        expected.0 + expected.1 + expected.2,
+        with_logged - base_logged,
+        quiet_logged - with_logged
+    );
+    println!(
+        "store file: {base_mb:.1} MB after day 1; day 2 adds {:.1} MB with the log, {:.1} MB without; day 3 adds {:.1} MB",
+        with_mb - base_mb,
+        without_mb - base_mb,
+        quiet_mb - with_mb
+    );
+
+    // The table as of day 1 (walking back day 2's changes) against it now.
+    let cfg = config(&drops, &kept);
+    let exported = dir.join("export.csv");
+    let export = |as_of: Option<&str>| {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .arg("export")
+            .arg("accounts")
+            .arg("-o")
+            .arg(&exported);
+        if let Some(date) = as_of {
+            cmd.arg("--as-of").arg(date);
+        }
+        cmd
+    };
+    let lines = |path: &Path| {
+        std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(path).unwrap())).count()
+            as u64
+    };
+    let (mut plain, mut as_of) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (m, _) = run_measured(&mut export(None), "export");
+        plain.push(m);
+        assert_eq!(lines(&exported), rows + 1, "the current rows and a header");
+        let (m, _) = run_measured(&mut export(Some("2026-11-01")), "export --as-of");
+        as_of.push(m);
+        assert_eq!(lines(&exported), rows + 1, "day 1's rows and a header");
+    }
+    let (p, a) = (med(&plain), med(&as_of));
+    println!("export of the {rows}-row table, {runs} runs (s):");
+    println!("  export:                   {}", secs(&plain));
+    println!("  export --as-of day 1:     {}", secs(&as_of));
+    println!(
+        "export median: plain {:.2} s / {:.0} MB, --as-of {:.2} s / {:.0} MB: {:.2}x (target <= about 2x)",
+        p.as_secs_f64(),
+        peak(&plain),
+        a.as_secs_f64(),
+        peak(&as_of),
+        a.as_secs_f64() / p.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn secs(v: &[Measured]) -> String {
@@ -562,8 +816,18 @@ fn report(f: &Figures) {
         d1_peer.mb(),
         d1_sync.time.as_secs_f64() / d1_load.time.as_secs_f64()
     );
+    if let Some((label, day1, _)) = &f.compare {
+        println!(
+            "day 1 of {label}: {:.2} s / {:.0} MB peak",
+            day1.time.as_secs_f64(),
+            day1.mb()
+        );
+    }
     println!("day 2, {runs} runs (s):");
     println!("  dropsync sync:      {}", secs(&f.sync));
+    if let Some((label, _, runs)) = &f.compare {
+        println!("  {label}:  {}", secs(runs));
+    }
     println!("  duckdb load:        {}", secs(&f.load));
     println!("  duckdb diff+apply:  {}", secs(&f.diff));
     let (sync, load, diff) = (med(&f.sync), med(&f.load), med(&f.diff));
@@ -575,6 +839,16 @@ fn report(f: &Figures) {
         sync.as_secs_f64() / load.as_secs_f64(),
         sync.as_secs_f64() / diff.as_secs_f64()
     );
+    if let Some((label, _, runs)) = &f.compare {
+        let other = med(runs);
+        println!(
+            "day 2 median of {label}: {:.2} s, {:.0} MB peak; dropsync/{label} {:.2}x, {label}/load {:.2}x",
+            other.as_secs_f64(),
+            peak(runs),
+            sync.as_secs_f64() / other.as_secs_f64(),
+            other.as_secs_f64() / load.as_secs_f64()
+        );
+    }
     println!(
         "day 2 peak RSS: dropsync {:.0} MB, duckdb load {:.0} MB, duckdb diff+apply {:.0} MB (target < 2048 MB)",
         peak(&f.sync),
@@ -622,6 +896,22 @@ fn summary(all: &[Figures]) {
             sync.as_secs_f64() / load.as_secs_f64(),
             sync.as_secs_f64() / diff.as_secs_f64()
         );
+        if let Some((label, _, runs)) = &f.compare {
+            let other = med(runs);
+            println!(
+                "{:<9} {:>11} {:>8} | {:>22} {:>22} | {:>22} {:>22} {:>22} | {:>6.2}x {:>6}",
+                "",
+                "",
+                "",
+                "",
+                "",
+                format!("{label}: {}", cell(other, f.rows, peak(runs))),
+                "",
+                "",
+                other.as_secs_f64() / load.as_secs_f64(),
+                ""
+            );
+        }
     }
 }
 
@@ -644,12 +934,34 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    let changelog = match std::env::var("BENCH_MODE").as_deref() {
+        Ok("changelog") => true,
+        Ok("day2") | Err(_) => false,
+        Ok(other) => panic!("unknown BENCH_MODE `{other}` (day2, changelog)"),
+    };
     let workloads: Vec<Workload> = std::env::var("BENCH_WORKLOADS")
-        .unwrap_or_else(|_| "unquoted,quoted".into())
+        .unwrap_or_else(|_| {
+            if changelog {
+                "unquoted".into()
+            } else {
+                "unquoted,quoted".into()
+            }
+        })
         .split(',')
         .map(|s| Workload::parse(s.trim()))
         .collect();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_dropsync"));
+    let mut bins = vec![Binary {
+        label: "dropsync".into(),
+        path: PathBuf::from(env!("CARGO_BIN_EXE_dropsync")),
+    }];
+    if let Some(other) = std::env::var_os("BENCH_COMPARE") {
+        let path = PathBuf::from(other);
+        assert!(path.is_file(), "BENCH_COMPARE: no file {}", path.display());
+        bins.push(Binary {
+            label: format!("compared ({})", path.display()),
+            path,
+        });
+    }
     // BENCH_DIR: big files go where there is room for them (a 10M-row
     // export is 1.2 GB, and each day's store about as much again).
     let temp;
@@ -663,10 +975,18 @@ fn main() {
             temp.path().to_path_buf()
         }
     };
+    if changelog {
+        for &rows in &sizes {
+            for &workload in &workloads {
+                bench_changelog(&bins[0].path, &root, rows, workload, runs);
+            }
+        }
+        return;
+    }
     let mut all = Vec::new();
     for &rows in &sizes {
         for &workload in &workloads {
-            all.push(bench_one(&bin, &root, rows, workload, runs));
+            all.push(bench_one(&bins, &root, rows, workload, runs));
         }
     }
     summary(&all);

@@ -199,6 +199,14 @@ fn row_object(columns: &[(&str, &str)], value: impl Fn(usize, &str) -> String) -
     format!("'{{' || concat_ws(',', {}) || '}}'", members.join(", "))
 }
 
+/// Whether this process syncs without the change log: only `scripts/bench
+/// changelog` asks for that, to measure what the log costs. It is no
+/// setting: a log that misses a run makes `export --as-of` and `changes`
+/// wrong for every date after it, so nothing a user configures turns it off.
+pub(crate) fn skipped_for_benchmark() -> bool {
+    std::env::var_os("DROPSYNC_BENCH_NO_CHANGE_LOG").is_some()
+}
+
 impl Store {
     /// Logs every change of the batch in the `changes` temp table, in the
     /// caller's transaction: one INSERT … SELECT from it, which holds both
