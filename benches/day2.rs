@@ -26,11 +26,12 @@
 //! `scripts/bench` runs it at 1M rows; `scripts/bench scale` at 1M and 10M.
 //! BENCH_ROWS (a comma-separated list of sizes), BENCH_RUNS, BENCH_WORKLOADS
 //! (`unquoted,quoted`) and BENCH_DIR (where the files go; a temporary
-//! directory by default) change what runs. BENCH_COMPARE names another
-//! dropsync binary (one built from an earlier commit, say) that syncs the
-//! same files interleaved with this one, each from its own day 1, so a
-//! change is measured against what it replaces on the same machine, in the
-//! same minutes.
+//! directory by default) change what runs. BENCH_BIN names the dropsync
+//! binary to measure (the one cargo built by default). BENCH_COMPARE names
+//! another dropsync binary (one built from an earlier commit, say) that
+//! syncs the same files interleaved with this one, each from its own day 1,
+//! so a change is measured against what it replaces on the same machine,
+//! in the same minutes.
 //!
 //! BENCH_MODE=changelog (`scripts/bench changelog`) measures what the change
 //! log costs instead: the day-2 sync with and without it (interleaved), how
@@ -950,9 +951,15 @@ fn main() {
         .split(',')
         .map(|s| Workload::parse(s.trim()))
         .collect();
+    // BENCH_BIN: a dropsync built elsewhere (a release build in a shared
+    // target directory, say) instead of the one cargo built with this bench.
+    let bin = std::env::var_os("BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dropsync")));
+    assert!(bin.is_file(), "no dropsync binary at {}", bin.display());
     let mut bins = vec![Binary {
         label: "dropsync".into(),
-        path: PathBuf::from(env!("CARGO_BIN_EXE_dropsync")),
+        path: bin,
     }];
     if let Some(other) = std::env::var_os("BENCH_COMPARE") {
         let path = PathBuf::from(other);
