@@ -108,29 +108,126 @@ pub struct Config {
 
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "StoreSection")]
 pub struct StoreConfig {
-    /// The DuckDB database file. Default: `dropsync.duckdb` beside the config.
-    #[serde(default = "default_db")]
-    pub path: PathBuf,
+    /// Where the target tables and the history live.
+    pub location: StoreLocation,
+    /// Where fetched files are kept, content-addressed, for replays.
+    pub staging: PathBuf,
+    /// A directory of extra Table Schema files.
+    pub schemas: Option<PathBuf>,
+    /// How many days staged copies are kept (0: forever).
+    pub keep_staged_days: Count<KeepStagedDays>,
+}
+
+/// Where the store is, checked once when the config is read.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// An embedded DuckDB file (the default).
+    DuckDb(PathBuf),
+    /// A PostgreSQL database, shared by every dropsync pointed at it.
+    Postgres(crate::store::PgConnect),
+}
+
+impl StoreLocation {
+    /// The store as a user sees it: the DuckDB file, or the PostgreSQL
+    /// URL (never with a password).
+    pub fn display(&self) -> String {
+        match self {
+            StoreLocation::DuckDb(path) => path.display().to_string(),
+            StoreLocation::Postgres(pg) => pg.display(),
+        }
+    }
+}
+
+/// `[store]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    /// The DuckDB database file. Default: `dropsync.duckdb` beside the
+    /// config. Not with `url`.
+    #[serde(default)]
+    path: Option<PathBuf>,
+    /// A PostgreSQL store instead of the DuckDB file:
+    /// `postgres://user@host:port/database`, without a password.
+    #[serde(default)]
+    url: Option<String>,
+    /// The environment variable holding the PostgreSQL password.
+    #[serde(default)]
+    password_env: Option<String>,
+    /// A file whose first line is the PostgreSQL password.
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    /// TLS to PostgreSQL: `disable`, `prefer` (default), `require`, or
+    /// `verify-full` (the certificate must chain to `sslrootcert`, else the
+    /// system's roots, and name the host).
+    #[serde(default)]
+    sslmode: Option<String>,
+    /// The CA certificates (PEM) a `verify-full` server must chain to.
+    #[serde(default)]
+    sslrootcert: Option<PathBuf>,
     /// Where fetched files are kept, content-addressed, for replays.
     /// Default: `staging` beside the config.
     #[serde(default = "default_staging")]
-    pub staging: PathBuf,
+    staging: PathBuf,
     /// A directory of extra Table Schema files (`NAME.json` defines dataset
     /// NAME). Built-in datasets can be overridden the same way.
     #[serde(default)]
-    pub schemas: Option<PathBuf>,
+    schemas: Option<PathBuf>,
     /// Staged copies are kept this many days, for replays without the
     /// source; 0 keeps them forever. Default 90.
     #[serde(default = "default_keep_staged_days")]
-    pub keep_staged_days: Count<KeepStagedDays>,
+    keep_staged_days: Count<KeepStagedDays>,
+}
+
+impl TryFrom<StoreSection> for StoreConfig {
+    type Error = String;
+
+    fn try_from(section: StoreSection) -> Result<StoreConfig, String> {
+        let location = match (section.path, section.url) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "[store]: give path (a DuckDB file) or url (PostgreSQL), not both".into(),
+                );
+            }
+            (path, None) => {
+                let postgres_only = [
+                    ("password_env", section.password_env.is_some()),
+                    ("password_file", section.password_file.is_some()),
+                    ("sslmode", section.sslmode.is_some()),
+                    ("sslrootcert", section.sslrootcert.is_some()),
+                ];
+                if let Some((key, _)) = postgres_only.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "[store]: {key} is for a PostgreSQL store (url = \"postgres://...\"); a DuckDB store needs none"
+                    ));
+                }
+                StoreLocation::DuckDb(path.unwrap_or_else(default_db))
+            }
+            (None, Some(url)) => StoreLocation::Postgres(
+                crate::store::PgConnect::parse(&crate::store::PgSettings {
+                    url: &url,
+                    password_env: section.password_env.as_deref(),
+                    password_file: section.password_file.as_deref(),
+                    sslmode: section.sslmode.as_deref(),
+                    sslrootcert: section.sslrootcert.as_deref(),
+                })
+                .map_err(|e| format!("[store]: {e}"))?,
+            ),
+        };
+        Ok(StoreConfig {
+            location,
+            staging: section.staging,
+            schemas: section.schemas,
+            keep_staged_days: section.keep_staged_days,
+        })
+    }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            path: default_db(),
+            location: StoreLocation::DuckDb(default_db()),
             staging: default_staging(),
             schemas: None,
             keep_staged_days: default_keep_staged_days(),
@@ -891,7 +988,10 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        resolve(&mut config.store.path);
+        match &mut config.store.location {
+            StoreLocation::DuckDb(path) => resolve(path),
+            StoreLocation::Postgres(pg) => pg.paths_mut().for_each(resolve),
+        }
         resolve(&mut config.store.staging);
         if let Some(dir) = config.store.schemas.as_mut() {
             resolve(dir);
@@ -1095,11 +1195,23 @@ impl SftpConfig {
 impl Config {
     /// Where the daemon's API socket is.
     pub fn socket_path(&self) -> PathBuf {
-        self.daemon.socket.clone().unwrap_or_else(|| {
-            let mut path = self.store.path.clone().into_os_string();
-            path.push(".sock");
-            PathBuf::from(path)
-        })
+        self.daemon
+            .socket
+            .clone()
+            .unwrap_or_else(|| match &self.store.location {
+                StoreLocation::DuckDb(store) => {
+                    let mut path = store.clone().into_os_string();
+                    path.push(".sock");
+                    PathBuf::from(path)
+                }
+                // No file to sit beside: the config's directory, which is
+                // this machine's (several machines share the database).
+                StoreLocation::Postgres(_) => self
+                    .path
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join("dropsync.sock"),
+            })
     }
 }
 
@@ -1178,14 +1290,55 @@ mod tests {
     fn relative_paths_follow_the_config_file() {
         let text = "[integrations.a]\ndataset = \"accounts\"\npattern = \"a_{date:%Y%m%d}.csv\"\nsource = { type = \"folder\", path = \"in\" }\n";
         let config = Config::parse(text, Path::new("/srv/sync/dropsync.toml")).unwrap();
-        assert_eq!(
-            config.store.path,
-            PathBuf::from("/srv/sync/dropsync.duckdb")
-        );
+        assert!(matches!(
+            &config.store.location,
+            StoreLocation::DuckDb(p) if p == Path::new("/srv/sync/dropsync.duckdb")
+        ));
         let SourceConfig::Folder { path } = &config.integrations["a"].source else {
             panic!("a folder source");
         };
         assert_eq!(path, &PathBuf::from("/srv/sync/in"));
+    }
+
+    #[test]
+    fn a_postgres_store_is_read_once_into_its_parts() {
+        let text = "[store]\nurl = \"postgres://sync@db.example:5433/dropsync\"\npassword_file = \"pg.pass\"\nsslmode = \"verify-full\"\nsslrootcert = \"ca.pem\"\n";
+        let config = Config::parse(text, Path::new("/srv/sync/dropsync.toml")).unwrap();
+        let StoreLocation::Postgres(pg) = &config.store.location else {
+            panic!("a PostgreSQL store");
+        };
+        assert_eq!(pg.display(), "postgres://sync@db.example:5433/dropsync");
+        assert_eq!(
+            pg.password,
+            crate::store::PasswordSource::File("/srv/sync/pg.pass".into())
+        );
+        assert_eq!(pg.sslmode, crate::store::SslMode::VerifyFull);
+        assert_eq!(
+            pg.sslrootcert.as_deref(),
+            Some(Path::new("/srv/sync/ca.pem"))
+        );
+        assert_eq!(config.socket_path(), Path::new("/srv/sync/dropsync.sock"));
+
+        for (text, needle) in [
+            (
+                "[store]\npath = \"a.duckdb\"\nurl = \"postgres://u@h/d\"\n",
+                "not both",
+            ),
+            (
+                "[store]\npath = \"a.duckdb\"\npassword_env = \"PG\"\n",
+                "password_env is for a PostgreSQL store",
+            ),
+            (
+                "[store]\nurl = \"postgres://u:hunter2@h/d\"\n",
+                "postgres://u:***@h/d",
+            ),
+        ] {
+            let err = Config::parse(text, Path::new("/srv/sync/dropsync.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod handoff;
 mod history;
 mod outbox;
 mod overview;
+mod postgres;
 mod unsubscribes;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub use handoff::Handoff;
 pub use history::{FailureKind, RunRecord, RunStatus};
 pub use outbox::{PendingDelivery, Undelivered};
 pub use overview::HistoryGlance;
+pub use postgres::{PasswordSource, PgConnect, PgConnectError, PgSettings, SslMode, mask_password};
 pub use unsubscribes::{FormulaCells, UnsubscribeColumns, UnsubscribeFilter, spreadsheet_safe};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,14 @@ pub enum StoreError {
     },
     #[error("store {path}: {message}")]
     Other { path: PathBuf, message: String },
+    /// A PostgreSQL store that cannot be reached (or logged in to).
+    #[error(transparent)]
+    Unreachable(#[from] PgConnectError),
+    /// What this command needs is not yet done on a PostgreSQL store.
+    #[error(
+        "{what} is not supported on a PostgreSQL store yet ({store}); use a DuckDB store (`[store] path`) for it"
+    )]
+    Unsupported { store: String, what: String },
     /// Committed changes could not be written into the store file and
     /// synced to disk (a failed write or fsync).
     #[error("store {path}: cannot write the committed changes to disk: {source}")]
@@ -211,6 +221,32 @@ impl Store {
         store.mark_interrupted()?;
         store.release_claims()?;
         Ok(store)
+    }
+
+    /// Opens the configured store for writing (`open_notifying` for a
+    /// DuckDB file). `what` names the command, for a store that cannot do
+    /// it yet.
+    pub fn open_at(
+        location: &crate::config::StoreLocation,
+        notifiers: &[crate::notify::NotifierConfig],
+        what: &str,
+    ) -> Result<Store, StoreError> {
+        match location {
+            crate::config::StoreLocation::DuckDb(path) => Store::open_notifying(path, notifiers),
+            crate::config::StoreLocation::Postgres(pg) => Err(postgres_unsupported(pg, what)),
+        }
+    }
+
+    /// Opens the configured store to read it (`open_read_only` for a
+    /// DuckDB file).
+    pub fn open_read_only_at(
+        location: &crate::config::StoreLocation,
+        what: &str,
+    ) -> Result<Store, StoreError> {
+        match location {
+            crate::config::StoreLocation::DuckDb(path) => Store::open_read_only(path),
+            crate::config::StoreLocation::Postgres(pg) => Err(postgres_unsupported(pg, what)),
+        }
     }
 
     /// Opens an existing store read-only (history, show, export). Fails with
@@ -486,6 +522,19 @@ pub fn keep_new_files_private() {
     unsafe {
         let old = libc::umask(0o077);
         libc::umask(old | 0o077);
+    }
+}
+
+/// The error for a command a PostgreSQL store cannot serve yet, once the
+/// server is known to answer (an unreachable server is the error to fix
+/// first).
+fn postgres_unsupported(pg: &PgConnect, what: &str) -> StoreError {
+    if let Err(e) = pg.connect() {
+        return StoreError::Unreachable(e);
+    }
+    StoreError::Unsupported {
+        store: pg.display(),
+        what: what.to_string(),
     }
 }
 

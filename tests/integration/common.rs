@@ -480,3 +480,348 @@ impl Random {
         chosen.into_iter().map(|i| items[i].clone()).collect()
     }
 }
+
+/// A throwaway PostgreSQL cluster, one per test process: `initdb` into a
+/// temporary directory (as the unprivileged `postgres` account when the
+/// tests run as root, since the server refuses root), started on a free
+/// loopback port with its socket in that directory, password (SCRAM)
+/// authentication for every TCP login. Stopped and removed when the test
+/// process ends, and by a watchdog should the process be killed.
+pub struct PgCluster {
+    pub port: u16,
+    dir: PathBuf,
+    pid: u32,
+    admin_password: String,
+    /// The role the stores log in as, with this password.
+    pub role: String,
+    pub password: String,
+}
+
+/// The superuser that creates each test's database.
+const PG_ADMIN: &str = "dropsync_admin";
+
+/// The cluster of this test process, started on first use.
+pub fn pg_cluster() -> &'static PgCluster {
+    static CLUSTER: std::sync::OnceLock<PgCluster> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = PgCluster::start();
+        extern "C" fn stop_cluster() {
+            if let Some(cluster) = CLUSTER.get() {
+                cluster.stop();
+            }
+        }
+        // SAFETY: registers a plain function to run at process exit.
+        unsafe { libc::atexit(stop_cluster) };
+        cluster
+    })
+}
+
+/// The directory of Debian's PostgreSQL server programs (the newest
+/// installed major version).
+fn pg_bin_dir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (scripts/test-servers installs Debian's postgresql)")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((major, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .expect("a PostgreSQL server under /usr/lib/postgresql/*/bin")
+        .1
+}
+
+impl PgCluster {
+    fn start() -> PgCluster {
+        let bin = pg_bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("dropsync-pg-")
+            .tempdir()
+            .expect("a temporary directory")
+            .keep();
+        // The server runs as an ordinary account: `postgres` when we are
+        // root (Debian's package creates it), else ourselves.
+        let account = if unsafe { libc::geteuid() } == 0 {
+            let name = std::ffi::CString::new("postgres").unwrap();
+            // SAFETY: getpwnam returns a pointer to a static record or null.
+            let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+            assert!(
+                !pw.is_null(),
+                "no `postgres` account (scripts/test-servers installs Debian's postgresql)"
+            );
+            // SAFETY: checked non-null above.
+            let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+            let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: chown on a path we own.
+            assert_eq!(unsafe { libc::chown(path.as_ptr(), uid, gid) }, 0);
+            Some((uid, gid))
+        } else {
+            None
+        };
+        let as_server = |program: &str| {
+            let mut cmd = Command::new(bin.join(program));
+            if let Some((uid, gid)) = account {
+                use std::os::unix::process::CommandExt;
+                cmd.uid(uid).gid(gid);
+            }
+            cmd
+        };
+        let admin_password = format!("admin-{}", unique_suffix());
+        let password = format!("pw-{}", unique_suffix());
+        let pwfile = dir.join("admin.pw");
+        std::fs::write(&pwfile, &admin_password).unwrap();
+        if let Some((uid, gid)) = account {
+            let path = std::ffi::CString::new(pwfile.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: chown on a file we just wrote.
+            unsafe { libc::chown(path.as_ptr(), uid, gid) };
+        }
+        let data = dir.join("data");
+        let out = as_server("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                PG_ADMIN,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .args(["-E", "UTF8", "--no-locale", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(&pwfile);
+        let port = crate::servers::free_port();
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = as_server("postgres")
+            .arg("-D")
+            .arg(&data)
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-k")
+            .arg(&dir)
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "password_encryption=scram-sha-256"])
+            .args(["-c", "max_connections=200"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("postgres starts");
+        let pid = child.id();
+        // Should this process be killed outright, nothing runs at exit: a
+        // watchdog stops the server and removes its directory then.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; kill -QUIT \"$2\" 2>/dev/null; sleep 2; rm -rf \"$3\"",
+            )
+            .args(["watchdog", &std::process::id().to_string(), &pid.to_string()])
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        std::mem::forget(child);
+        let cluster = PgCluster {
+            port,
+            dir,
+            pid,
+            admin_password,
+            role: "dropsync_test".into(),
+            password,
+        };
+        let mut admin = cluster.wait_for_admin();
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {} LOGIN PASSWORD '{}'",
+                cluster.role, cluster.password
+            ))
+            .expect("the test role is created");
+        cluster
+    }
+
+    /// A session as the superuser, once the server accepts it.
+    fn wait_for_admin(&self) -> postgres::Client {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            match self.admin() {
+                Ok(client) => return client,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    let log =
+                        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                    panic!("PostgreSQL did not start: {e}\n{log}");
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
+    }
+
+    pub fn admin(&self) -> Result<postgres::Client, postgres::Error> {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(PG_ADMIN)
+            .password(&self.admin_password)
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+    }
+
+    fn stop(&self) {
+        // SIGINT: the server's fast shutdown.
+        // SAFETY: signals the server this process started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGINT) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+            && std::time::Instant::now() < deadline
+        {
+            // Reap it: it is this process's child.
+            // SAFETY: waitpid on our own child, without blocking.
+            unsafe { libc::waitpid(self.pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn unique_suffix() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", t, std::process::id())
+}
+
+/// A fresh database in the process's cluster, owned by the test role;
+/// dropped (with any session still in it) when this is.
+pub struct PgDatabase {
+    pub name: String,
+}
+
+impl PgDatabase {
+    pub fn new() -> PgDatabase {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let cluster = pg_cluster();
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        cluster
+            .admin()
+            .and_then(|mut admin| {
+                admin.batch_execute(&format!("CREATE DATABASE {name} OWNER {}", cluster.role))
+            })
+            .expect("a test database is created");
+        PgDatabase { name }
+    }
+
+    /// `postgres://role@127.0.0.1:port/name`: never a password.
+    pub fn url(&self) -> String {
+        let cluster = pg_cluster();
+        format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            cluster.role, cluster.port, self.name
+        )
+    }
+
+    /// A session as the test role, to look at what a store holds.
+    pub fn client(&self) -> postgres::Client {
+        let cluster = pg_cluster();
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(cluster.port)
+            .user(&cluster.role)
+            .password(&cluster.password)
+            .dbname(&self.name)
+            .connect(postgres::NoTls)
+            .expect("the test role logs in")
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = pg_cluster().admin() {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// Which store a behavioural test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    DuckDb,
+    Postgres,
+}
+
+/// A workspace whose store is `kind`: the config as given for DuckDB; for
+/// PostgreSQL, a fresh database named by `[store] url`, the password in a
+/// file beside the config.
+pub fn workspace_on(kind: StoreKind, config: &str) -> StoreWorkspace {
+    match kind {
+        StoreKind::DuckDb => StoreWorkspace {
+            ws: Workspace::new(config),
+            pg: None,
+        },
+        StoreKind::Postgres => {
+            let pg = PgDatabase::new();
+            let store = format!(
+                "url = \"{}\"\npassword_file = \"pg.pass\"\nsslmode = \"disable\"\n",
+                pg.url()
+            );
+            let config = if config.contains("[store]\n") {
+                config.replacen("[store]\n", &format!("[store]\n{store}"), 1)
+            } else {
+                format!("[store]\n{store}\n{config}")
+            };
+            let ws = Workspace::new(&config);
+            ws.write("pg.pass", format!("{}\n", pg_cluster().password));
+            StoreWorkspace { ws, pg: Some(pg) }
+        }
+    }
+}
+
+/// A workspace with its store (the PostgreSQL database lives as long as it).
+pub struct StoreWorkspace {
+    pub ws: Workspace,
+    pub pg: Option<PgDatabase>,
+}
+
+impl std::ops::Deref for StoreWorkspace {
+    type Target = Workspace;
+    fn deref(&self) -> &Workspace {
+        &self.ws
+    }
+}
+
+/// Generates one test per store from one body, in the calling module:
+/// `NAME::duckdb` and `NAME::postgres`, each calling `body(StoreKind)`
+/// (a function beside the macro call).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident => $body:ident;)+) => {
+        $(
+            mod $name {
+                #[test]
+                fn duckdb() {
+                    super::$body($crate::common::StoreKind::DuckDb)
+                }
+                #[test]
+                fn postgres() {
+                    super::$body($crate::common::StoreKind::Postgres)
+                }
+            }
+        )+
+    };
+}

@@ -26,6 +26,7 @@ mod local_security;
 mod packaging;
 mod partner_formats;
 mod pipeline;
+mod postgres;
 mod progress;
 mod references;
 mod regression;

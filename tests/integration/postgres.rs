@@ -1,0 +1,101 @@
+//! A PostgreSQL store: `[store] url` with its password from a file or the
+//! environment, against a real throwaway cluster (common::pg_cluster), and
+//! the behaviour that must be the same on either store.
+
+use crate::common::*;
+
+/// `check` on a store nobody answers at: UNKNOWN, naming the store (never
+/// its password) and why.
+#[test]
+fn check_reports_a_postgres_store_it_cannot_reach() {
+    let port = crate::servers::free_port();
+    let ws = Workspace::new(&format!(
+        "[store]\nurl = \"postgres://sync@127.0.0.1:{port}/dropsync\"\npassword_env = \"PG_SECRET\"\nsslmode = \"disable\"\n\n{}",
+        accounts_config("")
+    ));
+    let out = ws.dropsync_env(&["check"], &[("PG_SECRET", "s3cret-value")]);
+    out.code(3).stdout_has(&[
+        "UNKNOWN",
+        &format!("cannot reach the PostgreSQL store postgres://sync@127.0.0.1:{port}/dropsync"),
+    ]);
+    assert!(
+        !out.stdout.contains("s3cret-value") && !out.stderr.contains("s3cret-value"),
+        "{out}"
+    );
+}
+
+/// A wrong password is the server's refusal, told as such; the password
+/// itself appears nowhere.
+#[test]
+fn a_wrong_postgres_password_is_refused_without_being_shown() {
+    let db = PgDatabase::new();
+    let ws = Workspace::new(&format!(
+        "[store]\nurl = \"{}\"\npassword_env = \"PG_SECRET\"\nsslmode = \"prefer\"\n\n{}",
+        db.url(),
+        accounts_config("")
+    ));
+    let out = ws.dropsync_env(&["check"], &[("PG_SECRET", "not-the-password")]);
+    out.code(3)
+        .stdout_has(&["UNKNOWN", "password authentication failed", &db.url()]);
+    assert!(!format!("{out}").contains("not-the-password"), "{out}");
+
+    let out = ws.dropsync(&["check"]);
+    out.code(3)
+        .stdout_has(&["password_env PG_SECRET is not set"]);
+}
+
+/// A password in the URL is refused when the config is read, shown masked.
+#[test]
+fn a_password_in_the_store_url_is_refused_and_masked() {
+    let ws = Workspace::new(&format!(
+        "[store]\nurl = \"postgres://sync:hunter2@db.example/dropsync\"\n\n{}",
+        accounts_config("")
+    ));
+    let out = ws.dropsync(&["run"]);
+    assert_ne!(out.code, 0, "{out}");
+    out.stderr_has(&["postgres://sync:***@db.example/dropsync", "password_env"]);
+    assert!(!format!("{out}").contains("hunter2"), "{out}");
+}
+
+/// The right password (SCRAM over TCP) logs in: what cannot be done on a
+/// PostgreSQL store yet says so, never failing silently or pretending.
+#[test]
+fn a_reachable_postgres_store_names_what_it_cannot_do_yet() {
+    let ws = workspace_on(StoreKind::Postgres, &accounts_config(""));
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    for args in [&["run"][..], &["history"], &["export", "unsubscribes"]] {
+        let out = ws.dropsync(args);
+        assert_ne!(out.code, 0, "{out}");
+        out.stderr_has(&["not supported on a PostgreSQL store yet"]);
+    }
+    let out = ws.dropsync(&["check"]);
+    out.code(3)
+        .stdout_has(&["UNKNOWN", "not supported on a PostgreSQL store yet"]);
+    // Nothing was half-done: the database holds no table of dropsync's.
+    let tables: i64 = ws
+        .pg
+        .as_ref()
+        .unwrap()
+        .client()
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0);
+}
+
+/// `validate` checks a file against its dataset without the store, on
+/// either store alike.
+fn validate_reads_no_store(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(""));
+    let file = ws.write("a.csv", six_accounts()).display().to_string();
+    ws.dropsync(&["validate", "--dataset", "accounts", &file])
+        .code(0)
+        .stdout_has(&["6 rows, 6 valid, 0 rejected"]);
+}
+
+crate::on_both_stores! {
+    validate_needs_no_store_on_either => validate_reads_no_store;
+}
