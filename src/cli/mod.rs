@@ -823,8 +823,8 @@ fn run(
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, None)? {
         return print_outcomes(out, &outcomes, args.sync.json, dates, palette);
     }
-    let store = Store::open_at(&config.store.location, &config.notify, "run")?
-        .feeding(&config.subscribe);
+    let store =
+        Store::open_at(&config.store.location, &config.notify, "run")?.feeding(&config.subscribe);
     let selection = Selection {
         integrations: args.integrations,
         dates,
