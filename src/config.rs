@@ -126,7 +126,7 @@ pub enum StoreLocation {
     /// An embedded DuckDB file (the default).
     DuckDb(PathBuf),
     /// A PostgreSQL database, shared by every dropsync pointed at it.
-    Postgres(crate::store::PgConnect),
+    Postgres(Box<crate::store::PgConnect>),
 }
 
 impl StoreLocation {
@@ -204,7 +204,7 @@ impl TryFrom<StoreSection> for StoreConfig {
                 }
                 StoreLocation::DuckDb(path.unwrap_or_else(default_db))
             }
-            (None, Some(url)) => StoreLocation::Postgres(
+            (None, Some(url)) => StoreLocation::Postgres(Box::new(
                 crate::store::PgConnect::parse(&crate::store::PgSettings {
                     url: &url,
                     password_env: section.password_env.as_deref(),
@@ -213,7 +213,7 @@ impl TryFrom<StoreSection> for StoreConfig {
                     sslrootcert: section.sslrootcert.as_deref(),
                 })
                 .map_err(|e| format!("[store]: {e}"))?,
-            ),
+            )),
         };
         Ok(StoreConfig {
             location,
