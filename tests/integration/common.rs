@@ -579,6 +579,32 @@ impl PgCluster {
             // SAFETY: chown on a file we just wrote.
             unsafe { libc::chown(path.as_ptr(), uid, gid) };
         }
+        // TLS with a certificate for 127.0.0.1 signed by a test CA
+        // (`ca.pem`), so `verify-full` has something to verify.
+        make_ca(&dir, "ca");
+        openssl(
+            &dir,
+            "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr",
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(
+            &dir,
+            "x509 -req -days 2 -CAcreateserial -in server.csr -CA ca.pem -CAkey ca.key -extfile server.ext -out server.pem",
+        );
+        for file in ["server.key", "server.pem"] {
+            let path = dir.join(file);
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some((uid, gid)) = account {
+                let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: chown on a file we just wrote.
+                unsafe { libc::chown(path.as_ptr(), uid, gid) };
+            }
+        }
         let data = dir.join("data");
         let out = as_server("initdb")
             .arg("-D")
@@ -611,7 +637,14 @@ impl PgCluster {
             .arg(&dir)
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "password_encryption=scram-sha-256"])
-            .args(["-c", "max_connections=200"])
+            .args(["-c", "max_connections=200", "-c", "ssl=on"])
+            .arg("-c")
+            .arg(format!(
+                "ssl_cert_file={}",
+                dir.join("server.pem").display()
+            ))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", dir.join("server.key").display()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -647,6 +680,11 @@ impl PgCluster {
             ))
             .expect("the test role is created");
         cluster
+    }
+
+    /// The CA that signed the server's certificate (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// A session as the superuser, once the server accepts it.
@@ -690,6 +728,30 @@ impl PgCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A self-signed CA, `NAME.pem` with its key `NAME.key`, in `dir`.
+pub fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &format!(
+            "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={name} -keyout {name}.key -out {name}.pem"
+        ),
+    );
+}
+
+#[track_caller]
+fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split(' '))
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (scripts/test-servers installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn unique_suffix() -> String {

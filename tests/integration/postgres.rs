@@ -99,3 +99,45 @@ fn validate_reads_no_store(kind: StoreKind) {
 crate::on_both_stores! {
     validate_needs_no_store_on_either => validate_reads_no_store;
 }
+
+/// `verify-full` logs in over TLS when the server's certificate chains to
+/// `sslrootcert` and names the host, and refuses one signed by another CA
+/// with an error that says so; `require` encrypts without verifying.
+#[test]
+fn verify_full_checks_the_server_certificate() {
+    let db = PgDatabase::new();
+    let config = |tls: &str| {
+        format!(
+            "[store]\nurl = \"{}\"\npassword_file = \"pg.pass\"\n{tls}\n\n{}",
+            db.url(),
+            accounts_config("")
+        )
+    };
+    let trusted = Workspace::new(&config(&format!(
+        "sslmode = \"verify-full\"\nsslrootcert = \"{}\"",
+        pg_cluster().ca_file().display()
+    )));
+    trusted.write("pg.pass", &pg_cluster().password);
+    // Logged in: what stops it is the command, not the connection.
+    trusted
+        .dropsync(&["check"])
+        .code(3)
+        .stdout_has(&["not supported on a PostgreSQL store yet"]);
+
+    let stranger = Workspace::new(&config(
+        "sslmode = \"verify-full\"\nsslrootcert = \"other-ca.pem\"",
+    ));
+    make_ca(&stranger.root, "other-ca");
+    stranger.write("pg.pass", &pg_cluster().password);
+    let out = stranger.dropsync(&["check"]);
+    out.code(3)
+        .stdout_has(&["cannot reach the PostgreSQL store", "certificate"]);
+    assert!(!out.stdout.contains(&pg_cluster().password), "{out}");
+
+    let unverified = Workspace::new(&config("sslmode = \"require\""));
+    unverified.write("pg.pass", &pg_cluster().password);
+    unverified
+        .dropsync(&["check"])
+        .code(3)
+        .stdout_has(&["not supported on a PostgreSQL store yet"]);
+}
