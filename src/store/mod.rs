@@ -52,6 +52,9 @@ pub enum StoreError {
     /// A PostgreSQL store that cannot be reached (or logged in to).
     #[error(transparent)]
     Unreachable(#[from] PgConnectError),
+    /// A PostgreSQL store answered with an error.
+    #[error("store {store}: {message}")]
+    Postgres { store: String, message: String },
     /// What this command needs is not yet done on a PostgreSQL store.
     #[error(
         "{what} is not supported on a PostgreSQL store yet ({store}); use a DuckDB store (`[store] path`) for it"
@@ -233,7 +236,21 @@ impl Store {
     ) -> Result<Store, StoreError> {
         match location {
             crate::config::StoreLocation::DuckDb(path) => Store::open_notifying(path, notifiers),
-            crate::config::StoreLocation::Postgres(pg) => Err(postgres_unsupported(pg, what)),
+            crate::config::StoreLocation::Postgres(pg) => {
+                // The tables are brought up to date, as a DuckDB store's
+                // are when opened for writing: the schema is common.
+                let mut client = pg.connect()?;
+                postgres::migrate(&mut client, MIGRATIONS).map_err(|message| {
+                    StoreError::Postgres {
+                        store: pg.display(),
+                        message,
+                    }
+                })?;
+                Err(StoreError::Unsupported {
+                    store: pg.display(),
+                    what: what.to_string(),
+                })
+            }
         }
     }
 

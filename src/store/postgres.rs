@@ -273,6 +273,38 @@ impl PgConnect {
     }
 }
 
+/// Brings a PostgreSQL store's tables up to date with `migrations`, the
+/// same list the DuckDB store runs (its SQL is common to both), in one
+/// transaction. An advisory lock held for the transaction makes several
+/// processes opening a new store at once take turns; the second finds the
+/// work done.
+pub(super) fn migrate(client: &mut postgres::Client, migrations: &[&str]) -> Result<(), String> {
+    /// Any fixed number: the lock is the store's own.
+    const MIGRATION_LOCK: i64 = 0x6472_6f70_7379_6e63;
+    let mut tx = client.transaction().map_err(|e| describe(&e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(|e| format!("waiting for another process's migration: {}", describe(&e)))?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS dropsync_meta (version INTEGER NOT NULL)")
+        .map_err(|e| format!("creating the metadata table: {}", describe(&e)))?;
+    let version: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM dropsync_meta", &[])
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| format!("reading the schema version: {}", describe(&e)))?;
+    let done = usize::try_from(version).unwrap_or(0);
+    if done >= migrations.len() {
+        return Ok(());
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(done) {
+        tx.batch_execute(sql)
+            .map_err(|e| format!("migration {}: {}", i + 1, describe(&e)))?;
+    }
+    let latest = i32::try_from(migrations.len()).unwrap_or(i32::MAX);
+    tx.execute("DELETE FROM dropsync_meta", &[])
+        .and_then(|_| tx.execute("INSERT INTO dropsync_meta VALUES ($1)", &[&latest]))
+        .map_err(|e| format!("recording the schema version: {}", describe(&e)))?;
+    tx.commit().map_err(|e| describe(&e))
+}
+
 /// The server's own words for why a session failed, without the client's
 /// wrapping ("db error: ..."); never anything of the password.
 fn describe(e: &postgres::Error) -> String {

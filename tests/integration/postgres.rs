@@ -71,19 +71,57 @@ fn a_reachable_postgres_store_names_what_it_cannot_do_yet() {
     let out = ws.dropsync(&["check"]);
     out.code(3)
         .stdout_has(&["UNKNOWN", "not supported on a PostgreSQL store yet"]);
-    // Nothing was half-done: the database holds no table of dropsync's.
-    let tables: i64 = ws
-        .pg
-        .as_ref()
+    // `run` brought the tables up to date and did nothing else: no run
+    // recorded, no target table.
+    let mut client = ws.pg.as_ref().unwrap().client();
+    let runs: i64 = client
+        .query_one("SELECT count(*) FROM dropsync_runs", &[])
         .unwrap()
-        .client()
+        .get(0);
+    assert_eq!(runs, 0);
+    let accounts: i64 = client
         .query_one(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'accounts'",
             &[],
         )
         .unwrap()
         .get(0);
-    assert_eq!(tables, 0);
+    assert_eq!(accounts, 0);
+}
+
+/// The store's own tables are the same on both: one list of migrations,
+/// run by each (the second opening of a PostgreSQL store finds them done).
+#[test]
+fn the_migrations_make_the_same_tables_on_both_stores() {
+    let columns = "SELECT table_name || '.' || column_name FROM information_schema.columns
+                   WHERE table_name LIKE 'dropsync%' ORDER BY 1";
+    let duck = workspace_on(StoreKind::DuckDb, &accounts_config(""));
+    duck.drop_file("accounts_20260101.csv", six_accounts());
+    duck.dropsync(&["run"]).code(0);
+    let duck_columns: Vec<String> = duck
+        .db()
+        .rows(columns)
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+
+    let pg = workspace_on(StoreKind::Postgres, &accounts_config(""));
+    for _ in 0..2 {
+        pg.dropsync(&["run"])
+            .stderr_has(&["not supported on a PostgreSQL store yet"]);
+    }
+    let pg_columns: Vec<String> = pg
+        .pg
+        .as_ref()
+        .unwrap()
+        .client()
+        .query(columns, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!duck_columns.is_empty());
+    assert_eq!(pg_columns, duck_columns);
 }
 
 /// `validate` checks a file against its dataset without the store, on
