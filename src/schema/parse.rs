@@ -1513,6 +1513,140 @@ mod tests {
         );
     }
 
+    /// What a parse gives without byte offsets (a chunk's are its own):
+    /// every column, line, raw row and row error, or the error that stopped
+    /// the file.
+    fn records(raw: &RawTable) -> String {
+        let values = |c: &StringChunked| -> Vec<Option<String>> {
+            c.iter().map(|v| v.map(str::to_string)).collect()
+        };
+        let columns: Vec<_> = raw.columns.iter().map(values).collect();
+        let raws: Vec<String> = (0..raw.lines.len()).map(|r| raw.raw_row(r)).collect();
+        format!(
+            "records {}\ncolumns {columns:?}\nattributes {:?}\nlines {:?}\nraw {raws:?}\nerrors {:#?}\n",
+            raw.records,
+            raw.attributes.as_ref().map(values),
+            raw.lines,
+            raw.errors
+        )
+    }
+
+    /// Reads `text` from a file in chunks of `chunk_bytes`, each chunk's
+    /// records spelled out as `records` does, one after the other.
+    fn read_in_chunks(text: &[u8], dialect: &CsvDialect, chunk_bytes: usize) -> String {
+        let schema = Dataset::load("accounts", None).unwrap().schema;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.csv");
+        std::fs::write(&path, text).unwrap();
+        let mut chunks = match CsvChunks::open(
+            &path,
+            "f.csv",
+            dialect,
+            &Default::default(),
+            &schema,
+            chunk_bytes,
+        ) {
+            Ok(chunks) => chunks,
+            Err(e) => return format!("error: {e}"),
+        };
+        let mut out = String::new();
+        loop {
+            match chunks.next_chunk() {
+                Ok(Some(chunk)) => {
+                    // Read again from the file, the chunk is the same.
+                    let again = chunks
+                        .reread(chunk.start, chunk.end, chunk.first_line)
+                        .unwrap();
+                    assert_eq!(records(&again), records(&chunk.table));
+                    out.push_str(&records(&chunk.table));
+                }
+                Ok(None) => return out,
+                Err(e) => return format!("{out}error: {e}"),
+            }
+        }
+    }
+
+    /// Chunks of any size, down to one byte, give the records a whole read
+    /// gives, in order: same lines, raw rows, values and errors.
+    #[test]
+    fn chunks_of_any_size_read_what_a_whole_read_reads() {
+        let schema = Dataset::load("accounts", None).unwrap().schema;
+        let check = |text: &[u8], dialect: &CsvDialect| {
+            let whole = parse_bytes(
+                text.to_vec(),
+                "f.csv",
+                dialect,
+                &Default::default(),
+                &schema,
+            );
+            for chunk_bytes in [1, 2, 7, 64, 200, 1000, 1 << 20] {
+                let chunked = read_in_chunks(text, dialect, chunk_bytes);
+                // Joined, the chunks' records are the whole read's.
+                let joined = |parts: &str, what: &str| -> Vec<String> {
+                    parts
+                        .lines()
+                        .filter(|l| l.starts_with(what))
+                        .map(str::to_string)
+                        .collect()
+                };
+                match &whole {
+                    Err(e) => assert!(
+                        chunked.ends_with(&format!("error: {e}")),
+                        "{chunk_bytes}: {chunked}"
+                    ),
+                    Ok(raw) => {
+                        assert!(!chunked.contains("error: "), "{chunk_bytes}: {chunked}");
+                        let whole = records(raw);
+                        let count = |s: &str| -> u64 {
+                            joined(s, "records ")
+                                .iter()
+                                .map(|l| l["records ".len()..].parse::<u64>().unwrap())
+                                .sum()
+                        };
+                        assert_eq!(count(&chunked), raw.records, "{chunk_bytes}");
+                        let lines = |s: &str| -> Vec<u64> {
+                            joined(s, "lines ")
+                                .iter()
+                                .flat_map(|l| {
+                                    l["lines [".len()..l.len() - 1]
+                                        .split(", ")
+                                        .filter(|n| !n.is_empty())
+                                        .map(|n| n.parse::<u64>().unwrap())
+                                        .collect::<Vec<_>>()
+                                })
+                                .collect()
+                        };
+                        assert_eq!(lines(&chunked), lines(&whole), "{chunk_bytes}");
+                        for (row, line) in raw.lines.iter().enumerate() {
+                            let raw_row = format!("{:?}", raw.raw_row(row));
+                            assert!(
+                                chunked.contains(&raw_row),
+                                "{chunk_bytes}: line {line} {raw_row} missing"
+                            );
+                        }
+                        for error in &raw.errors {
+                            assert!(
+                                chunked.contains(&format!("line: {},", error.line)),
+                                "{chunk_bytes}: {error:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        };
+        check(&tricky_text(12), &CsvDialect::default());
+        let mut unbalanced = String::from_utf8(tricky_text(5)).unwrap();
+        unbalanced.push_str("A9,,\"never closed,parent,pro,1,2024-01-01,\r\n");
+        unbalanced.push_str("P1,,plain,parent,pro,1,2024-01-01,\r\n");
+        check(unbalanced.as_bytes(), &CsvDialect::default());
+        check(b"\xEF\xBB\xBFAccountID,Name\n", &CsvDialect::default());
+        check(b"\n\n  \n", &CsvDialect::default());
+        check(
+            b"\n\nAccountID,Name\r\nA1,x\r\n\r\nA2,\"y\r\nz\"",
+            &CsvDialect::default(),
+        );
+    }
+
     /// Random mixes of the bytes that matter (quotes, delimiters, CR, LF)
     /// parse the same cut or whole: whatever the quoting, cuts fall only
     /// where the reader from the start sees a record begin.
