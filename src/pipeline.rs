@@ -490,7 +490,7 @@ fn validate_and_apply(
         }
         Err(ReadFailure::Pipeline(e)) => return Err(e),
     };
-    stage_done("parse and validate", started);
+    stage_done("read", started);
     progress::report(Event::Stage(Stage::Diffing));
     run.input_rows = valid.input_rows as i64;
     run.error_rows = valid.error_rows as i64;
@@ -788,7 +788,13 @@ fn read_in_chunks(
     let refused_sample = REFUSED_ERRORS_KEPT + 1;
     let mut handed = Vec::new();
     let scratch = config.store.staging.join(".work");
-    while let Some(chunk) = chunks.next_chunk().map_err(drop_error)? {
+    loop {
+        let started = std::time::Instant::now();
+        let Some(chunk) = chunks.next_chunk().map_err(drop_error)? else {
+            break;
+        };
+        chunk_done("parse", handed.len(), started);
+        let started = std::time::Instant::now();
         if handed.is_empty()
             && let Some(message) = computed_in_file(integration, &chunk.table)
         {
@@ -799,6 +805,8 @@ fn read_in_chunks(
         if let Some(computed) = &integration.computed {
             valid = computed.add_to(valid, &chunk.table, &scratch, describe)?;
         }
+        chunk_done("validate", handed.len(), started);
+        let started = std::time::Instant::now();
         out.input_rows += valid.input_rows;
         out.error_rows += valid.error_rows;
         out.skipped_rows += valid.skipped_rows;
@@ -811,6 +819,7 @@ fn read_in_chunks(
         out.rejected_keys
             .extend(valid.rejected_keys.drain(..).take(room));
         parts.write(&mut valid.frame)?;
+        chunk_done("hand-off", handed.len(), started);
         handed.push(HandedChunk {
             start: chunk.start,
             end: chunk.end,
@@ -818,6 +827,15 @@ fn read_in_chunks(
             rows: valid.rows,
             skipped,
         });
+        if handed.len() == 1 && chunk.end < file.size {
+            // The rest of the file is likely made of rows like these.
+            let per_row = (chunk.end - chunk.start) as f64 / chunk.table.records.max(1) as f64;
+            let mut rows = (file.size as f64 / per_row.max(1.0) * 1.05) as u64;
+            if records_at_most > 0 {
+                rows = rows.min(records_at_most);
+            }
+            checks.expect_rows(rows as usize);
+        }
         progress::report(Event::Bytes(chunk.end));
         progress::report(Event::Rows(chunk.table.records));
     }
@@ -934,6 +952,16 @@ fn unflushed(store: &Store, run: &mut RunRecord, error: StoreError) {
         ));
         run.message = Some(message);
     }
+}
+
+/// A stage done for one chunk of a file read in chunks.
+fn chunk_done(stage: &str, chunk: usize, started: std::time::Instant) {
+    tracing::debug!(
+        stage,
+        chunk,
+        ms = started.elapsed().as_millis() as u64,
+        "stage done"
+    );
 }
 
 pub(crate) fn stage_done(stage: &str, started: std::time::Instant) {

@@ -1799,6 +1799,13 @@ impl FileChecks {
         }
     }
 
+    /// Makes room for the keys of `rows` rows in all, at once: growing a
+    /// table of millions of keys step by step holds the old and the new
+    /// table together at every step.
+    pub fn expect_rows(&mut self, rows: usize) {
+        self.keys.reserve(rows.saturating_sub(self.keys.len()));
+    }
+
     fn hash(&self, value: &str) -> u128 {
         use std::hash::BuildHasher;
         (u128::from(self.hashers[0].hash_one(value)) << 64)
