@@ -25,12 +25,12 @@ impl Handoff {
 }
 
 /// What DuckDB may hold in memory while it diffs and applies a batch; past
-/// it, its joins and sorts spill to disk instead of growing. DuckDB's own
-/// default is 80% of the machine's memory, which lets one 10-million-row
-/// sync take several GB next to every other process. 1 GB holds the diff of
-/// a few million rows without spilling (its hash tables take about 100
-/// bytes a row), and keeps the whole process, with the pipeline's own
-/// state, under 2 GB. `DROPSYNC_DUCKDB_MEMORY` (e.g. `4GB`) sets another.
+/// it, its joins, sorts and temporary tables spill to disk instead of
+/// growing. DuckDB's own default is 80% of the machine's memory, which lets
+/// one large sync take the machine from every other process. With 1 GB a
+/// 10-million-row day-1 load and day-2 sync each peaked at 1.3 GB for the
+/// whole process (the target is 2 GB); the price is spilling on the largest
+/// loads. `DROPSYNC_DUCKDB_MEMORY` (e.g. `4GB`) sets another.
 const MEMORY_LIMIT: &str = "1GB";
 
 impl super::Store {
