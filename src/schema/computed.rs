@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
-use duckdb::arrow::array::{Array, AsArray};
+use duckdb::arrow::array::{Array, ArrayRef, AsArray};
 use duckdb::arrow::datatypes::{DataType as ArrowType, UInt32Type};
 use polars::prelude::*;
 use regex::Regex;
@@ -299,59 +299,51 @@ impl ComputedFields {
         let n = frame.height();
         let mut problems: Vec<Problem> = Vec::new();
         let mut undescribed: Vec<u32> = Vec::new();
-        let mut texts: Vec<Vec<Option<String>>> = Vec::with_capacity(self.fields.len());
         // Rows whose expression failed, per field: their value is not
         // checked again (it has none).
-        let mut failed_rows: Vec<HashSet<u32>> = Vec::with_capacity(self.fields.len());
-        let batch = if n == 0 {
-            None
+        let mut failed_rows: Vec<HashSet<u32>> = vec![HashSet::new(); self.fields.len()];
+        let started = std::time::Instant::now();
+        let texts: Vec<StringChunked> = if n == 0 {
+            vec![StringChunked::full_null("".into(), 0); self.fields.len()]
         } else {
-            Some(self.load(frame, scratch)?)
+            let conn = self.load(frame, scratch)?;
+            tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "computed fields: batch loaded"
+            );
+            match self.all_at_once(&conn, n)? {
+                Some(texts) => texts,
+                None => {
+                    let mut texts = Vec::with_capacity(self.fields.len());
+                    for (c, failed_rows) in self.fields.iter().zip(&mut failed_rows) {
+                        let budget = keep_errors.saturating_sub(problems.len());
+                        let unread_before = undescribed.len();
+                        let (values, failed) =
+                            self.row_by_row(&conn, c, n, budget, &mut undescribed)?;
+                        failed_rows.extend(
+                            failed
+                                .iter()
+                                .map(|(row, _)| *row)
+                                .chain(undescribed[unread_before..].iter().copied()),
+                        );
+                        problems.extend(failed.into_iter().map(|(row, message)| Problem {
+                            row,
+                            field: c.field.name.clone(),
+                            message: format!(
+                                "the expression `{}` failed: {message}",
+                                crate::config::echo(&c.expression)
+                            ),
+                        }));
+                        texts.push(values.iter().map(Option::as_deref).collect());
+                    }
+                    texts
+                }
+            }
         };
-        for c in &self.fields {
-            let mut values: Vec<Option<String>> = vec![None; n];
-            if let Some(conn) = &batch {
-                let sql = format!(
-                    "SELECT {row}, {value} FROM batch WHERE {row} >= ? AND {row} < ?",
-                    row = ident(ROW),
-                    value = value_sql(c)
-                );
-                let mut stmt = conn
-                    .prepare(&sql)
-                    .map_err(engine("preparing an expression"))?;
-                let mut failed = Vec::new();
-                let budget = keep_errors.saturating_sub(problems.len());
-                let unread_before = undescribed.len();
-                let mut run = RangeRun {
-                    stmt: &mut stmt,
-                    values: &mut values,
-                    failed: &mut failed,
-                    undescribed: &mut undescribed,
-                    budget,
-                };
-                run.range(0, n as u32)?;
-                failed_rows.push(
-                    failed
-                        .iter()
-                        .map(|(row, _)| *row)
-                        .chain(undescribed[unread_before..].iter().copied())
-                        .collect(),
-                );
-                problems.extend(failed.into_iter().map(|(row, message)| Problem {
-                    row,
-                    field: c.field.name.clone(),
-                    message: format!(
-                        "the expression `{}` failed: {message}",
-                        crate::config::echo(&c.expression)
-                    ),
-                }));
-            }
-            if batch.is_none() {
-                failed_rows.push(HashSet::new());
-            }
-            texts.push(values);
-        }
-        drop(batch);
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "computed fields: computed"
+        );
 
         let mut columns: Vec<Column> = Vec::with_capacity(frame.width() + self.fields.len());
         let mut computed: Vec<Option<Column>> = Vec::with_capacity(self.fields.len());
@@ -359,7 +351,7 @@ impl ComputedFields {
             let missing = c.field.missing_values(&self.schema);
             let present: Vec<Option<&str>> = values
                 .iter()
-                .map(|v| v.as_deref().filter(|v| !missing.iter().any(|m| m == v)))
+                .map(|v| v.filter(|v| !missing.iter().any(|m| m == v)))
                 .collect();
             let (series, issues) = validate::check_column(&c.field, &self.schema, &present);
             for (row, message) in issues {
@@ -402,12 +394,116 @@ impl ComputedFields {
             }
         }
         let frame = DataFrame::new(n, columns).expect("columns built with one value per row");
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "computed fields: checked"
+        );
         problems.sort_by_key(|p| p.row);
         Ok(Computed {
             frame,
             problems,
             undescribed,
         })
+    }
+
+    /// Every field of every row in one query, as text in row order; `None`
+    /// when a value fails (the rows are then computed by ranges, to find
+    /// which).
+    fn all_at_once(
+        &self,
+        conn: &Connection,
+        n: usize,
+    ) -> Result<Option<Vec<StringChunked>>, ComputedError> {
+        let sql = format!(
+            "SELECT {}, {} FROM batch",
+            ident(ROW),
+            self.fields
+                .iter()
+                .map(value_sql)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut stmt = conn
+            .prepare(&sql)
+            .map_err(engine("preparing the expressions"))?;
+        if let Err(e) = stmt.execute([]) {
+            let message = first_line(&e);
+            if is_engine_failure(&message) {
+                return Err(ComputedError::Engine {
+                    operation: "computing the fields",
+                    message,
+                });
+            }
+            return Ok(None);
+        }
+        let mut builders: Vec<Vec<Option<&str>>> = Vec::new();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = stmt.step().map_err(engine("reading computed values"))? {
+            chunks.push(chunk);
+        }
+        let mut next_row: u32 = 0;
+        let mut texts = Vec::with_capacity(self.fields.len());
+        for _ in &self.fields {
+            builders.push(Vec::with_capacity(n));
+        }
+        let mut owned = Vec::with_capacity(chunks.len() * self.fields.len());
+        for chunk in &chunks {
+            for i in 0..self.fields.len() {
+                owned.push(utf8(chunk.column(i + 1))?);
+            }
+        }
+        for (k, chunk) in chunks.iter().enumerate() {
+            // DuckDB keeps a table's insertion order in results without
+            // ORDER BY (`preserve_insertion_order`); checked, not assumed.
+            let rows = chunk.column(0).as_primitive::<UInt32Type>();
+            for i in 0..chunk.len() {
+                if rows.value(i) != next_row {
+                    return Ok(None);
+                }
+                next_row += 1;
+            }
+            for (f, builder) in builders.iter_mut().enumerate() {
+                let text = owned[k * self.fields.len() + f].as_string::<i32>();
+                builder.extend((0..text.len()).map(|i| (!text.is_null(i)).then(|| text.value(i))));
+            }
+        }
+        if next_row as usize != n {
+            return Ok(None);
+        }
+        for builder in builders {
+            texts.push(builder.into_iter().collect::<StringChunked>());
+        }
+        Ok(Some(texts))
+    }
+
+    /// One field over ranges of rows, finding the rows whose value fails.
+    fn row_by_row(
+        &self,
+        conn: &Connection,
+        c: &ComputedField,
+        n: usize,
+        budget: usize,
+        undescribed: &mut Vec<u32>,
+    ) -> Result<(Vec<Option<String>>, Vec<FailedValue>), ComputedError> {
+        let sql = format!(
+            "SELECT {row}, {value} FROM batch WHERE {row} >= ? AND {row} < ?",
+            row = ident(ROW),
+            value = value_sql(c)
+        );
+        let mut stmt = conn
+            .prepare(&sql)
+            .map_err(engine("preparing an expression"))?;
+        let mut values: Vec<Option<String>> = vec![None; n];
+        let mut failed = Vec::new();
+        RangeRun {
+            stmt: &mut stmt,
+            values: &mut values,
+            failed: &mut failed,
+            undescribed,
+            budget,
+        }
+        .range(0, n as u32)?;
+        Ok((values, failed))
     }
 
     /// A locked in-memory DuckDB holding the batch's input columns as
@@ -456,6 +552,9 @@ impl ComputedFields {
     }
 }
 
+/// A row whose expression failed, with DuckDB's reason.
+type FailedValue = (u32, String);
+
 /// Evaluates one expression over ranges of rows. DuckDB stops a whole query
 /// at the first value it cannot compute (a failed cast), so a range that
 /// fails is halved until the failing rows stand alone: the others keep
@@ -465,7 +564,7 @@ impl ComputedFields {
 struct RangeRun<'a, 'c> {
     stmt: &'a mut duckdb::Statement<'c>,
     values: &'a mut [Option<String>],
-    failed: &'a mut Vec<(u32, String)>,
+    failed: &'a mut Vec<FailedValue>,
     undescribed: &'a mut Vec<u32>,
     budget: usize,
 }
@@ -501,12 +600,8 @@ impl RangeRun<'_, '_> {
         let mut got: Vec<(u32, Option<String>)> = Vec::with_capacity((hi - lo) as usize);
         while let Some(chunk) = self.stmt.step()? {
             let rows = chunk.column(0).as_primitive::<UInt32Type>();
-            let text = chunk.column(1);
-            let text = match text.data_type() {
-                ArrowType::Utf8 => text.clone(),
-                _ => duckdb::arrow::compute::cast(text, &ArrowType::Utf8)
-                    .map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?,
-            };
+            let text = utf8(chunk.column(1))
+                .map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?;
             let text = text.as_string::<i32>();
             for i in 0..chunk.len() {
                 let value = (!text.is_null(i)).then(|| text.value(i).to_string());
@@ -517,6 +612,20 @@ impl RangeRun<'_, '_> {
             self.values[row as usize] = value;
         }
         Ok(())
+    }
+}
+
+/// A column of DuckDB's text as Arrow UTF-8 (DuckDB may hand out string
+/// views).
+fn utf8(column: &ArrayRef) -> Result<ArrayRef, ComputedError> {
+    match column.data_type() {
+        ArrowType::Utf8 => Ok(column.clone()),
+        _ => duckdb::arrow::compute::cast(column, &ArrowType::Utf8).map_err(|e| {
+            ComputedError::Engine {
+                operation: "reading computed values",
+                message: e.to_string(),
+            }
+        }),
     }
 }
 
@@ -829,6 +938,27 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),
             "the batch's copy for DuckDB is removed"
         );
+
+        // Without a failing value, every field comes from one query, in
+        // row order across DuckDB's chunks.
+        let good: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        let mut all_good = frame.clone();
+        all_good
+            .replace("Seats", Column::new("Seats".into(), good))
+            .unwrap();
+        let out = computed
+            .evaluate(&all_good, dir.path(), usize::MAX)
+            .unwrap();
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        let counts = out
+            .frame
+            .column("SeatCount")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .clone();
+        let expected: Vec<Option<i64>> = (1..=n as i64).map(Some).collect();
+        assert_eq!(counts.iter().collect::<Vec<_>>(), expected);
 
         // Past the errors asked to be described, rows are rejected unread.
         let out = computed.evaluate(&frame, dir.path(), 1).unwrap();
