@@ -3,7 +3,7 @@
 //! login; and a daemon killed with SIGKILL while an alert waits in the
 //! outbox.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -32,42 +32,59 @@ impl Hook {
     }
 }
 
-/// A real HTTP server on 127.0.0.1 that records each POST and answers the
-/// next status of its script (200 when the script is empty).
-pub struct Receiver {
-    pub hooks: Arc<Mutex<Vec<Hook>>>,
+/// A real HTTP server on 127.0.0.1 that records each POST (as `T`, made
+/// from the request and the status it was answered) and answers the next
+/// status of its script (200 when the script is empty).
+pub struct Receiver<T = Hook> {
+    recorded: Arc<Mutex<Vec<T>>>,
     stop: Arc<AtomicBool>,
 }
 
-impl Receiver {
-    pub fn start(port: u16, script: &[u16]) -> Receiver {
+impl<T: Clone + Send + 'static> Receiver<T> {
+    pub fn start_recording(port: u16, script: &[u16], record: fn(Request, u16) -> T) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let hooks = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let script = Arc::new(Mutex::new(
             script.iter().copied().collect::<VecDeque<u16>>(),
         ));
-        let (h, s) = (hooks.clone(), stop.clone());
+        let (r, s) = (recorded.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
                         let status = script.lock().unwrap().pop_front().unwrap_or(200);
-                        if let Some(hook) = serve(stream, status) {
-                            h.lock().unwrap().push(hook);
+                        if let Some(request) = serve(stream, status) {
+                            r.lock().unwrap().push(record(request, status));
                         }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         });
-        Receiver { hooks, stop }
+        Receiver { recorded, stop }
+    }
+
+    /// Every request, in the order they came.
+    pub fn recorded(&self) -> Vec<T> {
+        self.recorded.lock().unwrap().clone()
+    }
+}
+
+impl Receiver<Hook> {
+    pub fn start(port: u16, script: &[u16]) -> Receiver<Hook> {
+        Receiver::start_recording(port, script, |request, status| Hook {
+            path: request.path,
+            idempotency_key: request.idempotency_key,
+            body: serde_json::from_slice(&request.body).unwrap_or_default(),
+            status,
+        })
     }
 
     pub fn hooks(&self) -> Vec<Hook> {
-        self.hooks.lock().unwrap().clone()
+        self.recorded()
     }
 
     /// The requests it accepted (answered 2xx).
@@ -79,13 +96,14 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
+impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
 
-fn serve(stream: std::net::TcpStream, status: u16) -> Option<Hook> {
+/// Reads one request and answers it with `status`.
+fn serve(stream: std::net::TcpStream, status: u16) -> Option<Request> {
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let request = read_request(&mut reader)?;
@@ -95,27 +113,24 @@ fn serve(stream: std::net::TcpStream, status: u16) -> Option<Hook> {
         "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         if status < 300 { "OK" } else { "Server Error" }
     );
-    Some(Hook {
-        path: request.path,
-        idempotency_key: request.idempotency_key,
-        body: serde_json::from_slice(&request.body).unwrap_or_default(),
-        status,
-    })
+    Some(request)
 }
 
 /// One HTTP request as a receiver sees it.
 pub struct Request {
     pub path: String,
     pub idempotency_key: String,
+    /// Every header, by its lowercase name.
+    pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
 }
 
-/// Reads one request: its path, its `Idempotency-Key` and its body.
+/// Reads one request: its path, its headers and its body.
 pub fn read_request(reader: &mut impl BufRead) -> Option<Request> {
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let path = line.split_whitespace().nth(1)?.to_string();
-    let (mut length, mut idempotency_key) = (0usize, String::new());
+    let mut headers = BTreeMap::new();
     loop {
         let mut header = String::new();
         reader.read_line(&mut header).ok()?;
@@ -124,17 +139,18 @@ pub fn read_request(reader: &mut impl BufRead) -> Option<Request> {
             break;
         }
         let (name, value) = header.split_once(':')?;
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().ok()?,
-            "idempotency-key" => idempotency_key = value.trim().to_string(),
-            _ => {}
-        }
+        headers.insert(name.to_ascii_lowercase(), value.trim().to_string());
     }
+    let length: usize = match headers.get("content-length") {
+        Some(value) => value.parse().ok()?,
+        None => 0,
+    };
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
     Some(Request {
         path,
-        idempotency_key,
+        idempotency_key: headers.get("idempotency-key").cloned().unwrap_or_default(),
+        headers,
         body,
     })
 }

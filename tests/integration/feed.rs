@@ -3,16 +3,12 @@
 //! 500, then accepts, and a daemon killed with SIGKILL while a run's changes
 //! wait in the outbox.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::alerts::wait_for;
+use crate::alerts::{Receiver, wait_for};
 use crate::common::{ACCOUNTS_HEADER, Workspace, accounts_config, six_accounts};
 use crate::freshness::start_daemon;
 use crate::servers::free_port;
@@ -299,42 +295,23 @@ impl Page {
     }
 }
 
-/// A real HTTP server on 127.0.0.1 that records each POST with its headers
-/// and answers the next status of its script (200 when it is empty).
-struct FeedReceiver {
-    pages: Arc<Mutex<Vec<Page>>>,
-    stop: Arc<AtomicBool>,
-}
+/// The webhook receiver of the feed tests: it keeps every header and the
+/// body's size, to check pages against `page_bytes`.
+type FeedReceiver = Receiver<Page>;
 
-impl FeedReceiver {
-    fn start(port: u16, script: &[u16]) -> FeedReceiver {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let pages = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let script = Arc::new(Mutex::new(
-            script.iter().copied().collect::<VecDeque<u16>>(),
-        ));
-        let (p, s) = (pages.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        stream.set_nonblocking(false).unwrap();
-                        let status = script.lock().unwrap().pop_front().unwrap_or(200);
-                        if let Some(page) = serve(stream, status) {
-                            p.lock().unwrap().push(page);
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        FeedReceiver { pages, stop }
+impl Receiver<Page> {
+    fn start_feed(port: u16, script: &[u16]) -> FeedReceiver {
+        Receiver::start_recording(port, script, |request, status| Page {
+            idempotency_key: request.idempotency_key,
+            bytes: request.body.len(),
+            headers: request.headers,
+            body: serde_json::from_slice(&request.body).unwrap_or_default(),
+            status,
+        })
     }
 
     fn pages(&self) -> Vec<Page> {
-        self.pages.lock().unwrap().clone()
+        self.recorded()
     }
 
     fn accepted(&self) -> Vec<Page> {
@@ -348,46 +325,6 @@ impl FeedReceiver {
     fn accepted_keys(&self) -> Vec<String> {
         self.accepted().iter().flat_map(Page::keys).collect()
     }
-}
-
-impl Drop for FeedReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn serve(stream: std::net::TcpStream, status: u16) -> Option<Page> {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut headers = BTreeMap::new();
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let (name, value) = header.split_once(':')?;
-        headers.insert(name.to_ascii_lowercase(), value.trim().to_string());
-    }
-    let length: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        if status < 300 { "OK" } else { "Server Error" }
-    );
-    Some(Page {
-        idempotency_key: headers.get("idempotency-key").cloned().unwrap_or_default(),
-        bytes: body.len(),
-        headers,
-        body: serde_json::from_slice(&body).unwrap_or_default(),
-        status,
-    })
 }
 
 /// `[[subscribe]]` for a webhook (its URL in `webhook_env`): pages of at most `page_bytes`,
@@ -446,7 +383,7 @@ fn a_webhook_down_then_failing_then_back_gets_every_change_once_per_key() {
         .collect();
 
     // Page 1 is accepted, page 2 fails, then everything is accepted.
-    let receiver = FeedReceiver::start(port, &[200, 500]);
+    let receiver = FeedReceiver::start_feed(port, &[200, 500]);
     let daemon = start_daemon(&ws, &env);
     wait_for(Duration::from_secs(60), "every change accepted", || {
         receiver.accepted_keys().len() >= 6
@@ -514,7 +451,7 @@ fn changes_committed_before_a_crash_are_delivered_after_restart() {
     daemon.kill9();
     drop(daemon);
 
-    let receiver = FeedReceiver::start(port, &[]);
+    let receiver = FeedReceiver::start_feed(port, &[]);
     let daemon = start_daemon(&ws, &env);
     wait_for(
         Duration::from_secs(60),
@@ -551,7 +488,7 @@ fn a_later_run_waits_for_an_earlier_run_that_was_not_yet_delivered() {
     let env = webhook_env(port);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // The first run's changes are refused once; the second run follows at once.
-    let receiver = FeedReceiver::start(port, &[500]);
+    let receiver = FeedReceiver::start_feed(port, &[500]);
     ws.drop_file("accounts_20260101.csv", six_accounts());
     ws.dropsync_env(&["run"], &env)
         .code(0)
