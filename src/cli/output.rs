@@ -553,31 +553,9 @@ pub fn changes(out: &mut dyn Write, changes: &[ChangeRecord]) -> io::Result<()> 
 /// spreadsheet would run as formulas get a leading `'`.
 pub fn changes_csv(out: &mut dyn Write, changes: &[ChangeRecord]) -> io::Result<()> {
     let mut writer = csv::Writer::from_writer(out);
-    writer.write_record([
-        "seq",
-        "integration",
-        "dataset",
-        "table",
-        "execution_id",
-        "business_date",
-        "kind",
-        "key",
-        "fields",
-        "recorded_at",
-    ])?;
+    writer.write_record(ChangeRecord::CSV_COLUMNS)?;
     for c in changes {
-        let cells = [
-            c.seq.to_string(),
-            c.integration.clone(),
-            c.dataset.clone(),
-            c.table.clone(),
-            c.execution_id.clone(),
-            c.business_date.map(|d| d.to_string()).unwrap_or_default(),
-            c.kind.as_str().to_string(),
-            c.key.to_string(),
-            c.fields.to_string(),
-            c.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-        ];
+        let cells = c.csv_cells();
         writer.write_record(cells.iter().map(|cell| spreadsheet_safe(cell).into_owned()))?;
     }
     writer.flush()

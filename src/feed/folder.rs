@@ -11,6 +11,7 @@ use std::path::Path;
 
 use super::{Changes, FeedEvent, FeedFormat, SubscriberConfig};
 use crate::notify::Event;
+use crate::store::ChangeRecord;
 
 pub(super) fn send(
     subscriber: &SubscriberConfig,
@@ -102,23 +103,12 @@ fn write_changes(format: FeedFormat, changes: &Changes<'_>, file: &File) -> Resu
         }
         FeedFormat::Csv => {
             let mut out = csv::Writer::from_writer(BufWriter::new(file));
-            out.write_record(CSV_HEADER).map_err(|e| e.to_string())?;
+            let header = std::iter::once("idempotency_key").chain(ChangeRecord::CSV_COLUMNS);
+            out.write_record(header).map_err(|e| e.to_string())?;
             changes.for_each(0, |c| {
-                let event = FeedEvent::new(c);
-                out.write_record([
-                    event.idempotency_key,
-                    c.seq.to_string(),
-                    c.integration.clone(),
-                    c.dataset.clone(),
-                    c.table.clone(),
-                    c.execution_id.clone(),
-                    c.business_date.map(|d| d.to_string()).unwrap_or_default(),
-                    c.kind.as_str().to_string(),
-                    c.key.to_string(),
-                    c.fields.to_string(),
-                    c.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                ])
-                .map_err(|e| e.to_string())?;
+                let key = FeedEvent::new(c).idempotency_key;
+                out.write_record(std::iter::once(key).chain(c.csv_cells()))
+                    .map_err(|e| e.to_string())?;
                 count += 1;
                 Ok(())
             })?;
@@ -127,20 +117,6 @@ fn write_changes(format: FeedFormat, changes: &Changes<'_>, file: &File) -> Resu
     }
     Ok(count)
 }
-
-const CSV_HEADER: [&str; 11] = [
-    "idempotency_key",
-    "seq",
-    "integration",
-    "dataset",
-    "table",
-    "execution_id",
-    "business_date",
-    "kind",
-    "key",
-    "fields",
-    "recorded_at",
-];
 
 #[cfg(test)]
 mod tests {

@@ -84,6 +84,39 @@ pub struct ChangeRecord {
 }
 
 impl ChangeRecord {
+    /// The columns of a change in CSV (`changes --csv`, a folder feed), in
+    /// the order of `csv_cells`.
+    pub const CSV_COLUMNS: [&'static str; 10] = [
+        "seq",
+        "integration",
+        "dataset",
+        "table",
+        "execution_id",
+        "business_date",
+        "kind",
+        "key",
+        "fields",
+        "recorded_at",
+    ];
+
+    /// The change as CSV cells, the key and fields as JSON.
+    pub fn csv_cells(&self) -> [String; 10] {
+        [
+            self.seq.to_string(),
+            self.integration.clone(),
+            self.dataset.clone(),
+            self.table.clone(),
+            self.execution_id.clone(),
+            self.business_date
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            self.kind.as_str().to_string(),
+            self.key.to_string(),
+            self.fields.to_string(),
+            self.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ]
+    }
+
     /// The key as one line of text, parts joined with `|`.
     pub fn key_text(&self) -> String {
         match &self.key {
