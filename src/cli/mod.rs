@@ -433,7 +433,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 Some(api::Response::Runs(runs)) => runs,
                 Some(other) => return Err(unexpected(other)),
                 None => {
-                    let store = Store::open_read_only_at(&config.store.location, "history")?;
+                    let store = Store::open_read_only_at(&config.store.location)?;
                     store.runs(args.integration.as_deref(), args.limit)?
                 }
             };
@@ -454,7 +454,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 Some(api::Response::Run { run, errors }) => (*run, errors),
                 Some(other) => return Err(unexpected(other)),
                 None => {
-                    let store = Store::open_read_only_at(&config.store.location, "show")?;
+                    let store = Store::open_read_only_at(&config.store.location)?;
                     let run = store.run(&args.execution_id)?;
                     let errors = store.row_errors(&run.execution_id, args.errors)?;
                     (run, errors)
@@ -476,7 +476,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                     config.path.display()
                 )));
             }
-            let store = Store::open_read_only_at(&config.store.location, "changes")?;
+            let store = Store::open_read_only_at(&config.store.location)?;
             let execution_id = match &args.run {
                 Some(id) => Some(store.run(id)?.execution_id),
                 None => None,
@@ -589,7 +589,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             };
             let config = load_config(&cli.config)?;
             let key = table_key(&config, &table, integration.as_deref())?;
-            let store = Store::open_read_only_at(&config.store.location, "export")?;
+            let store = Store::open_read_only_at(&config.store.location)?;
             let export = crate::store::TableExport {
                 table,
                 key,
@@ -646,7 +646,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         }) => {
             let config = load_config(&cli.config)?;
             let spec = unsubscribe_columns(&config, &args.table)?;
-            let store = Store::open_read_only_at(&config.store.location, "export unsubscribes")?;
+            let store = Store::open_read_only_at(&config.store.location)?;
             let (since, until) = if args.previous_day {
                 let yesterday = chrono::Utc::now().date_naive() - chrono::Days::new(1);
                 (Some(yesterday), Some(yesterday))
@@ -697,7 +697,7 @@ fn status_cards(config: &Config) -> Result<Vec<crate::status::Card>, CliError> {
         None => {
             let store = match &config.store.location {
                 crate::config::StoreLocation::DuckDb(path) if !path.exists() => None,
-                location => Some(Store::open_read_only_at(location, "status")?),
+                location => Some(Store::open_read_only_at(location)?),
             };
             crate::status::cards(store.as_ref(), config, chrono::Utc::now())
                 .map_err(|e| usage(e.to_string()))
@@ -823,8 +823,7 @@ fn run(
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, None)? {
         return print_outcomes(out, &outcomes, args.sync.json, dates, palette);
     }
-    let store =
-        Store::open_at(&config.store.location, &config.notify, "run")?.feeding(&config.subscribe);
+    let store = Store::open_at(&config.store.location, &config.notify)?.feeding(&config.subscribe);
     let selection = Selection {
         integrations: args.integrations,
         dates,
@@ -993,8 +992,7 @@ fn ingest(
     if let Some(outcomes) = outcomes_via_daemon(&config, &request, Some(&mut file))? {
         return print_outcomes(out, &outcomes, args.sync.json, None, palette);
     }
-    let store = Store::open_at(&config.store.location, &config.notify, "ingest")?
-        .feeding(&config.subscribe);
+    let store = Store::open_at(&config.store.location, &config.notify)?.feeding(&config.subscribe);
     let opts = args.sync.options(Trigger::Ingest);
     let outcome =
         sync::ingest(&store, &config, &args.integration, &args.file, opts).map_err(pipeline_error);

@@ -180,8 +180,7 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     let tracker = Arc::new(crate::progress::Tracker::default());
     crate::progress::install(tracker.clone());
     crate::progress::log_every(tracker, crate::progress::log_interval());
-    let store = Store::open_at(&config.store.location, &config.notify, "the daemon")?
-        .feeding(&config.subscribe);
+    let store = Store::open_at(&config.store.location, &config.notify)?.feeding(&config.subscribe);
     let web = crate::web::bind(&config, &store).map_err(DaemonError::Web)?;
     // Questions about the store (status, history, show) are answered on a
     // connection of their own, so they never wait behind a batch.

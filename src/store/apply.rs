@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{RunRecord, Store, StoreError, ident, now};
+use super::{Backend, DbError, RunRecord, Store, StoreError, Value, ident, now};
 use crate::config::Mode;
 use crate::schema::{RowError, StatusRule, StoredColumn};
 
@@ -109,36 +109,36 @@ impl Store {
         run: &mut RunRecord,
         errors: &[RowError],
     ) -> Result<Outcome, StoreError> {
-        self.conn()
-            .execute_batch("BEGIN TRANSACTION")
-            .map_err(self.query_error("starting the batch"))?;
+        let db = self.db();
+        db.begin().map_err(self.query_error("starting the batch"))?;
         let result = self.apply_in_transaction(req, run, errors);
-        let rollback = || {
-            let _ = self.conn().execute_batch("ROLLBACK");
-        };
         let outcome = match result {
             Ok(Outcome::Applied(changes)) => {
                 let step = step_timer("commit");
-                let committed = self.conn().execute_batch("COMMIT");
+                let committed = db.commit();
                 step.next("");
                 if let Err(e) = committed {
-                    rollback();
+                    db.rollback();
                     return Err(self.query_error("committing the batch")(e));
                 }
                 Outcome::Applied(changes)
             }
             Ok(other) => {
-                rollback();
+                db.rollback();
                 other
             }
             Err(e) => {
-                rollback();
+                db.rollback();
                 return Err(e);
             }
         };
-        let _ = self.conn().execute_batch(
-            "DROP TABLE IF EXISTS temp.changes; DROP TABLE IF EXISTS temp.protected;",
-        );
+        let backend = db.backend();
+        let _ = db.batch(&format!(
+            "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
+            backend.temp("changes"),
+            backend.temp("protected"),
+            backend.temp("incoming"),
+        ));
         Ok(outcome)
     }
 
@@ -148,26 +148,24 @@ impl Store {
         run: &mut RunRecord,
         errors: &[RowError],
     ) -> Result<Outcome, StoreError> {
-        let conn = self.conn();
+        let db = self.db();
+        let backend = db.backend();
         let table = ident(&req.table.name);
         self.ensure_table(req.table)?;
-        let step = step_timer("classify");
-        let incoming = req.rows.relation();
-        conn.execute_batch("CREATE OR REPLACE TEMP TABLE protected (k VARCHAR)")
+        let step = step_timer("load");
+        let incoming = self.incoming(req.rows)?;
+        let step = step.next("classify");
+        db.batch(&backend.create_temp("protected", "k VARCHAR"))
+            .and_then(|_| {
+                db.insert_rows(
+                    &backend.temp("protected"),
+                    &["k"],
+                    req.protected_keys
+                        .iter()
+                        .map(|k| vec![Value::Text(k.clone())]),
+                )
+            })
             .map_err(self.query_error("loading rejected keys"))?;
-        {
-            let mut appender = conn
-                .appender_to_catalog_and_db("protected", "temp", "main")
-                .map_err(self.query_error("loading rejected keys"))?;
-            for k in req.protected_keys {
-                appender
-                    .append_row([k])
-                    .map_err(self.query_error("loading rejected keys"))?;
-            }
-            appender
-                .flush()
-                .map_err(self.query_error("loading rejected keys"))?;
-        }
 
         let key = &req.table.key;
         let join = key
@@ -221,15 +219,17 @@ impl Store {
         // Each stored row comes with its rowid: the apply deletes and
         // confirms the rows it classified by rowid, not by joining the whole
         // table on the key again. Rowids hold still within the transaction.
+        let rowid = backend.row_id();
         let mine = match req.mode {
             // An event is its typed key: one stored copy per instant, however
             // the store came to hold it, so each incoming row matches once.
             Mode::Append => format!(
-                "(SELECT *, rowid AS _rowid FROM {table} WHERE _integration = '{integration}'
-                  QUALIFY row_number() OVER (PARTITION BY {partition_by_key}) = 1)"
+                "(SELECT * FROM (SELECT *, {rowid} AS _rowid,
+                    row_number() OVER (PARTITION BY {partition_by_key}) AS _copy
+                  FROM {table} WHERE _integration = '{integration}') stored WHERE _copy = 1)"
             ),
             _ => format!(
-                "(SELECT *, rowid AS _rowid FROM {table} WHERE _integration = '{integration}')"
+                "(SELECT *, {rowid} AS _rowid FROM {table} WHERE _integration = '{integration}')"
             ),
         };
         // Events are the same when their values are, not their text:
@@ -238,7 +238,8 @@ impl Store {
         // typing reveals are left out here (and counted as duplicates).
         let distinct_incoming = match req.mode {
             Mode::Append => format!(
-                "(SELECT * FROM {incoming} QUALIFY row_number() OVER (PARTITION BY {partition_by_key}) = 1)"
+                "(SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {partition_by_key}) AS _copy
+                  FROM {incoming}) incoming WHERE _copy = 1)"
             ),
             _ => incoming.clone(),
         };
@@ -275,9 +276,10 @@ impl Store {
             .map(|(n, c)| format!("t.{} AS _was{n}", ident(&c.name)))
             .collect::<Vec<_>>()
             .join(", ");
-        conn.execute_batch(&format!(
-            "CREATE OR REPLACE TEMP TABLE changes AS
-             SELECT * FROM (
+        db.batch(&backend.create_temp_as(
+            "changes",
+            &format!(
+                "SELECT * FROM (
                 SELECT {keys}, t._rowid AS _rowid, {stored_values}, i.*,
                        CASE WHEN t._integration IS NULL THEN 'insert'
                             WHEN {only_stored} THEN 'delete'
@@ -285,9 +287,10 @@ impl Store {
                        CAST({old_status} AS VARCHAR) AS _old_status,
                        CAST({new_status} AS VARCHAR) AS _new_status
                 FROM {distinct_incoming} i {join_kind} {mine} t ON {join}
-             )
+             ) classified
              WHERE _kind <> 'unchanged'
                AND NOT (_kind = 'delete' AND {key_as_text} IN (SELECT k FROM protected))"
+            ),
         ))
         .map_err(self.query_error("comparing with the last snapshot"))?;
         let step = step.next("count");
@@ -309,19 +312,20 @@ impl Store {
             }
         }
         let count = |sql: &str| -> Result<u64, StoreError> {
-            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+            db.value::<i64>(sql, &[])
                 .map(|n| n as u64)
                 .map_err(self.query_error("counting rows"))
         };
         let incoming_rows = count(&format!("SELECT count(*) FROM {incoming}"))?;
         if req.mode == Mode::Append {
-            changes.duplicates += incoming_rows
-                .saturating_sub(count(&format!("SELECT count(*) FROM {distinct_incoming}"))?);
+            changes.duplicates += incoming_rows.saturating_sub(count(&format!(
+                "SELECT count(*) FROM {distinct_incoming} distinct_incoming"
+            ))?);
         }
         changes.unchanged = incoming_rows.saturating_sub(
             changes.inserted + changes.updated + changes.stale + changes.duplicates,
         );
-        changes.existing = count(&format!("SELECT count(*) FROM {mine}"))?;
+        changes.existing = count(&format!("SELECT count(*) FROM {mine} mine"))?;
         if let Some(status) = req.status {
             let moves = self.pairs::<i64>(
                 "SELECT _new_status, count(*) FROM changes WHERE _kind IN ('insert', 'update')
@@ -347,19 +351,29 @@ impl Store {
                 .filter(|col| !key.contains(&col.name))
                 .map(|col| {
                     let c = ident(&col.name);
-                    format!(
-                        "CASE WHEN t.{c} IS DISTINCT FROM c.{c} THEN {{'field': '{}', 'old': CAST(t.{c} AS VARCHAR), 'new': CAST(c.{c} AS VARCHAR)}} END",
-                        col.name.replace('\'', "''"),
-                    )
+                    let name = col.name.replace('\'', "''");
+                    let change = match backend {
+                        Backend::DuckDb => format!(
+                            "{{'field': '{name}', 'old': CAST(t.{c} AS VARCHAR), 'new': CAST(c.{c} AS VARCHAR)}}"
+                        ),
+                        Backend::Postgres => format!(
+                            "json_build_object('field', '{name}', 'old', CAST(t.{c} AS VARCHAR), 'new', CAST(c.{c} AS VARCHAR))"
+                        ),
+                    };
+                    format!("CASE WHEN t.{c} IS DISTINCT FROM c.{c} THEN {change} END")
                 })
                 .collect::<Vec<_>>();
-            let fields = if fields.is_empty() {
-                "'[]'".to_string()
-            } else {
-                format!(
+            let fields = match backend {
+                _ if fields.is_empty() => "'[]'".to_string(),
+                Backend::DuckDb => format!(
                     "CAST(to_json(list_filter([{}], f -> f IS NOT NULL)) AS VARCHAR)",
                     fields.join(", ")
-                )
+                ),
+                Backend::Postgres => format!(
+                    "(SELECT CAST(json_agg(f) AS VARCHAR) FROM unnest(ARRAY[{}]::json[]) f
+                      WHERE f IS NOT NULL)",
+                    fields.join(", ")
+                ),
             };
             let on_key = key
                 .iter()
@@ -368,11 +382,14 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(" AND ");
             let sql = format!(
-                "SELECT c._kind, {key_as_text}, {fields}
-                 FROM changes c LEFT JOIN {mine} t ON {on_key}
-                 WHERE c._kind IN ('insert', 'update', 'delete')
-                 QUALIFY row_number() OVER (PARTITION BY c._kind ORDER BY {}) <= {}
-                 ORDER BY c._kind, 2",
+                "SELECT kind, key, fields FROM (
+                    SELECT c._kind AS kind, {key_as_text} AS key, {fields} AS fields,
+                           row_number() OVER (PARTITION BY c._kind ORDER BY {}) AS n
+                    FROM changes c LEFT JOIN {mine} t ON {on_key}
+                    WHERE c._kind IN ('insert', 'update', 'delete')
+                 ) sampled
+                 WHERE n <= {}
+                 ORDER BY kind, key",
                 key_aliases
                     .iter()
                     .map(|a| format!("c.{a}"))
@@ -380,26 +397,25 @@ impl Store {
                     .join(", "),
                 req.sample
             );
-            let mut stmt = conn
-                .prepare(&sql)
-                .map_err(self.query_error("sampling changes"))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    let kind: String = r.get(0)?;
-                    let fields: Vec<FieldChange> = r
-                        .get::<_, Option<String>>(2)?
-                        .and_then(|json| serde_json::from_str(&json).ok())
-                        .unwrap_or_default();
-                    Ok(Sample {
-                        detail: (kind == "update").then(|| Sample::describe(&fields)),
-                        kind,
-                        key: r.get(1)?,
-                        fields,
-                    })
+            changes.samples = db
+                .query(&sql, &[])
+                .and_then(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            let kind: String = r.get(0)?;
+                            let fields: Vec<FieldChange> = r
+                                .get::<Option<String>>(2)?
+                                .and_then(|json| serde_json::from_str(&json).ok())
+                                .unwrap_or_default();
+                            Ok(Sample {
+                                detail: (kind == "update").then(|| Sample::describe(&fields)),
+                                kind,
+                                key: r.get(1)?,
+                                fields,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, DbError>>()
                 })
-                .map_err(self.query_error("sampling changes"))?;
-            changes.samples = rows
-                .collect::<Result<_, _>>()
                 .map_err(self.query_error("sampling changes"))?;
         }
 
@@ -448,14 +464,15 @@ impl Store {
             .collect::<Vec<_>>()
             .join(", ");
         let execution_id = run.execution_id.replace('\'', "''");
-        conn.execute_batch(&format!(
+        let updated_at = backend.timestamp(now());
+        db.batch(&format!(
             "DELETE FROM {table}
-                WHERE rowid IN (SELECT _rowid FROM changes WHERE _kind IN ('update', 'delete'));
+                WHERE {rowid} IN (SELECT _rowid FROM changes WHERE _kind IN ('update', 'delete'));
              INSERT INTO {table} ({data_cols}, _integration, _execution_id, _business_date, _updated_at)
-                SELECT {data_cols}, '{integration}', '{execution_id}', {business_date}, now()::TIMESTAMP
+                SELECT {data_cols}, '{integration}', '{execution_id}', {business_date}, {updated_at}
                 FROM changes WHERE _kind IN ('insert', 'update');
              UPDATE {table} SET _business_date = {business_date}
-                WHERE rowid IN (SELECT _rowid FROM changes WHERE _kind = 'confirm');"
+                WHERE {rowid} IN (SELECT _rowid FROM changes WHERE _kind = 'confirm');"
         ))
         .map_err(self.query_error(format!("applying changes to {}", req.table.name)))?;
 
@@ -487,30 +504,31 @@ impl Store {
         Ok(Outcome::Applied(changes))
     }
 
-    /// Rows of (text, value) from `sql`.
-    fn pairs<T: duckdb::types::FromSql>(
+    /// Rows of (text, count) from `sql`.
+    fn pairs<T: super::db::FromValue>(
         &self,
         sql: &str,
         context: &str,
     ) -> Result<Vec<(String, T)>, StoreError> {
-        let mut stmt = self
-            .conn()
-            .prepare(sql)
-            .map_err(self.query_error(context))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, T>(1)?)))
-            .map_err(self.query_error(context))?;
-        rows.collect::<Result<_, _>>()
+        self.db()
+            .query(sql, &[])
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| Ok((r.get::<String>(0)?, r.get::<T>(1)?)))
+                    .collect()
+            })
             .map_err(self.query_error(context))
     }
 
     /// Creates the target table, or adds the columns a grown schema brings.
     fn ensure_table(&self, target: &TargetTable) -> Result<(), StoreError> {
+        let db = self.db();
+        let backend = db.backend();
         let table = ident(&target.name);
         let mut columns: Vec<String> = target
             .columns
             .iter()
-            .map(|c| format!("{} {}", ident(&c.name), c.sql_type))
+            .map(|c| format!("{} {}", ident(&c.name), backend.column_type(c.sql_type)))
             .collect();
         columns.extend([
             "_integration VARCHAR NOT NULL".to_string(),
@@ -518,37 +536,29 @@ impl Store {
             "_business_date DATE".to_string(),
             "_updated_at TIMESTAMP NOT NULL".to_string(),
         ]);
-        self.conn()
-            .execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS {table} ({})",
-                columns.join(", ")
-            ))
-            .map_err(self.query_error(format!("creating table {}", target.name)))?;
-        let existing: Vec<String> = {
-            let mut stmt = self
-                .conn()
-                .prepare(
-                    "SELECT column_name FROM information_schema.columns
-                     WHERE table_schema = 'main' AND table_name = ?",
-                )
-                .map_err(self.query_error("reading columns"))?;
-            let rows = stmt
-                .query_map([&target.name], |r| r.get::<_, String>(0))
-                .map_err(self.query_error("reading columns"))?;
-            rows.collect::<Result<_, _>>()
-                .map_err(self.query_error("reading columns"))?
-        };
+        db.batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} ({})",
+            columns.join(", ")
+        ))
+        .map_err(self.query_error(format!("creating table {}", target.name)))?;
+        let existing: Vec<String> = db
+            .query(
+                "SELECT column_name FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = ?",
+                &[&target.name],
+            )
+            .and_then(|rows| rows.iter().map(|r| r.get::<String>(0)).collect())
+            .map_err(self.query_error("reading columns"))?;
         for c in &target.columns {
             if !existing.contains(&c.name) {
-                self.conn()
-                    .execute_batch(&format!(
-                        "ALTER TABLE {table} ADD COLUMN {} {}",
-                        ident(&c.name),
-                        c.sql_type
-                    ))
-                    .map_err(
-                        self.query_error(format!("adding column {} to {}", c.name, target.name)),
-                    )?;
+                db.batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {} {}",
+                    ident(&c.name),
+                    backend.column_type(c.sql_type)
+                ))
+                .map_err(
+                    self.query_error(format!("adding column {} to {}", c.name, target.name)),
+                )?;
             }
         }
         Ok(())

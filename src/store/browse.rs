@@ -3,10 +3,9 @@
 //! page at a time, so a run with a million of them is never loaded whole.
 
 use chrono::NaiveDate;
-use duckdb::params;
 
-use super::history::{COLUMNS, from_row};
-use super::{RunRecord, RunStatus, Store, StoreError};
+use super::history::COLUMNS;
+use super::{DbError, Row, RunRecord, RunStatus, Store, StoreError};
 use crate::schema::RowError;
 
 /// Which runs to list.
@@ -56,12 +55,12 @@ impl Store {
     /// each connection its own snapshot, so a read never waits for a batch
     /// being applied on the writer's connection and never sees half of one.
     pub fn reader(&self) -> Result<Store, StoreError> {
-        let conn = self.conn().try_clone().map_err(|source| StoreError::Open {
-            path: self.path().to_path_buf(),
-            source: Box::new(source),
-        })?;
+        let db = self
+            .db()
+            .try_clone()
+            .map_err(self.query_error("opening a connection to read"))?;
         Ok(Store {
-            conn,
+            db,
             path: self.path().to_path_buf(),
             read_only: self.read_only,
             // A reader records no runs, so it makes no events.
@@ -79,30 +78,26 @@ impl Store {
     ) -> Result<RunPage, StoreError> {
         let context = "reading history";
         let status = filter.status.map(RunStatus::as_str);
-        let condition = "($1 IS NULL OR integration = $1) AND ($2 IS NULL OR status = $2)
-             AND ($3 IS NULL OR started_at >= CAST($3 AS DATE))
-             AND ($4 IS NULL OR started_at < CAST($4 AS DATE) + INTERVAL 1 DAY)";
-        let args = params![filter.integration, status, filter.from, filter.to];
+        let condition =
+            "(?1::VARCHAR IS NULL OR integration = ?1) AND (?2::VARCHAR IS NULL OR status = ?2)
+             AND (?3::DATE IS NULL OR started_at >= ?3)
+             AND (?4::DATE IS NULL OR started_at < ?4 + INTERVAL '1 day')";
+        let args: super::db::Params<'_> = &[&filter.integration, &status, &filter.from, &filter.to];
         let total: i64 = self
-            .conn()
-            .query_row(
+            .db()
+            .value(
                 &format!("SELECT count(*) FROM dropsync_runs WHERE {condition}"),
                 args,
-                |r| r.get(0),
             )
             .map_err(self.query_error(context))?;
-        let mut stmt = self
-            .conn()
-            .prepare(&format!(
+        let runs = self.read_runs(
+            &format!(
                 "SELECT {COLUMNS} FROM dropsync_runs WHERE {condition}
                  ORDER BY started_at DESC, execution_id DESC LIMIT {limit} OFFSET {offset}"
-            ))
-            .map_err(self.query_error(context))?;
-        let runs = stmt
-            .query_map(args, |r| self.as_seen(from_row(r)))
-            .map_err(self.query_error(context))?
-            .collect::<Result<_, _>>()
-            .map_err(self.query_error(context))?;
+            ),
+            args,
+            context,
+        )?;
         Ok(RunPage {
             runs,
             total: total.max(0) as u64,
@@ -113,17 +108,12 @@ impl Store {
 
     /// The run with exactly this execution id, if there is one.
     pub fn find_run(&self, execution_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        let context = "reading a run";
-        let mut stmt = self
-            .conn()
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM dropsync_runs WHERE execution_id = ? LIMIT 1"
-            ))
-            .map_err(self.query_error(context))?;
-        let mut rows = stmt
-            .query_map([execution_id], |r| self.as_seen(from_row(r)))
-            .map_err(self.query_error(context))?;
-        rows.next().transpose().map_err(self.query_error(context))
+        let runs = self.read_runs(
+            &format!("SELECT {COLUMNS} FROM dropsync_runs WHERE execution_id = ? LIMIT 1"),
+            &[&execution_id],
+            "reading a run",
+        )?;
+        Ok(runs.into_iter().next())
     }
 
     /// A page of a run's rejected rows in file order, and how many match in
@@ -137,16 +127,17 @@ impl Store {
         offset: usize,
     ) -> Result<(Vec<RowError>, u64), StoreError> {
         let context = "reading row errors";
-        let condition = "execution_id = $1 AND ($2 IS NULL OR
-               contains(lower(coalesce(record_key, '') || chr(0) || coalesce(field, '') || chr(0)
-                 || message || chr(0) || coalesce(raw, '')), lower($2)))";
+        // Fields are joined with a control character no search holds, so a
+        // match never spans two of them.
+        let condition = "execution_id = ?1 AND (?2::VARCHAR IS NULL OR
+               strpos(lower(coalesce(record_key, '') || chr(1) || coalesce(field, '') || chr(1)
+                 || message || chr(1) || coalesce(raw, '')), lower(?2)) > 0)";
         let search = search.filter(|s| !s.is_empty());
         let total: i64 = self
-            .conn()
-            .query_row(
+            .db()
+            .value(
                 &format!("SELECT count(*) FROM dropsync_row_errors WHERE {condition}"),
-                params![execution_id, search],
-                |r| r.get(0),
+                &[&execution_id, &search],
             )
             .map_err(self.query_error(context))?;
         // A run's rows are numbered 0, 1, 2... in file order as they are
@@ -160,17 +151,16 @@ impl Store {
             ),
             Some(_) => format!("ORDER BY position LIMIT {limit} OFFSET {offset}"),
         };
-        let mut stmt = self
-            .conn()
-            .prepare(&format!(
-                "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
-                 WHERE {condition} {page}"
-            ))
-            .map_err(self.query_error(context))?;
-        let errors = stmt
-            .query_map(params![execution_id, search], row_error)
-            .map_err(self.query_error(context))?
-            .collect::<Result<_, _>>()
+        let errors = self
+            .db()
+            .query(
+                &format!(
+                    "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
+                     WHERE {condition} {page}"
+                ),
+                &[&execution_id, &search],
+            )
+            .and_then(|rows| rows.iter().map(row_error).collect())
             .map_err(self.query_error(context))?;
         Ok((errors, total.max(0) as u64))
     }
@@ -184,42 +174,41 @@ impl Store {
         mut each: impl FnMut(Vec<RowError>) -> bool,
     ) -> Result<(), StoreError> {
         let context = "reading row errors";
-        let mut stmt = self
-            .conn()
-            .prepare(&format!(
-                "SELECT line, record_key, field, message, raw, position FROM dropsync_row_errors
-                 WHERE execution_id = ? AND position > ? ORDER BY position LIMIT {chunk}"
-            ))
-            .map_err(self.query_error(context))?;
+        let sql = format!(
+            "SELECT line, record_key, field, message, raw, position FROM dropsync_row_errors
+             WHERE execution_id = ? AND position > ? ORDER BY position LIMIT {chunk}"
+        );
         // Keyset paging on the position: each chunk costs the same, however
         // deep into the run's rows it is.
         let mut after = -1i64;
         loop {
-            let mut last = None;
-            let rows: Vec<RowError> = stmt
-                .query_map(params![execution_id, after], |r| {
-                    last = Some(r.get::<_, i64>(5)?);
-                    row_error(r)
-                })
-                .map_err(self.query_error(context))?
+            let rows = self
+                .db()
+                .query(&sql, &[&execution_id, &after])
+                .map_err(self.query_error(context))?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            after = last.get::<i64>(5).map_err(self.query_error(context))?;
+            let errors: Vec<RowError> = rows
+                .iter()
+                .map(row_error)
                 .collect::<Result<_, _>>()
                 .map_err(self.query_error(context))?;
-            let Some(last) = last else { return Ok(()) };
-            after = last;
-            let full = rows.len() == chunk;
-            if !each(rows) || !full {
+            let full = errors.len() == chunk;
+            if !each(errors) || !full {
                 return Ok(());
             }
         }
     }
 }
 
-fn row_error(r: &duckdb::Row<'_>) -> duckdb::Result<RowError> {
+fn row_error(r: &Row) -> Result<RowError, DbError> {
     Ok(RowError {
-        line: r.get::<_, i64>(0)?.max(0) as u64,
+        line: r.get::<i64>(0)?.max(0) as u64,
         key: r.get(1)?,
         field: r.get(2)?,
         message: r.get(3)?,
-        raw: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+        raw: r.get::<Option<String>>(4)?.unwrap_or_default(),
     })
 }

@@ -15,7 +15,8 @@
 use chrono::{NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, TargetTable, ident};
+use super::db::ToValue;
+use super::{Backend, DbError, Store, StoreError, TargetTable, Value, ident};
 use crate::schema::StatusRule;
 
 /// What happened to a row.
@@ -184,14 +185,18 @@ pub(crate) struct LoggedBatch<'a> {
 /// A column's value as JSON text (never SQL NULL: JSON `null`). A number
 /// that JSON cannot hold (NaN, infinity) is kept as its text, which casts
 /// back to the same DOUBLE.
-pub(crate) fn json_value_sql(expr: &str, sql_type: &str) -> String {
-    if sql_type == "DOUBLE" {
-        format!(
+pub(crate) fn json_value_sql(expr: &str, sql_type: &str, backend: Backend) -> String {
+    match (backend, sql_type) {
+        (Backend::DuckDb, "DOUBLE") => format!(
             "coalesce(CASE WHEN isfinite({expr}) THEN CAST(to_json({expr}) AS VARCHAR)
                            ELSE CAST(to_json(CAST({expr} AS VARCHAR)) AS VARCHAR) END, 'null')"
-        )
-    } else {
-        format!("coalesce(CAST(to_json({expr}) AS VARCHAR), 'null')")
+        ),
+        // PostgreSQL writes a timestamp in JSON with a `T`; as text it
+        // reads as DuckDB writes it, so both stores log the same value.
+        (Backend::Postgres, "TIMESTAMP") => {
+            format!("coalesce(CAST(to_json(CAST({expr} AS VARCHAR)) AS VARCHAR), 'null')")
+        }
+        _ => format!("coalesce(CAST(to_json({expr}) AS VARCHAR), 'null')"),
     }
 }
 
@@ -214,7 +219,11 @@ fn old_value(n: usize) -> String {
 
 /// SQL for a JSON object of `columns` (`{"a": 1, ...}`), each value read by
 /// `value` from the column's position and name.
-fn row_object(columns: &[(&str, &str)], value: impl Fn(usize, &str) -> String) -> String {
+fn row_object(
+    columns: &[(&str, &str)],
+    backend: Backend,
+    value: impl Fn(usize, &str) -> String,
+) -> String {
     if columns.is_empty() {
         return "'{}'".into();
     }
@@ -225,7 +234,7 @@ fn row_object(columns: &[(&str, &str)], value: impl Fn(usize, &str) -> String) -
             format!(
                 "{} || {}",
                 json_member(name),
-                json_value_sql(&value(n, name), sql_type)
+                json_value_sql(&value(n, name), sql_type, backend)
             )
         })
         .collect::<Vec<_>>();
@@ -236,6 +245,10 @@ fn row_object(columns: &[(&str, &str)], value: impl Fn(usize, &str) -> String) -
 /// changelog` asks for that, to measure what the log costs. It is no
 /// setting: a log that misses a run makes `export --as-of` and `changes`
 /// wrong for every date after it, so nothing a user configures turns it off.
+/// The PostgreSQL advisory lock that orders writers of the change log (any
+/// fixed number, the store's own).
+const CHANGE_LOG_LOCK: i64 = 0x6472_6f70_6368_6c67;
+
 pub(crate) fn skipped_for_benchmark() -> bool {
     std::env::var_os("DROPSYNC_BENCH_NO_CHANGE_LOG").is_some()
 }
@@ -246,6 +259,17 @@ impl Store {
     /// sides of each change, so the target table is not read again.
     /// Returns the number of changes logged.
     pub(crate) fn log_changes_in(&self, batch: &LoggedBatch<'_>) -> Result<u64, StoreError> {
+        let backend = self.db().backend();
+        if backend == Backend::Postgres {
+            // Several workers may apply batches at once. Each takes the log's
+            // lock before numbering its changes and holds it until it
+            // commits, so sequence numbers are unique and follow commit
+            // order, as the change feed delivers them.
+            self.db()
+                .execute("SELECT pg_advisory_xact_lock(?)", &[&CHANGE_LOG_LOCK])
+                .map_err(self.query_error("waiting for the change log"))?;
+        }
+        let recorded_at = backend.timestamp(super::now());
         let key = &batch.table.key;
         let data: Vec<(&str, &str)> = batch
             .table
@@ -274,7 +298,7 @@ impl Store {
                     format!(
                         "{} || {}",
                         json_member(k),
-                        json_value_sql(&format!("c.{alias}"), sql_type)
+                        json_value_sql(&format!("c.{alias}"), sql_type, backend)
                     )
                 })
                 .collect::<Vec<_>>();
@@ -290,8 +314,8 @@ impl Store {
                     format!(
                         "CASE WHEN {old} IS DISTINCT FROM {new} THEN {} || '[' || {} || ',' || {} || ']' END",
                         json_member(name),
-                        json_value_sql(&old, sql_type),
-                        json_value_sql(&new, sql_type)
+                        json_value_sql(&old, sql_type, backend),
+                        json_value_sql(&new, sql_type, backend)
                     )
                 })
                 .collect::<Vec<_>>();
@@ -325,7 +349,7 @@ impl Store {
         let execution_id = batch.execution_id.replace('\'', "''");
         let business_date = batch.business_date_sql;
         let logged = self
-            .conn()
+            .db()
             .execute(
                 &format!(
                     "INSERT INTO dropsync_changes
@@ -333,7 +357,7 @@ impl Store {
                             '{execution_id}', '{integration}', '{dataset}', '{table}', {business_date},
                             CAST(key_json AS JSON),
                             coalesce(CASE WHEN action <> 'delete' THEN status_kind END, action),
-                            action, CAST(fields_json AS JSON), now()::TIMESTAMP
+                            action, CAST(fields_json AS JSON), {recorded_at}
                      FROM (
                         SELECT {key_object} AS key_json, c._kind AS action, {status_kind} AS status_kind,
                                CASE c._kind WHEN 'insert' THEN {inserted}
@@ -341,21 +365,21 @@ impl Store {
                                             ELSE {diff} END AS fields_json
                         FROM changes c
                         WHERE c._kind IN ('insert', 'update', 'delete')
-                     )",
-                    inserted = row_object(&data, |_, name| new_value(name)),
-                    deleted = row_object(&data, |n, _| old_value(n)),
+                     ) logged",
+                    inserted = row_object(&data, backend, |_, name| new_value(name)),
+                    deleted = row_object(&data, backend, |n, _| old_value(n)),
                 ),
-                [],
+                &[],
             )
             .map_err(self.query_error("logging the changes"))?;
-        self.conn()
+        self.db()
             .execute(
                 &format!(
                     "INSERT INTO dropsync_change_runs
                      SELECT '{execution_id}', '{integration}', '{table}', {business_date},
-                            (SELECT coalesce(max(seq), 0) FROM dropsync_changes), now()::TIMESTAMP"
+                            (SELECT coalesce(max(seq), 0) FROM dropsync_changes), {recorded_at}"
                 ),
-                [],
+                &[],
             )
             .map_err(self.query_error("logging the changes"))?;
         Ok(logged as u64)
@@ -372,18 +396,18 @@ impl Store {
                     CAST(fields AS VARCHAR), execution_id, business_date, recorded_at
              FROM dropsync_changes WHERE true",
         );
-        let mut params: Vec<Box<dyn duckdb::ToSql>> = Vec::new();
+        let mut params: Vec<Value> = Vec::new();
         if let Some(integration) = &filter.integration {
             sql.push_str(" AND integration = ?");
-            params.push(Box::new(integration.clone()));
+            params.push(Value::Text(integration.clone()));
         }
         if let Some(since) = filter.since {
             sql.push_str(" AND business_date >= ?");
-            params.push(Box::new(since));
+            params.push(Value::Date(since));
         }
         if let Some(id) = &filter.execution_id {
             sql.push_str(" AND execution_id = ?");
-            params.push(Box::new(id.clone()));
+            params.push(Value::Text(id.clone()));
         }
         if !filter.kinds.is_empty() {
             sql.push_str(&format!(
@@ -398,38 +422,36 @@ impl Store {
         }
         if let Some(after) = filter.after_seq {
             sql.push_str(" AND seq > ?");
-            params.push(Box::new(after));
+            params.push(Value::Int(after));
         }
         sql.push_str(" ORDER BY seq");
         if let Some(limit) = filter.limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
-        let mut stmt = self
-            .conn()
-            .prepare(&sql)
-            .map_err(self.query_error(context))?;
-        let refs: Vec<&dyn duckdb::ToSql> = params.iter().map(|b| b.as_ref()).collect();
-        let rows = stmt
-            .query_map(refs.as_slice(), |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, String>(8)?,
-                    r.get::<_, Option<NaiveDate>>(9)?,
-                    r.get::<_, NaiveDateTime>(10)?,
-                ))
-            })
+        let refs: Vec<&dyn ToValue> = params.iter().map(|v| v as &dyn ToValue).collect();
+        let rows = self
+            .db()
+            .query(&sql, &refs)
             .map_err(self.query_error(context))?;
         let mut out = Vec::new();
-        for row in rows {
+        for r in rows {
+            let read = || -> Result<_, DbError> {
+                Ok((
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<String>(3)?,
+                    r.get::<String>(4)?,
+                    r.get::<String>(5)?,
+                    r.get::<String>(6)?,
+                    r.get::<String>(7)?,
+                    r.get::<String>(8)?,
+                    r.get::<Option<NaiveDate>>(9)?,
+                    r.get::<NaiveDateTime>(10)?,
+                ))
+            };
             let (seq, integration, dataset, table, key, kind, action, fields, id, date, at) =
-                row.map_err(self.query_error(context))?;
+                read().map_err(self.query_error(context))?;
             let bad = |what: &str| StoreError::Other {
                 path: self.path().to_path_buf(),
                 message: format!("change {seq} in the change log has an unreadable {what}"),

@@ -104,7 +104,7 @@ impl Store {
         };
         let target = path.display().to_string().replace('\'', "''");
         let written = self
-            .conn()
+            .duck("export")?
             .execute(
                 &format!(
                     "COPY (SELECT {} FROM ({query}) ORDER BY {order}) TO '{target}' ({format})",
@@ -120,7 +120,7 @@ impl Store {
     /// (the run bookkeeping columns are left out).
     fn export_columns(&self, table: &str) -> Result<Vec<Column>, StoreError> {
         let mut stmt = self
-            .conn()
+            .duck("export")?
             .prepare(
                 "SELECT column_name, data_type FROM information_schema.columns
                  WHERE table_schema = 'main' AND table_name = ?

@@ -3,7 +3,6 @@
 //! already synced from this alone, without reading (or downloading) it again.
 
 use chrono::NaiveDateTime;
-use duckdb::params;
 
 use super::{Store, StoreError, now};
 use crate::source::{Candidate, StagedFile};
@@ -19,22 +18,14 @@ impl Store {
         let Some(modified) = candidate.modified else {
             return Ok(None);
         };
-        let mut stmt = self
-            .conn()
-            .prepare(
+        self.db()
+            .query_opt(
                 "SELECT content_hash FROM dropsync_fetched
                  WHERE integration = ? AND name = ? AND size = ? AND modified = ?
                  ORDER BY fetched_at DESC LIMIT 1",
+                &[&integration, &candidate.name, &candidate.size, &modified],
             )
-            .map_err(self.query_error("looking up fetched files"))?;
-        let mut rows = stmt
-            .query_map(
-                params![integration, candidate.name, candidate.size as i64, modified],
-                |r| r.get::<_, String>(0),
-            )
-            .map_err(self.query_error("looking up fetched files"))?;
-        rows.next()
-            .transpose()
+            .and_then(|row| row.map(|r| r.get::<String>(0)).transpose())
             .map_err(self.query_error("looking up fetched files"))
     }
 
@@ -46,11 +37,11 @@ impl Store {
         staged: &StagedFile,
     ) -> Result<(), StoreError> {
         let modified: Option<NaiveDateTime> = candidate.modified;
-        self.conn()
+        self.db()
             .execute(
                 "INSERT INTO dropsync_fetched (integration, name, size, modified, content_hash, fetched_at)
                  VALUES (?, ?, ?, ?, ?, ?)",
-                params![integration, candidate.name, staged.size as i64, modified, staged.content_hash, now()],
+                &[&integration, &candidate.name, &staged.size, &modified, &staged.content_hash, &now()],
             )
             .map(drop)
             .map_err(self.query_error("remembering a fetched file"))

@@ -37,6 +37,10 @@ impl super::Store {
     /// Limits DuckDB's memory for the batches to come, spilling into
     /// `spill` (created owner-only: it holds the rows being applied).
     pub fn limit_memory(&self, spill: &std::path::Path) -> Result<(), super::StoreError> {
+        // A PostgreSQL server's memory is its own configuration's.
+        let Some(conn) = self.db().duck() else {
+            return Ok(());
+        };
         crate::source::create_private_dir(spill).map_err(|e| super::StoreError::Other {
             path: self.path().to_path_buf(),
             message: format!("cannot create {}: {e}", spill.display()),
@@ -53,10 +57,64 @@ impl super::Store {
             })
             .unwrap_or(MEMORY_LIMIT);
         let spill = spill.display().to_string().replace('\'', "''");
-        self.conn()
-            .execute_batch(&format!(
-                "SET memory_limit = '{limit}'; SET temp_directory = '{spill}';"
-            ))
-            .map_err(self.query_error("limiting DuckDB's memory"))
+        conn.execute_batch(&format!(
+            "SET memory_limit = '{limit}'; SET temp_directory = '{spill}';"
+        ))
+        .map_err(self.query_error("limiting DuckDB's memory"))
+    }
+}
+
+impl super::Store {
+    /// The batch's rows as a relation this store's database reads: DuckDB
+    /// reads the Parquet parts where they are; PostgreSQL gets them copied
+    /// in bulk (COPY) into the temporary table `incoming`, in the open
+    /// transaction, so the diff runs inside the server.
+    pub(crate) fn incoming(&self, rows: &Handoff) -> Result<String, super::StoreError> {
+        let Some(mut client) = self.db().pg() else {
+            return Ok(rows.relation());
+        };
+        let context = "copying the rows into PostgreSQL";
+        let pg = super::Backend::Postgres;
+        // The parts are read by an in-memory DuckDB of this process, which
+        // knows Parquet; the server gets CSV, which COPY reads fastest.
+        let reader = duckdb::Connection::open_in_memory().map_err(self.query_error(context))?;
+        let columns: Vec<(String, String)> = {
+            let mut stmt = reader
+                .prepare(&format!("DESCRIBE SELECT * FROM {}", rows.relation()))
+                .map_err(self.query_error(context))?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(self.query_error(context))?
+                .collect::<Result<_, _>>()
+                .map_err(self.query_error(context))?
+        };
+        let definitions = columns
+            .iter()
+            .map(|(name, ty)| format!("{} {}", super::ident(name), pg.column_type(ty)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        client
+            .batch_execute(&pg.create_temp("incoming", &definitions))
+            .map_err(self.query_error(context))?;
+        let Some(first) = rows.parts.first() else {
+            return Ok(pg.temp("incoming"));
+        };
+        let csv = first.with_extension("copy.csv");
+        let quoted = csv.display().to_string().replace('\'', "''");
+        let copied = (|| -> Result<(), super::DbError> {
+            reader.execute_batch(&format!(
+                "COPY (SELECT * FROM {}) TO '{quoted}' (FORMAT csv, HEADER false)",
+                rows.relation()
+            ))?;
+            let mut file = std::fs::File::open(&csv)
+                .map_err(|e| super::DbError::Other(format!("{}: {e}", csv.display())))?;
+            let mut writer = client.copy_in("COPY pg_temp.incoming FROM STDIN (FORMAT csv)")?;
+            std::io::copy(&mut file, &mut writer)
+                .map_err(|e| super::DbError::Other(format!("sending the rows: {e}")))?;
+            writer.finish()?;
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&csv);
+        copied.map_err(self.query_error(context))?;
+        Ok(pg.temp("incoming"))
     }
 }

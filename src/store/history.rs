@@ -2,10 +2,10 @@
 //! status, counts and row errors.
 
 use chrono::{NaiveDate, NaiveDateTime};
-use duckdb::params;
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, now};
+use super::db::ToValue;
+use super::{Db, DbError, Row, Store, StoreError, Value, now};
 use crate::schema::RowError;
 
 /// How a run ended (or that it has not).
@@ -166,14 +166,14 @@ pub(super) const COLUMNS: &str = "execution_id, integration, dataset, mode, trig
 /// How many columns `COLUMNS` names.
 pub(super) const COLUMN_COUNT: usize = 28;
 
-pub(super) fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
+pub(super) fn from_row(r: &Row) -> Result<RunRecord, DbError> {
     Ok(RunRecord {
         execution_id: r.get(0)?,
         integration: r.get(1)?,
         dataset: r.get(2)?,
         mode: r.get(3)?,
         trigger: r.get(4)?,
-        status: RunStatus::parse(&r.get::<_, String>(5)?),
+        status: RunStatus::parse(&r.get::<String>(5)?),
         message: r.get(6)?,
         file_name: r.get(7)?,
         source: r.get(8)?,
@@ -195,72 +195,94 @@ pub(super) fn from_row(r: &duckdb::Row<'_>) -> duckdb::Result<RunRecord> {
         started_at: r.get(24)?,
         completed_at: r.get(25)?,
         failure: r
-            .get::<_, Option<String>>(26)?
+            .get::<Option<String>>(26)?
             .as_deref()
             .and_then(FailureKind::parse),
-        attempt: r.get::<_, Option<i64>>(27)?.unwrap_or(1),
+        attempt: r.get::<Option<i64>>(27)?.unwrap_or(1),
     })
 }
 
 impl Store {
     /// A run as it stands: read-only, no writer holds the store, so a run
     /// still recorded `running` is one a stopped process left behind.
-    pub(super) fn as_seen(&self, run: duckdb::Result<RunRecord>) -> duckdb::Result<RunRecord> {
-        let mut run = run?;
+    pub(super) fn as_seen(&self, run: RunRecord) -> RunRecord {
+        let mut run = run;
         if self.read_only && run.status == RunStatus::Running {
             run.status = RunStatus::Interrupted;
             run.message = Some(super::INTERRUPTED.to_string());
         }
-        Ok(run)
+        run
+    }
+
+    /// Runs read by `sql`, which selects `COLUMNS`.
+    pub(super) fn read_runs(
+        &self,
+        sql: &str,
+        params: super::db::Params<'_>,
+        context: &str,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        self.db()
+            .query(sql, params)
+            .and_then(|rows| rows.iter().map(from_row).collect::<Result<Vec<_>, _>>())
+            .map(|runs| runs.into_iter().map(|r| self.as_seen(r)).collect())
+            .map_err(self.query_error(context))
     }
 
     /// Records a run. A run recorded `running` that never finishes is marked
     /// `interrupted` the next time the store is opened.
     pub fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        insert_run(self.conn(), run)
+        insert_run(self.db(), run)
             .map(drop)
             .map_err(self.query_error("recording a run"))
     }
 
     /// Writes a run's final state, its row errors, and the events it makes
     /// with their deliveries (see `outbox`), in the caller's transaction.
-    pub(crate) fn finish_run_in(&self, run: &RunRecord, errors: &[RowError]) -> duckdb::Result<()> {
-        let conn = self.conn();
+    pub(crate) fn finish_run_in(
+        &self,
+        run: &RunRecord,
+        errors: &[RowError],
+    ) -> Result<(), DbError> {
+        let db = self.db();
         let events = self.events_for_run(run)?;
         self.enqueue_in(&events, None)?;
-        conn.execute(
+        db.execute(
             "DELETE FROM dropsync_runs WHERE execution_id = ?",
-            [&run.execution_id],
+            &[&run.execution_id],
         )?;
-        insert_run(conn, run)?;
-        let mut appender = conn.appender("dropsync_row_errors")?;
-        for (position, e) in errors.iter().enumerate() {
-            appender.append_row(params![
-                run.execution_id,
-                position as i64,
-                e.line as i64,
-                e.key,
-                e.field,
-                e.message,
-                e.raw
-            ])?;
-        }
-        appender.flush()
+        insert_run(db, run)?;
+        db.insert_rows(
+            "dropsync_row_errors",
+            &[
+                "execution_id",
+                "position",
+                "line",
+                "record_key",
+                "field",
+                "message",
+                "raw",
+            ],
+            errors.iter().enumerate().map(|(position, e)| {
+                vec![
+                    Value::Text(run.execution_id.clone()),
+                    Value::Int(position as i64),
+                    Value::Int(e.line as i64),
+                    e.key.to_value(),
+                    e.field.to_value(),
+                    Value::Text(e.message.clone()),
+                    Value::Text(e.raw.clone()),
+                ]
+            }),
+        )?;
+        Ok(())
     }
 
     /// Records a run that ends without touching any target table (skipped,
     /// or failed before applying), with its row errors, in one transaction.
     pub fn finish_run(&self, run: &RunRecord, errors: &[RowError]) -> Result<(), StoreError> {
-        let result = self
-            .conn()
-            .execute_batch("BEGIN TRANSACTION")
-            .and_then(|_| self.finish_run_in(run, errors))
-            .and_then(|_| self.conn().execute_batch("COMMIT"));
-        if let Err(e) = result {
-            let _ = self.conn().execute_batch("ROLLBACK");
-            return Err(self.query_error("recording a run")(e));
-        }
-        Ok(())
+        self.db()
+            .in_transaction(|| self.finish_run_in(run, errors))
+            .map_err(self.query_error("recording a run"))
     }
 
     /// Runs, newest first.
@@ -270,37 +292,19 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<RunRecord>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM dropsync_runs WHERE (? IS NULL OR integration = ?)
+            "SELECT {COLUMNS} FROM dropsync_runs WHERE (?1 IS NULL OR integration = ?1)
              ORDER BY started_at DESC, execution_id DESC LIMIT {limit}"
         );
-        let mut stmt = self
-            .conn()
-            .prepare(&sql)
-            .map_err(self.query_error("reading history"))?;
-        let rows = stmt
-            .query_map(params![integration, integration], |r| {
-                self.as_seen(from_row(r))
-            })
-            .map_err(self.query_error("reading history"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.query_error("reading history"))
+        self.read_runs(&sql, &[&integration], "reading history")
     }
 
     /// The run whose execution id is, or uniquely contains, `id`.
     pub fn run(&self, id: &str) -> Result<RunRecord, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM dropsync_runs WHERE execution_id = ? OR contains(execution_id, ?)
-             ORDER BY (execution_id = ?) DESC LIMIT 2"
+            "SELECT {COLUMNS} FROM dropsync_runs WHERE execution_id = ?1 OR strpos(execution_id, ?1) > 0
+             ORDER BY (execution_id = ?1) DESC LIMIT 2"
         );
-        let mut stmt = self
-            .conn()
-            .prepare(&sql)
-            .map_err(self.query_error("reading a run"))?;
-        let found: Vec<RunRecord> = stmt
-            .query_map(params![id, id, id], |r| self.as_seen(from_row(r)))
-            .map_err(self.query_error("reading a run"))?
-            .collect::<Result<_, _>>()
-            .map_err(self.query_error("reading a run"))?;
+        let found = self.read_runs(&sql, &[&id], "reading a run")?;
         let other = |message: String| StoreError::Other {
             path: self.path().to_path_buf(),
             message,
@@ -327,22 +331,21 @@ impl Store {
             "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
              WHERE execution_id = ? ORDER BY position LIMIT {limit}"
         );
-        let mut stmt = self
-            .conn()
-            .prepare(&sql)
-            .map_err(self.query_error("reading row errors"))?;
-        let rows = stmt
-            .query_map([execution_id], |r| {
-                Ok(RowError {
-                    line: r.get::<_, i64>(0)? as u64,
-                    key: r.get(1)?,
-                    field: r.get(2)?,
-                    message: r.get(3)?,
-                    raw: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                })
+        self.db()
+            .query(&sql, &[&execution_id])
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        Ok(RowError {
+                            line: r.get::<i64>(0)? as u64,
+                            key: r.get(1)?,
+                            field: r.get(2)?,
+                            message: r.get(3)?,
+                            raw: r.get::<Option<String>>(4)?.unwrap_or_default(),
+                        })
+                    })
+                    .collect()
             })
-            .map_err(self.query_error("reading row errors"))?;
-        rows.collect::<Result<_, _>>()
             .map_err(self.query_error("reading row errors"))
     }
 
@@ -359,16 +362,9 @@ impl Store {
                AND status IN ('success', 'partial', 'failed', 'skipped')
              ORDER BY (status IN ('success', 'partial')) DESC, started_at DESC LIMIT 1"
         );
-        let mut stmt = self
-            .conn()
-            .prepare(&sql)
-            .map_err(self.query_error("looking up content"))?;
-        let mut rows = stmt
-            .query_map(params![integration, content_hash], from_row)
-            .map_err(self.query_error("looking up content"))?;
-        rows.next()
-            .transpose()
-            .map_err(self.query_error("looking up content"))
+        let context = "looking up content";
+        let runs = self.read_runs(&sql, &[&integration, &content_hash], context)?;
+        Ok(runs.into_iter().next())
     }
 
     /// The run whose content is what `integration` holds for `date`: the
@@ -383,16 +379,9 @@ impl Store {
                AND status IN ('success', 'partial')
              ORDER BY started_at DESC, execution_id DESC LIMIT 1"
         );
-        let mut stmt = self
-            .conn()
-            .prepare(&sql)
-            .map_err(self.query_error("looking up the applied file of a date"))?;
-        let mut rows = stmt
-            .query_map(params![integration, date], from_row)
-            .map_err(self.query_error("looking up the applied file of a date"))?;
-        rows.next()
-            .transpose()
-            .map_err(self.query_error("looking up the applied file of a date"))
+        let context = "looking up the applied file of a date";
+        let runs = self.read_runs(&sql, &[&integration, &date], context)?;
+        Ok(runs.into_iter().next())
     }
 
     /// The finished (or interrupted) runs of one file, its content for its
@@ -409,15 +398,11 @@ impl Store {
              WHERE integration = ? AND content_hash = ? AND business_date = ? AND status <> 'running'
              ORDER BY started_at DESC, execution_id DESC LIMIT {limit}"
         );
-        let mut stmt = self
-            .conn()
-            .prepare(&sql)
-            .map_err(self.query_error("looking up a file's runs"))?;
-        let rows = stmt
-            .query_map(params![integration, content_hash, date], from_row)
-            .map_err(self.query_error("looking up a file's runs"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.query_error("looking up a file's runs"))
+        self.read_runs(
+            &sql,
+            &[&integration, &content_hash, &date],
+            "looking up a file's runs",
+        )
     }
 
     /// For each business date in `from..=to`, the latest staged copy that
@@ -428,30 +413,32 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<crate::source::StagedFile>, StoreError> {
-        let mut stmt = self
-            .conn()
-            .prepare(
-                "SELECT file_name, staged_path, content_hash, file_size, business_date
-                 FROM dropsync_runs
-                 WHERE integration = ? AND business_date BETWEEN ? AND ?
-                   AND staged_path IS NOT NULL AND content_hash IS NOT NULL
-                   AND status IN ('success', 'partial', 'failed')
-                 QUALIFY row_number() OVER (PARTITION BY business_date ORDER BY started_at DESC) = 1
+        self.db()
+            .query(
+                "SELECT file_name, staged_path, content_hash, file_size, business_date FROM (
+                    SELECT *, row_number() OVER (PARTITION BY business_date ORDER BY started_at DESC) AS newest
+                    FROM dropsync_runs
+                    WHERE integration = ? AND business_date BETWEEN ? AND ?
+                      AND staged_path IS NOT NULL AND content_hash IS NOT NULL
+                      AND status IN ('success', 'partial', 'failed')
+                 ) runs
+                 WHERE newest = 1
                  ORDER BY business_date",
+                &[&integration, &from, &to],
             )
-            .map_err(self.query_error("looking up staged files"))?;
-        let rows = stmt
-            .query_map(params![integration, from, to], |r| {
-                Ok(crate::source::StagedFile {
-                    name: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                    path: std::path::PathBuf::from(r.get::<_, String>(1)?),
-                    content_hash: r.get(2)?,
-                    size: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
-                    business_date: r.get(4)?,
-                })
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        Ok(crate::source::StagedFile {
+                            name: r.get::<Option<String>>(0)?.unwrap_or_default(),
+                            path: std::path::PathBuf::from(r.get::<String>(1)?),
+                            content_hash: r.get(2)?,
+                            size: r.get::<Option<i64>>(3)?.unwrap_or(0) as u64,
+                            business_date: r.get(4)?,
+                        })
+                    })
+                    .collect()
             })
-            .map_err(self.query_error("looking up staged files"))?;
-        rows.collect::<Result<_, _>>()
             .map_err(self.query_error("looking up staged files"))
     }
 
@@ -465,29 +452,25 @@ impl Store {
     ) -> Result<crate::freshness::Arrivals, StoreError> {
         use crate::freshness::{Arrivals, LastOutcome, utc};
         let context = "reading arrivals";
-        let mut stmt = self
-            .conn()
-            .prepare(
+        let db = self.db();
+        let applied = db
+            .query(
                 "SELECT started_at FROM dropsync_runs
                  WHERE integration = ? AND status IN ('success', 'partial')
                    AND trigger <> 'replay' AND started_at >= ?
                  ORDER BY started_at",
+                &[&integration, &since],
             )
-            .map_err(self.query_error(context))?;
-        let applied = stmt
-            .query_map(params![integration, since], |r| {
-                r.get::<_, NaiveDateTime>(0)
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| r.get::<NaiveDateTime>(0).map(utc))
+                    .collect::<Result<Vec<_>, _>>()
             })
-            .map_err(self.query_error(context))?
-            .map(|t| t.map(utc))
-            .collect::<Result<Vec<_>, _>>()
             .map_err(self.query_error(context))?;
-        let first_run: Option<NaiveDateTime> = self
-            .conn()
-            .query_row(
+        let first_run: Option<NaiveDateTime> = db
+            .value(
                 "SELECT min(started_at) FROM dropsync_runs WHERE integration = ?",
-                [integration],
-                |r| r.get(0),
+                &[&integration],
             )
             .map_err(self.query_error(context))?;
         // A run still `running` is in progress, unless nothing holds the
@@ -497,28 +480,25 @@ impl Store {
         } else {
             "('success', 'partial', 'failed', 'interrupted')"
         };
-        let last_outcome = self
-            .conn()
-            .query_row(
+        let last_outcome = db
+            .query_opt(
                 &format!(
                     "SELECT execution_id, status, started_at FROM dropsync_runs
                      WHERE integration = ? AND status IN {decisive}
                      ORDER BY started_at DESC, execution_id DESC LIMIT 1"
                 ),
-                [integration],
-                |r| {
-                    let status = RunStatus::parse(&r.get::<_, String>(1)?);
+                &[&integration],
+            )
+            .and_then(|row| {
+                row.map(|r| {
+                    let status = RunStatus::parse(&r.get::<String>(1)?);
                     Ok(LastOutcome {
                         execution_id: r.get(0)?,
                         failed: !matches!(status, RunStatus::Success | RunStatus::Partial),
                         at: utc(r.get(2)?),
                     })
-                },
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                duckdb::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
+                })
+                .transpose()
             })
             .map_err(self.query_error(context))?;
         Ok(Arrivals {
@@ -530,50 +510,49 @@ impl Store {
 
     /// The newest business date applied for `integration`.
     pub fn latest_applied_date(&self, integration: &str) -> Result<Option<NaiveDate>, StoreError> {
-        self.conn()
-            .query_row(
+        self.db()
+            .value(
                 "SELECT max(business_date) FROM dropsync_runs
                  WHERE integration = ? AND status IN ('success', 'partial')",
-                [integration],
-                |r| r.get(0),
+                &[&integration],
             )
             .map_err(self.query_error("reading the latest applied date"))
     }
 }
 
-fn insert_run(conn: &duckdb::Connection, run: &RunRecord) -> duckdb::Result<usize> {
+fn insert_run(db: &Db, run: &RunRecord) -> Result<u64, DbError> {
     let placeholders = vec!["?"; COLUMN_COUNT].join(", ");
-    conn.execute(
+    db.execute(
         &format!("INSERT INTO dropsync_runs ({COLUMNS}) VALUES ({placeholders})"),
-        params![
-            run.execution_id,
-            run.integration,
-            run.dataset,
-            run.mode,
-            run.trigger,
-            run.status.as_str(),
-            run.message,
-            run.file_name,
-            run.source,
-            run.staged_path,
-            run.content_hash,
-            run.file_size,
-            run.business_date,
-            run.forced,
-            run.input_rows,
-            run.success_rows,
-            run.error_rows,
-            run.skipped_rows,
-            run.inserted,
-            run.updated,
-            run.deleted,
-            run.unchanged,
-            run.subscribed,
-            run.unsubscribed,
-            run.started_at,
-            run.completed_at,
-            run.failure.map(FailureKind::as_str),
-            run.attempt,
+        &[
+            &run.execution_id,
+            &run.integration,
+            &run.dataset,
+            &run.mode,
+            &run.trigger,
+            &run.status.as_str(),
+            &run.message,
+            &run.file_name,
+            &run.source,
+            &run.staged_path,
+            &run.content_hash,
+            &run.file_size,
+            &run.business_date,
+            &run.forced,
+            &run.input_rows,
+            &run.success_rows,
+            &run.error_rows,
+            &run.skipped_rows,
+            &run.inserted,
+            &run.updated,
+            &run.deleted,
+            &run.unchanged,
+            &run.subscribed,
+            &run.unsubscribed,
+            &run.started_at,
+            &run.completed_at,
+            &run.failure.map(FailureKind::as_str),
+            &run.attempt,
         ],
     )
 }

@@ -5,6 +5,7 @@
 mod apply;
 mod browse;
 mod changelog;
+mod db;
 mod export;
 mod fetched;
 mod handoff;
@@ -18,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDateTime;
 use duckdb::Connection;
+
+pub(crate) use db::{Backend, Db, DbError, Row, Value};
 
 pub use apply::{ApplyRequest, ChangeSet, FieldChange, Outcome, Sample, TargetTable};
 pub use browse::{RunFilter, RunPage};
@@ -45,7 +48,7 @@ pub enum StoreError {
     Query {
         path: PathBuf,
         context: String,
-        source: Box<duckdb::Error>,
+        source: Box<DbError>,
     },
     #[error("store {path}: {message}")]
     Other { path: PathBuf, message: String },
@@ -71,7 +74,9 @@ pub enum StoreError {
 
 /// An open store.
 pub struct Store {
-    conn: Connection,
+    db: Db,
+    /// The DuckDB file, or a PostgreSQL store's URL without its password:
+    /// what messages name.
     path: PathBuf,
     /// Opened read-only: no process holds the store for writing, so no run
     /// can be in progress.
@@ -214,7 +219,7 @@ impl Store {
         }
         let conn = Connection::open(path).map_err(|source| open_error(path, source))?;
         let store = Store {
-            conn,
+            db: Db::DuckDb(conn),
             path: path.to_path_buf(),
             read_only: false,
             notifiers: notifiers.to_vec(),
@@ -227,42 +232,61 @@ impl Store {
     }
 
     /// Opens the configured store for writing (`open_notifying` for a
-    /// DuckDB file). `what` names the command, for a store that cannot do
-    /// it yet.
+    /// DuckDB file).
     pub fn open_at(
         location: &crate::config::StoreLocation,
         notifiers: &[crate::notify::NotifierConfig],
-        what: &str,
     ) -> Result<Store, StoreError> {
         match location {
             crate::config::StoreLocation::DuckDb(path) => Store::open_notifying(path, notifiers),
-            crate::config::StoreLocation::Postgres(pg) => {
-                // The tables are brought up to date, as a DuckDB store's
-                // are when opened for writing: the schema is common.
-                let mut client = pg.connect()?;
-                postgres::migrate(&mut client, MIGRATIONS).map_err(|message| {
-                    StoreError::Postgres {
-                        store: pg.display(),
-                        message,
-                    }
-                })?;
-                Err(StoreError::Unsupported {
-                    store: pg.display(),
-                    what: what.to_string(),
-                })
-            }
+            crate::config::StoreLocation::Postgres(pg) => Store::open_postgres(pg, notifiers),
         }
+    }
+
+    /// Opens a PostgreSQL store, bringing its tables up to date (the schema
+    /// is common to both stores). Unlike a DuckDB file, a PostgreSQL store
+    /// is shared: other workers' runs may be in progress, so nothing is
+    /// marked interrupted or released here; that happens per integration,
+    /// by the worker that takes it over.
+    fn open_postgres(
+        pg: &PgConnect,
+        notifiers: &[crate::notify::NotifierConfig],
+    ) -> Result<Store, StoreError> {
+        // Files this process writes for the store (the rows it copies in)
+        // hold partners' data.
+        keep_new_files_private();
+        let mut client = pg.connect()?;
+        // The store keeps times in UTC, whatever the server's zone.
+        client
+            .batch_execute("SET TIME ZONE 'UTC'")
+            .map_err(|e| StoreError::Postgres {
+                store: pg.display(),
+                message: postgres::describe(&e),
+            })?;
+        postgres::migrate(&mut client, MIGRATIONS).map_err(|message| StoreError::Postgres {
+            store: pg.display(),
+            message,
+        })?;
+        Ok(Store {
+            db: Db::Postgres {
+                client: std::cell::RefCell::new(client),
+                connect: Box::new(pg.clone()),
+            },
+            path: PathBuf::from(pg.display()),
+            read_only: false,
+            notifiers: notifiers.to_vec(),
+            subscribers: Vec::new(),
+        })
     }
 
     /// Opens the configured store to read it (`open_read_only` for a
     /// DuckDB file).
-    pub fn open_read_only_at(
-        location: &crate::config::StoreLocation,
-        what: &str,
-    ) -> Result<Store, StoreError> {
+    pub fn open_read_only_at(location: &crate::config::StoreLocation) -> Result<Store, StoreError> {
         match location {
             crate::config::StoreLocation::DuckDb(path) => Store::open_read_only(path),
-            crate::config::StoreLocation::Postgres(pg) => Err(postgres_unsupported(pg, what)),
+            // A PostgreSQL store is never read-only in that sense: other
+            // workers may be running batches while it is read.
+            crate::config::StoreLocation::Postgres(pg) => Store::open_postgres(pg, &[]),
         }
     }
 
@@ -281,7 +305,7 @@ impl Store {
         let conn =
             Connection::open_with_flags(path, config).map_err(|source| open_error(path, source))?;
         Ok(Store {
-            conn,
+            db: Db::DuckDb(conn),
             path: path.to_path_buf(),
             read_only: true,
             notifiers: Vec::new(),
@@ -312,13 +336,14 @@ impl Store {
     /// on disk in the log. The checkpoint is tried again for a moment, then
     /// left to the next flush.
     pub fn flush(&self) -> Result<(), StoreError> {
-        if self.read_only {
+        // PostgreSQL has made a commit durable before it answers it.
+        let Some(conn) = self.db.duck().filter(|_| !self.read_only) else {
             return Ok(());
-        }
+        };
         const ATTEMPTS: u32 = 40;
         let started = std::time::Instant::now();
         for attempt in 1..=ATTEMPTS {
-            match self.conn.execute_batch("CHECKPOINT") {
+            match conn.execute_batch("CHECKPOINT") {
                 Ok(()) => {
                     tracing::debug!(
                         step = "checkpoint",
@@ -348,37 +373,33 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn query_error(
+    pub(crate) fn query_error<E: Into<DbError>>(
         &self,
         context: impl Into<String>,
-    ) -> impl FnOnce(duckdb::Error) -> StoreError + '_ {
+    ) -> impl FnOnce(E) -> StoreError + '_ {
         let context = context.into();
         move |source| StoreError::Query {
             path: self.path.clone(),
             context,
-            source: Box::new(source),
+            source: Box::new(source.into()),
         }
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch("CREATE TABLE IF NOT EXISTS dropsync_meta (version INTEGER NOT NULL);")
+        self.db
+            .batch("CREATE TABLE IF NOT EXISTS dropsync_meta (version INTEGER NOT NULL);")
             .map_err(self.query_error("creating the metadata table"))?;
         let version: i64 = self
-            .conn
-            .query_row(
-                "SELECT coalesce(max(version), 0) FROM dropsync_meta",
-                [],
-                |r| r.get(0),
-            )
+            .db
+            .value("SELECT coalesce(max(version), 0) FROM dropsync_meta", &[])
             .map_err(self.query_error("reading the schema version"))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let step = i + 1;
             let batch = format!(
                 "BEGIN TRANSACTION; {sql}; DELETE FROM dropsync_meta; INSERT INTO dropsync_meta VALUES ({step}); COMMIT;"
             );
-            if let Err(e) = self.conn.execute_batch(&batch) {
-                let _ = self.conn.execute_batch("ROLLBACK");
+            if let Err(e) = self.db.batch(&batch) {
+                self.db.rollback();
                 return Err(self.query_error(format!("migration {step}"))(e));
             }
         }
@@ -389,45 +410,44 @@ impl Store {
     /// with a `run_failed` event for each, in one transaction.
     fn mark_interrupted(&self) -> Result<(), StoreError> {
         let context = "marking interrupted runs";
-        let result = (|| {
-            self.conn.execute_batch("BEGIN TRANSACTION")?;
-            let left: Vec<(String, String, Option<String>)> = self
-                .conn
-                .prepare(
-                    "SELECT execution_id, integration, file_name FROM dropsync_runs
-                     WHERE status = 'running' ORDER BY started_at",
-                )?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?;
-            self.conn.execute(
-                &format!(
-                    "UPDATE dropsync_runs SET status = 'interrupted', completed_at = ?, message = '{INTERRUPTED}'
-                     WHERE status = 'running'"
-                ),
-                duckdb::params![now()],
-            )?;
-            let events: Vec<crate::notify::Event> = left
-                .iter()
-                .map(|(id, integration, file)| {
-                    crate::notify::Event::new(
-                        crate::notify::EventKind::RunFailed,
-                        integration,
-                        Some(id),
-                        format!(
-                            "run interrupted: {INTERRUPTED} ({}, run {id})",
-                            file.as_deref().unwrap_or("no file")
-                        ),
-                    )
-                })
-                .collect();
-            self.enqueue_in(&events, None)?;
-            self.conn.execute_batch("COMMIT")?;
-            Ok(left.len())
-        })();
-        let n = result.map_err(|e| {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            self.query_error(context)(e)
-        })?;
+        let n = self
+            .db
+            .in_transaction(|| {
+                let left: Vec<(String, String, Option<String>)> = self
+                    .db
+                    .query(
+                        "SELECT execution_id, integration, file_name FROM dropsync_runs
+                         WHERE status = 'running' ORDER BY started_at",
+                        &[],
+                    )?
+                    .iter()
+                    .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .collect::<Result<_, DbError>>()?;
+                self.db.execute(
+                    &format!(
+                        "UPDATE dropsync_runs SET status = 'interrupted', completed_at = ?, message = '{INTERRUPTED}'
+                         WHERE status = 'running'"
+                    ),
+                    &[&now()],
+                )?;
+                let events: Vec<crate::notify::Event> = left
+                    .iter()
+                    .map(|(id, integration, file)| {
+                        crate::notify::Event::new(
+                            crate::notify::EventKind::RunFailed,
+                            integration,
+                            Some(id),
+                            format!(
+                                "run interrupted: {INTERRUPTED} ({}, run {id})",
+                                file.as_deref().unwrap_or("no file")
+                            ),
+                        )
+                    })
+                    .collect();
+                self.enqueue_in(&events, None)?;
+                Ok::<_, DbError>(left.len())
+            })
+            .map_err(self.query_error(context))?;
         if n > 0 {
             tracing::warn!(
                 runs = n,
@@ -437,8 +457,18 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn conn(&self) -> &Connection {
-        &self.conn
+    /// The store's database.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The DuckDB connection, for what is done only on a DuckDB store so
+    /// far; on a PostgreSQL store, an error naming `what`.
+    pub(crate) fn duck(&self, what: &str) -> Result<&Connection, StoreError> {
+        self.db.duck().ok_or_else(|| StoreError::Unsupported {
+            store: self.path.display().to_string(),
+            what: what.to_string(),
+        })
     }
 
     /// Values of `columns` (joined with `|`) present in `table`, for foreign
@@ -453,64 +483,52 @@ impl Store {
         }
         let expr = key_text(columns, None);
         let sql = format!("SELECT DISTINCT {expr} FROM {}", ident(table));
-        let mut stmt = self
-            .conn
-            .prepare(&sql)
-            .map_err(self.query_error(format!("reading keys of {table}")))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, Option<String>>(0))
-            .map_err(self.query_error(format!("reading keys of {table}")))?;
         let mut out = foldhash::HashSet::default();
-        for v in rows {
-            if let Some(v) = v.map_err(self.query_error(format!("reading keys of {table}")))? {
-                out.insert(v);
-            }
-        }
+        self.db
+            .for_each(&sql, &[], |r| {
+                if let Some(v) = r.get::<Option<String>>(0)? {
+                    out.insert(v);
+                }
+                Ok::<(), DbError>(())
+            })
+            .map_err(self.query_error(format!("reading keys of {table}")))?;
         Ok(out)
     }
 
     /// When the daemon last fired `integration`'s schedule (UTC).
     pub fn last_fired(&self, integration: &str) -> Result<Option<NaiveDateTime>, StoreError> {
-        self.conn
-            .query_row(
+        self.db
+            .value(
                 "SELECT max(last_fired) FROM dropsync_schedule WHERE integration = ?",
-                [integration],
-                |r| r.get(0),
+                &[&integration],
             )
             .map_err(self.query_error("reading schedule state"))
     }
 
     /// Remembers that `integration`'s schedule fired at `at` (UTC).
     pub fn record_fired(&self, integration: &str, at: NaiveDateTime) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch("BEGIN TRANSACTION")
-            .and_then(|_| {
-                self.conn.execute(
+        self.db
+            .in_transaction(|| {
+                self.db.execute(
                     "DELETE FROM dropsync_schedule WHERE integration = ?",
-                    [integration],
-                )
-            })
-            .and_then(|_| {
-                self.conn.execute(
+                    &[&integration],
+                )?;
+                self.db.execute(
                     "INSERT INTO dropsync_schedule VALUES (?, ?)",
-                    duckdb::params![integration, at],
+                    &[&integration, &at],
                 )
             })
-            .and_then(|_| self.conn.execute_batch("COMMIT"))
-            .map_err(|e| {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                self.query_error("recording schedule state")(e)
-            })
+            .map(drop)
+            .map_err(self.query_error("recording schedule state"))
     }
 
     pub fn column_exists(&self, table: &str, column: &str) -> Result<bool, StoreError> {
         let n: i64 = self
-            .conn
-            .query_row(
+            .db
+            .value(
                 "SELECT count(*) FROM information_schema.columns
-                 WHERE table_schema = 'main' AND table_name = ? AND column_name = ?",
-                [table, column],
-                |r| r.get(0),
+                 WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?",
+                &[&table, &column],
             )
             .map_err(self.query_error("looking up a column"))?;
         Ok(n > 0)
@@ -518,11 +536,11 @@ impl Store {
 
     pub fn table_exists(&self, table: &str) -> Result<bool, StoreError> {
         let n: i64 = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?",
-                [table],
-                |r| r.get(0),
+            .db
+            .value(
+                "SELECT count(*) FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = ?",
+                &[&table],
             )
             .map_err(self.query_error("looking up a table"))?;
         Ok(n > 0)
@@ -539,19 +557,6 @@ pub fn keep_new_files_private() {
     unsafe {
         let old = libc::umask(0o077);
         libc::umask(old | 0o077);
-    }
-}
-
-/// The error for a command a PostgreSQL store cannot serve yet, once the
-/// server is known to answer (an unreachable server is the error to fix
-/// first).
-fn postgres_unsupported(pg: &PgConnect, what: &str) -> StoreError {
-    if let Err(e) = pg.connect() {
-        return StoreError::Unreachable(e);
-    }
-    StoreError::Unsupported {
-        store: pg.display(),
-        what: what.to_string(),
     }
 }
 

@@ -3,9 +3,8 @@
 //! survive a crash or a receiver that is down until they are delivered.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use duckdb::params;
 
-use super::{RunRecord, RunStatus, Store, StoreError, now};
+use super::{DbError, RunRecord, RunStatus, Store, StoreError, now};
 use crate::notify::{DeliveryKind, Event, EventKind};
 
 /// The message a mass-delete refusal starts with (see `apply`).
@@ -42,7 +41,7 @@ impl Store {
 
     /// The events a finished run makes, judged before its record is
     /// written (so "the run before" is another run).
-    pub(crate) fn events_for_run(&self, run: &RunRecord) -> duckdb::Result<Vec<Event>> {
+    pub(crate) fn events_for_run(&self, run: &RunRecord) -> Result<Vec<Event>, DbError> {
         let file = run.file_name.as_deref().unwrap_or("no file");
         let id = Some(run.execution_id.as_str());
         let message = run.message.as_deref().unwrap_or("");
@@ -96,25 +95,24 @@ impl Store {
 
     /// What an applied `run` ends, if anything: a failed last run, or a
     /// missing file noticed since the last applied one.
-    fn recovers_from(&self, run: &RunRecord) -> duckdb::Result<Option<&'static str>> {
-        let (last_status, last_applied): (Option<String>, Option<NaiveDateTime>) = self.conn().query_row(
+    fn recovers_from(&self, run: &RunRecord) -> Result<Option<&'static str>, DbError> {
+        let (last_status, last_applied): (Option<String>, Option<NaiveDateTime>) = self.db().query_row(
             "SELECT
                 (SELECT status FROM dropsync_runs WHERE integration = ?1 AND execution_id <> ?2
                    AND status IN ('success', 'partial', 'failed', 'interrupted')
                  ORDER BY started_at DESC, execution_id DESC LIMIT 1),
                 (SELECT max(started_at) FROM dropsync_runs WHERE integration = ?1 AND execution_id <> ?2
                    AND status IN ('success', 'partial'))",
-            params![run.integration, run.execution_id],
+            &[&run.integration, &run.execution_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         if matches!(last_status.as_deref(), Some("failed" | "interrupted")) {
             return Ok(Some("a failed run"));
         }
-        let missing: i64 = self.conn().query_row(
-            "SELECT count(*) FROM dropsync_events WHERE integration = ? AND kind = 'file_missing'
-               AND (?::TIMESTAMP IS NULL OR created_at > ?)",
-            params![run.integration, last_applied, last_applied],
-            |r| r.get(0),
+        let missing: i64 = self.db().value(
+            "SELECT count(*) FROM dropsync_events WHERE integration = ?1 AND kind = 'file_missing'
+               AND (?2::TIMESTAMP IS NULL OR created_at > ?2)",
+            &[&run.integration, &last_applied],
         )?;
         Ok((missing > 0).then_some("a missing file"))
     }
@@ -125,20 +123,20 @@ impl Store {
         &self,
         events: &[Event],
         dedup_key: Option<&str>,
-    ) -> duckdb::Result<()> {
+    ) -> Result<(), DbError> {
         for event in events {
-            self.conn().execute(
+            self.db().execute(
                 "INSERT INTO dropsync_events
                    (event_id, kind, integration, execution_id, summary, dedup_key, created_at)
                  VALUES (?, ?, ?, ?, ?, ?, ?)",
-                params![
-                    event.id,
-                    event.kind.as_str(),
-                    event.integration,
-                    event.execution_id,
-                    event.summary,
-                    dedup_key,
-                    event.created_at.naive_utc()
+                &[
+                    &event.id,
+                    &event.kind.as_str(),
+                    &event.integration,
+                    &event.execution_id,
+                    &event.summary,
+                    &dedup_key,
+                    &event.created_at.naive_utc(),
                 ],
             )?;
             for notifier in self
@@ -146,10 +144,10 @@ impl Store {
                 .iter()
                 .filter(|n| n.wants(event.kind, &event.integration))
             {
-                self.conn().execute(
+                self.db().execute(
                     "INSERT INTO dropsync_outbox (event_id, notifier, attempts, next_attempt_at)
                      VALUES (?, ?, 0, ?)",
-                    params![event.id, notifier.name, event.created_at.naive_utc()],
+                    &[&event.id, &notifier.name, &event.created_at.naive_utc()],
                 )?;
             }
         }
@@ -160,7 +158,7 @@ impl Store {
     /// want its changes, in the run's transaction: one event and one outbox
     /// row per subscriber, whatever the number of changes (they are read
     /// from the change log when sent). A run that changed nothing makes none.
-    pub(crate) fn enqueue_feed_in(&self, run: &RunRecord, changed: u64) -> duckdb::Result<()> {
+    pub(crate) fn enqueue_feed_in(&self, run: &RunRecord, changed: u64) -> Result<(), DbError> {
         let subscribers: Vec<&str> = self
             .subscribers
             .iter()
@@ -181,29 +179,29 @@ impl Store {
                 run.execution_id
             ),
         );
-        self.conn().execute(
+        self.db().execute(
             "INSERT INTO dropsync_events
                (event_id, kind, integration, execution_id, summary, dedup_key, created_at)
              VALUES (?, ?, ?, ?, ?, NULL, ?)",
-            params![
-                event.id,
-                event.kind.as_str(),
-                event.integration,
-                event.execution_id,
-                event.summary,
-                event.created_at.naive_utc()
+            &[
+                &event.id,
+                &event.kind.as_str(),
+                &event.integration,
+                &event.execution_id,
+                &event.summary,
+                &event.created_at.naive_utc(),
             ],
         )?;
         for subscriber in subscribers {
-            self.conn().execute(
+            self.db().execute(
                 "INSERT INTO dropsync_outbox
                    (event_id, notifier, attempts, next_attempt_at, delivery, feed_cursor)
                  VALUES (?, ?, 0, ?, ?, 0)",
-                params![
-                    event.id,
-                    subscriber,
-                    event.created_at.naive_utc(),
-                    DeliveryKind::Feed.as_str()
+                &[
+                    &event.id,
+                    &subscriber,
+                    &event.created_at.naive_utc(),
+                    &DeliveryKind::Feed.as_str(),
                 ],
             )?;
         }
@@ -218,10 +216,10 @@ impl Store {
         subscriber: &str,
         seq: i64,
     ) -> Result<(), StoreError> {
-        self.conn()
+        self.db()
             .execute(
                 "UPDATE dropsync_outbox SET feed_cursor = ? WHERE event_id = ? AND notifier = ?",
-                params![seq, event_id, subscriber],
+                &[&seq, &event_id, &subscriber],
             )
             .map(drop)
             .map_err(self.query_error("recording the changes a subscriber accepted"))
@@ -230,27 +228,21 @@ impl Store {
     /// Records `event` on its own (a missing file, a test), once per
     /// `dedup_key`: returns false when an event with that key exists.
     pub fn record_event(&self, event: &Event, dedup_key: Option<&str>) -> Result<bool, StoreError> {
-        let result = (|| {
-            self.conn().execute_batch("BEGIN TRANSACTION")?;
-            if let Some(key) = dedup_key {
-                let seen: i64 = self.conn().query_row(
-                    "SELECT count(*) FROM dropsync_events WHERE dedup_key = ?",
-                    [key],
-                    |r| r.get(0),
-                )?;
-                if seen > 0 {
-                    self.conn().execute_batch("ROLLBACK")?;
-                    return Ok(false);
+        self.db()
+            .in_transaction(|| {
+                if let Some(key) = dedup_key {
+                    let seen: i64 = self.db().value(
+                        "SELECT count(*) FROM dropsync_events WHERE dedup_key = ?",
+                        &[&key],
+                    )?;
+                    if seen > 0 {
+                        return Ok(false);
+                    }
                 }
-            }
-            self.enqueue_in(std::slice::from_ref(event), dedup_key)?;
-            self.conn().execute_batch("COMMIT")?;
-            Ok(true)
-        })();
-        result.map_err(|e| {
-            let _ = self.conn().execute_batch("ROLLBACK");
-            self.query_error("recording an event")(e)
-        })
+                self.enqueue_in(std::slice::from_ref(event), dedup_key)?;
+                Ok::<_, DbError>(true)
+            })
+            .map_err(self.query_error("recording an event"))
     }
 
     /// Deliveries due at `now` and not being sent, oldest event first: all
@@ -264,9 +256,8 @@ impl Store {
         only: Option<(DeliveryKind, &str)>,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         let context = "reading the outbox";
-        let mut stmt = self
-            .conn()
-            .prepare(
+        self.db()
+            .query(
                 "SELECT e.event_id, e.kind, e.integration, e.execution_id, e.summary, e.created_at,
                         o.notifier, o.attempts, o.delivery, o.feed_cursor
                  FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
@@ -279,39 +270,37 @@ impl Store {
                          AND (pe.created_at < e.created_at
                               OR (pe.created_at = e.created_at AND pe.event_id < e.event_id))))
                  ORDER BY e.created_at, e.event_id, o.notifier",
-            )
-            .map_err(self.query_error(context))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    now.naive_utc(),
-                    only.map(|(_, name)| name),
-                    only.map(|(kind, _)| kind.as_str())
+                &[
+                    &now.naive_utc(),
+                    &only.map(|(_, name)| name),
+                    &only.map(|(kind, _)| kind.as_str()),
                 ],
-                |r| {
-                    let kind: String = r.get(1)?;
-                    Ok(PendingDelivery {
-                        event: Event {
-                            id: r.get(0)?,
-                            kind: EventKind::parse(&kind).unwrap_or(EventKind::RunFailed),
-                            integration: r.get(2)?,
-                            execution_id: r.get(3)?,
-                            summary: r.get(4)?,
-                            created_at: r.get::<_, NaiveDateTime>(5)?.and_utc(),
-                        },
-                        notifier: r.get(6)?,
-                        attempts: r.get::<_, i64>(7)? as u32,
-                        delivery: r
-                            .get::<_, Option<String>>(8)?
-                            .as_deref()
-                            .and_then(DeliveryKind::parse)
-                            .unwrap_or(DeliveryKind::Alert),
-                        cursor: r.get::<_, Option<i64>>(9)?.unwrap_or(0),
-                    })
-                },
             )
-            .map_err(self.query_error(context))?;
-        rows.collect::<Result<_, _>>()
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        let kind: String = r.get(1)?;
+                        Ok(PendingDelivery {
+                            event: Event {
+                                id: r.get(0)?,
+                                kind: EventKind::parse(&kind).unwrap_or(EventKind::RunFailed),
+                                integration: r.get(2)?,
+                                execution_id: r.get(3)?,
+                                summary: r.get(4)?,
+                                created_at: r.get::<NaiveDateTime>(5)?.and_utc(),
+                            },
+                            notifier: r.get(6)?,
+                            attempts: r.get::<i64>(7)? as u32,
+                            delivery: r
+                                .get::<Option<String>>(8)?
+                                .as_deref()
+                                .and_then(DeliveryKind::parse)
+                                .unwrap_or(DeliveryKind::Alert),
+                            cursor: r.get::<Option<i64>>(9)?.unwrap_or(0),
+                        })
+                    })
+                    .collect()
+            })
             .map_err(self.query_error(context))
     }
 
@@ -319,11 +308,11 @@ impl Store {
     /// or it was delivered meanwhile. The claim is committed before anything
     /// is sent, and cleared when the delivery is marked.
     pub fn claim(&self, event_id: &str, notifier: &str) -> Result<bool, StoreError> {
-        self.conn()
+        self.db()
             .execute(
                 "UPDATE dropsync_outbox SET claimed_at = ?
                  WHERE event_id = ? AND notifier = ? AND delivered_at IS NULL AND claimed_at IS NULL",
-                params![now(), event_id, notifier],
+                &[&now(), &event_id, &notifier],
             )
             .map(|claimed| claimed == 1)
             .map_err(self.query_error("claiming an alert for sending"))
@@ -334,10 +323,10 @@ impl Store {
     /// same event id (the receiver's idempotency key).
     pub(super) fn release_claims(&self) -> Result<(), StoreError> {
         let released = self
-            .conn()
+            .db()
             .execute(
                 "UPDATE dropsync_outbox SET claimed_at = NULL WHERE claimed_at IS NOT NULL",
-                [],
+                &[],
             )
             .map_err(self.query_error("releasing the claims of a stopped process"))?;
         if released > 0 {
@@ -350,12 +339,12 @@ impl Store {
     }
 
     pub fn mark_delivered(&self, event_id: &str, notifier: &str) -> Result<(), StoreError> {
-        self.conn()
+        self.db()
             .execute(
                 "UPDATE dropsync_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL,
                         claimed_at = NULL
                  WHERE event_id = ? AND notifier = ?",
-                params![now(), event_id, notifier],
+                &[&now(), &event_id, &notifier],
             )
             .map(drop)
             .map_err(self.query_error("marking an alert delivered"))
@@ -369,12 +358,12 @@ impl Store {
         next: DateTime<Utc>,
         error: &str,
     ) -> Result<(), StoreError> {
-        self.conn()
+        self.db()
             .execute(
                 "UPDATE dropsync_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,
                         claimed_at = NULL
                  WHERE event_id = ? AND notifier = ?",
-                params![attempts as i64, next.naive_utc(), error, event_id, notifier],
+                &[&attempts, &next.naive_utc(), &error, &event_id, &notifier],
             )
             .map(drop)
             .map_err(self.query_error("recording a failed delivery"))
@@ -400,17 +389,17 @@ impl Store {
         } else {
             "?2 = 'alert'"
         };
-        self.conn()
+        self.db()
             .query_row(
                 &format!(
-                    "SELECT count(*), arg_max(o.last_error, o.next_attempt_at)
+                    "SELECT count(*), (array_agg(o.last_error ORDER BY o.next_attempt_at DESC))[1]
                      FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
                      WHERE o.delivered_at IS NULL AND e.integration = ?1 AND {of_kind}"
                 ),
-                params![integration, kind.as_str()],
+                &[&integration, &kind.as_str()],
                 |r| {
                     Ok(Undelivered {
-                        count: r.get::<_, i64>(0)? as u64,
+                        count: r.get::<i64>(0)? as u64,
                         last_error: r.get(1)?,
                     })
                 },

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDateTime;
-use duckdb::ToSql;
 
+use super::db::ToValue;
 use super::history::{COLUMN_COUNT, COLUMNS, from_row};
-use super::{RunRecord, RunStatus, Store, StoreError, Undelivered};
+use super::{DbError, RunRecord, RunStatus, Store, StoreError, Undelivered};
 use crate::freshness::{Arrivals, LastOutcome, utc};
 use crate::notify::DeliveryKind;
 
@@ -58,7 +58,10 @@ impl Store {
         // integrations asked about pays for a few (an integration's page);
         // for many (the overview), comparing every run's name costs more
         // than aggregating them all.
-        let names: Vec<&dyn ToSql> = wanted.iter().map(|(name, _)| name as &dyn ToSql).collect();
+        let names: Vec<&dyn ToValue> = wanted
+            .iter()
+            .map(|(name, _)| name as &dyn ToValue)
+            .collect();
         let (narrow, narrow_args) = if wanted.len() <= 20 {
             let marks = vec!["?"; wanted.len()].join(", ");
             (format!("WHERE integration IN ({marks})"), names)
@@ -74,9 +77,9 @@ impl Store {
         // The integrations asked about and their `since`, as a table to
         // join (bound as parameters, never spliced into the SQL).
         let rows = vec!["(?, CAST(? AS TIMESTAMP))"; wanted.len()].join(", ");
-        let wanted_args: Vec<&dyn ToSql> = wanted
+        let wanted_args: Vec<&dyn ToValue> = wanted
             .iter()
-            .flat_map(|(name, since)| [name as &dyn ToSql, since as &dyn ToSql])
+            .flat_map(|(name, since)| [name as &dyn ToValue, since as &dyn ToValue])
             .collect();
         let with_wanted = format!("WITH wanted(integration, since) AS (VALUES {rows})");
 
@@ -89,33 +92,37 @@ impl Store {
         // one pass over the history. Newest first, so the first row marked
         // last (or decisive) of an integration is the one (ties on the
         // instant go to the greatest execution id, as in `runs`).
-        let mut stmt = self
-            .conn()
-            .prepare(&format!(
-                "{instants} SELECT {columns}, i.first_at, r.started_at = i.last_at,
-                   coalesce(r.started_at = i.decisive_at, false) AND r.status IN {decisive}
-                 FROM dropsync_runs r
-                 JOIN instants i ON r.integration = i.integration
-                   AND (r.started_at = i.last_at OR r.started_at = i.decisive_at)
-                 ORDER BY r.integration, r.execution_id DESC"
-            ))
-            .map_err(self.query_error(context))?;
-        let runs = stmt
-            .query_map(narrow_args.as_slice(), |r| {
-                let run = from_row(r)?;
-                let first_at: NaiveDateTime = r.get(COLUMN_COUNT)?;
-                let is_last: bool = r.get(COLUMN_COUNT + 1)?;
-                let is_decisive: bool = r.get(COLUMN_COUNT + 2)?;
-                let outcome = is_decisive.then(|| LastOutcome {
-                    execution_id: run.execution_id.clone(),
-                    failed: !matches!(run.status, RunStatus::Success | RunStatus::Partial),
-                    at: utc(run.started_at),
-                });
-                Ok((self.as_seen(Ok(run))?, first_at, is_last, outcome))
+        let runs = self
+            .db()
+            .query(
+                &format!(
+                    "{instants} SELECT {columns}, i.first_at, r.started_at = i.last_at,
+                       coalesce(r.started_at = i.decisive_at, false) AND r.status IN {decisive}
+                     FROM dropsync_runs r
+                     JOIN instants i ON r.integration = i.integration
+                       AND (r.started_at = i.last_at OR r.started_at = i.decisive_at)
+                     ORDER BY r.integration, r.execution_id DESC"
+                ),
+                narrow_args.as_slice(),
+            )
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        let run = from_row(r)?;
+                        let first_at: NaiveDateTime = r.get(COLUMN_COUNT)?;
+                        let is_last: bool = r.get(COLUMN_COUNT + 1)?;
+                        let is_decisive: bool = r.get(COLUMN_COUNT + 2)?;
+                        let outcome = is_decisive.then(|| LastOutcome {
+                            execution_id: run.execution_id.clone(),
+                            failed: !matches!(run.status, RunStatus::Success | RunStatus::Partial),
+                            at: utc(run.started_at),
+                        });
+                        Ok((self.as_seen(run), first_at, is_last, outcome))
+                    })
+                    .collect::<Result<Vec<_>, DbError>>()
             })
             .map_err(self.query_error(context))?;
-        for row in runs {
-            let (run, first_at, is_last, outcome) = row.map_err(self.query_error(context))?;
+        for (run, first_at, is_last, outcome) in runs {
             let Some(glance) = out.get_mut(&run.integration) else {
                 continue;
             };
@@ -132,22 +139,21 @@ impl Store {
 
         // Applied files from each integration's own `since`; a replay is
         // no arrival.
-        let mut stmt = self
-            .conn()
-            .prepare(&format!(
-                "{with_wanted} SELECT r.integration, r.started_at FROM dropsync_runs r
-                 JOIN wanted w ON r.integration = w.integration AND r.started_at >= w.since
-                 WHERE r.status IN ('success', 'partial') AND r.trigger <> 'replay'
-                 ORDER BY r.integration, r.started_at"
-            ))
+        let applied = self
+            .db()
+            .query(
+                &format!(
+                    "{with_wanted} SELECT r.integration, r.started_at FROM dropsync_runs r
+                     JOIN wanted w ON r.integration = w.integration AND r.started_at >= w.since
+                     WHERE r.status IN ('success', 'partial') AND r.trigger <> 'replay'
+                     ORDER BY r.integration, r.started_at"
+                ),
+                wanted_args.as_slice(),
+            )
             .map_err(self.query_error(context))?;
-        let applied = stmt
-            .query_map(wanted_args.as_slice(), |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, NaiveDateTime>(1)?))
-            })
-            .map_err(self.query_error(context))?;
-        for row in applied {
-            let (name, at) = row.map_err(self.query_error(context))?;
+        for r in applied {
+            let name: String = r.get(0).map_err(self.query_error(context))?;
+            let at: NaiveDateTime = r.get(1).map_err(self.query_error(context))?;
             if let Some(glance) = out.get_mut(&name) {
                 glance.arrivals.applied.push(utc(at));
             }
@@ -162,29 +168,33 @@ impl Store {
             } else {
                 "'alert'"
             };
-            let mut stmt = self
-                .conn()
-                .prepare(&format!(
-                    "SELECT e.integration, {kind}, count(*), arg_max(o.last_error, o.next_attempt_at)
-                     FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
-                     WHERE o.delivered_at IS NULL GROUP BY e.integration, {kind}"
-                ))
-                .map_err(self.query_error("reading the outbox"))?;
-            let undelivered = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        Undelivered {
-                            count: r.get::<_, i64>(2)?.max(0) as u64,
-                            last_error: r.get(3)?,
-                        },
-                    ))
+            let undelivered = self
+                .db()
+                .query(
+                    &format!(
+                        "SELECT e.integration, {kind}, count(*),
+                           (array_agg(o.last_error ORDER BY o.next_attempt_at DESC))[1]
+                         FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
+                         WHERE o.delivered_at IS NULL GROUP BY e.integration, {kind}"
+                    ),
+                    &[],
+                )
+                .and_then(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            Ok((
+                                r.get::<String>(0)?,
+                                r.get::<Option<String>>(1)?,
+                                Undelivered {
+                                    count: r.get::<i64>(2)?.max(0) as u64,
+                                    last_error: r.get(3)?,
+                                },
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, DbError>>()
                 })
                 .map_err(self.query_error("reading the outbox"))?;
-            for row in undelivered {
-                let (name, kind, undelivered) =
-                    row.map_err(self.query_error("reading the outbox"))?;
+            for (name, kind, undelivered) in undelivered {
                 if let Some(glance) = out.get_mut(&name) {
                     match kind.as_deref().and_then(DeliveryKind::parse) {
                         Some(DeliveryKind::Feed) => glance.undelivered_feed = undelivered,

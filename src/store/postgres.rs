@@ -307,7 +307,7 @@ pub(super) fn migrate(client: &mut postgres::Client, migrations: &[&str]) -> Res
 
 /// The server's own words for why a session failed, without the client's
 /// wrapping ("db error: ..."); never anything of the password.
-fn describe(e: &postgres::Error) -> String {
+pub(super) fn describe(e: &postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return db.message().to_string();
     }

@@ -3,7 +3,8 @@
 
 use chrono::NaiveDate;
 
-use super::{Store, StoreError, ident};
+use super::db::ToValue;
+use super::{DbError, Store, StoreError, Value, ident};
 use crate::schema::TableSchema;
 
 /// What the export does with a cell a spreadsheet would run as a formula
@@ -173,10 +174,10 @@ impl Store {
             ident(&spec.status_field),
             vec!["?"; spec.unsubscribed.len()].join(", ")
         );
-        let mut params: Vec<Box<dyn duckdb::ToSql>> = spec
+        let mut params: Vec<Value> = spec
             .unsubscribed
             .iter()
-            .map(|v| Box::new(v.clone()) as Box<dyn duckdb::ToSql>)
+            .map(|v| Value::Text(v.clone()))
             .collect();
         let mut any_of = |column: &str, values: &[String], negate: bool| {
             if values.is_empty() {
@@ -191,11 +192,7 @@ impl Store {
                 String::new()
             };
             sql.push_str(&format!(" AND ({column} {not}IN ({marks}){null_ok})"));
-            params.extend(
-                values
-                    .iter()
-                    .map(|v| Box::new(v.clone()) as Box<dyn duckdb::ToSql>),
-            );
+            params.extend(values.iter().map(|v| Value::Text(v.clone())));
         };
         any_of(LIST, &filter.lists, false);
         any_of(LIST, &filter.exclude_lists, true);
@@ -203,11 +200,11 @@ impl Store {
         any_of(REASON, &filter.exclude_reasons, true);
         if let Some(d) = filter.since {
             sql.push_str(&format!(" AND {} >= ?", ident(DATE)));
-            params.push(Box::new(d));
+            params.push(Value::Date(d));
         }
         if let Some(d) = filter.until {
             sql.push_str(&format!(" AND {} <= ?", ident(DATE)));
-            params.push(Box::new(d));
+            params.push(Value::Date(d));
         }
         let order: Vec<String> = spec
             .has(DATE)
@@ -219,27 +216,28 @@ impl Store {
         if !order.is_empty() {
             sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
         }
-        let mut stmt = self
-            .conn()
-            .prepare(&sql)
-            .map_err(self.query_error("exporting unsubscribes"))?;
-        let refs: Vec<&dyn duckdb::ToSql> = params.iter().map(|b| b.as_ref()).collect();
-        let rows = stmt
-            .query_map(refs.as_slice(), |r| {
-                (0..spec.columns.len())
+        let refs: Vec<&dyn ToValue> = params.iter().map(|v| v as &dyn ToValue).collect();
+        let mut n = 0;
+        let mut unwritten = None;
+        self.db()
+            .for_each(&sql, &refs, |r| {
+                let row = (0..spec.columns.len())
                     .map(|i| {
-                        r.get::<_, Option<String>>(i)
+                        r.get::<Option<String>>(i)
                             .map(|v| formulas.cell(v.unwrap_or_default()))
                     })
-                    .collect::<Result<Vec<String>, _>>()
+                    .collect::<Result<Vec<String>, _>>()?;
+                if let Err(e) = writer.write_record(&row) {
+                    unwritten = Some(e);
+                    return Err(DbError::Other("stopped: the output failed".into()));
+                }
+                n += 1;
+                Ok(())
             })
-            .map_err(self.query_error("exporting unsubscribes"))?;
-        let mut n = 0;
-        for row in rows {
-            let row = row.map_err(self.query_error("exporting unsubscribes"))?;
-            writer.write_record(&row).map_err(io)?;
-            n += 1;
-        }
+            .map_err(|e| match unwritten.take() {
+                Some(e) => io(e),
+                None => self.query_error("exporting unsubscribes")(e),
+            })?;
         writer.flush().map_err(|e| io(e.into()))?;
         Ok(n)
     }
