@@ -80,8 +80,8 @@ impl Store {
         let status = filter.status.map(RunStatus::as_str);
         let condition =
             "(?1::VARCHAR IS NULL OR integration = ?1) AND (?2::VARCHAR IS NULL OR status = ?2)
-             AND (?3::DATE IS NULL OR started_at >= ?3)
-             AND (?4::DATE IS NULL OR started_at < ?4 + INTERVAL '1 day')";
+             AND (?3::DATE IS NULL OR started_at >= CAST(?3 AS DATE))
+             AND (?4::DATE IS NULL OR started_at < CAST(?4 AS DATE) + INTERVAL '1 day')";
         let args: super::db::Params<'_> = &[&filter.integration, &status, &filter.from, &filter.to];
         let total: i64 = self
             .db()
