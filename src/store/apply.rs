@@ -465,14 +465,15 @@ impl Store {
             .join(", ");
         let execution_id = run.execution_id.replace('\'', "''");
         let updated_at = backend.timestamp(now());
+        let replaced =
+            backend.row_in("SELECT _rowid FROM changes WHERE _kind IN ('update', 'delete')");
+        let confirmed = backend.row_in("SELECT _rowid FROM changes WHERE _kind = 'confirm'");
         db.batch(&format!(
-            "DELETE FROM {table}
-                WHERE {rowid} IN (SELECT _rowid FROM changes WHERE _kind IN ('update', 'delete'));
+            "DELETE FROM {table} WHERE {replaced};
              INSERT INTO {table} ({data_cols}, _integration, _execution_id, _business_date, _updated_at)
                 SELECT {data_cols}, '{integration}', '{execution_id}', {business_date}, {updated_at}
                 FROM changes WHERE _kind IN ('insert', 'update');
-             UPDATE {table} SET _business_date = {business_date}
-                WHERE {rowid} IN (SELECT _rowid FROM changes WHERE _kind = 'confirm');"
+             UPDATE {table} SET _business_date = {business_date} WHERE {confirmed};"
         ))
         .map_err(self.query_error(format!("applying changes to {}", req.table.name)))?;
 
@@ -541,6 +542,16 @@ impl Store {
             columns.join(", ")
         ))
         .map_err(self.query_error(format!("creating table {}", target.name)))?;
+        if backend == Backend::Postgres {
+            // Many integrations may share a dataset's table; each sync reads
+            // only its own rows, through this index. (DuckDB skips row groups
+            // by their min/max instead.)
+            db.batch(&format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {table} (_integration)",
+                ident(&format!("{}_integration", target.name))
+            ))
+            .map_err(self.query_error(format!("indexing table {}", target.name)))?;
+        }
         let existing: Vec<String> = db
             .query(
                 "SELECT column_name FROM information_schema.columns

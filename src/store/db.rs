@@ -557,6 +557,16 @@ impl Backend {
         }
     }
 
+    /// A condition: the row's place is one of those `places` (a query of
+    /// one column of `row_id`s) selects. PostgreSQL fetches each by its
+    /// place from an array (a TID scan) instead of scanning the table.
+    pub fn row_in(self, places: &str) -> String {
+        match self {
+            Backend::DuckDb => format!("rowid IN ({places})"),
+            Backend::Postgres => format!("ctid = ANY(ARRAY({places}))"),
+        }
+    }
+
     /// The column type a DuckDB type name (as schemas give them) is here.
     pub fn column_type(self, duckdb_type: &str) -> String {
         match (self, duckdb_type) {

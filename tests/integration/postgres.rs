@@ -172,3 +172,43 @@ fn verify_full_checks_the_server_certificate() {
     let out = unverified.dropsync(&["check"]);
     assert!(!out.stdout.contains("cannot reach"), "{out}");
 }
+
+/// A second day's snapshot is diffed inside PostgreSQL: one update, one
+/// delete, one insert, counted and applied as on DuckDB, and each changed
+/// row found again by its place (not duplicated, not left behind).
+#[test]
+fn a_second_snapshot_is_diffed_and_applied_inside_postgres() {
+    let ws = workspace_on(StoreKind::Postgres, &accounts_config(""));
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    ws.dropsync(&["run"]).code(0);
+    let day2 = six_accounts()
+        .replace("Account 2,", "Account Two,")
+        .replace("A6,,Account 6,parent,pro,60,2020-01-06\n", "")
+        + "A7,,Account 7,parent,pro,70,2020-01-07\n";
+    ws.drop_file("accounts_20260102.csv", day2);
+    ws.dropsync(&["run"])
+        .code(0)
+        .stdout_has(&["success", "+1 ~1 -1"]);
+    let mut client = ws.pg.as_ref().unwrap().client();
+    let rows: Vec<(String, String)> = client
+        .query(
+            "SELECT \"AccountID\", \"Name\" FROM accounts ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<(String, String)> = [1, 2, 3, 4, 5, 7]
+        .iter()
+        .map(|i| {
+            let name = if *i == 2 {
+                "Account Two".to_string()
+            } else {
+                format!("Account {i}")
+            };
+            (format!("A{i}"), name)
+        })
+        .collect();
+    assert_eq!(rows, expected);
+}
