@@ -178,9 +178,18 @@ impl Workspace {
     }
 }
 
-/// A read-only connection to a store file.
+/// A read-only view of a store: its DuckDB file, or a session in its
+/// PostgreSQL database. Values read either way are rendered as the same
+/// text, so a test body reads the same on both stores.
 pub struct Db {
-    conn: duckdb::Connection,
+    conn: Conn,
+}
+
+enum Conn {
+    DuckDb(duckdb::Connection),
+    /// `postgres::Client` wants `&mut` for every query; a test holds the
+    /// view by `&`, as it does a DuckDB connection.
+    Postgres(std::cell::RefCell<postgres::Client>),
 }
 
 /// One row of `dropsync_runs`, as the tests look at it.
@@ -226,27 +235,71 @@ impl Db {
             .unwrap();
         let conn = duckdb::Connection::open_with_flags(path, config)
             .unwrap_or_else(|e| panic!("cannot open {} read-only: {e}", path.display()));
-        Db { conn }
+        Db {
+            conn: Conn::DuckDb(conn),
+        }
+    }
+
+    /// A session in a PostgreSQL store's database, reading times in UTC
+    /// (as the store writes them).
+    #[track_caller]
+    pub fn postgres(database: &PgDatabase) -> Db {
+        let mut client = database.client();
+        client
+            .batch_execute("SET TIME ZONE 'UTC'; SET default_transaction_read_only = on")
+            .expect("the test session is set up");
+        Db {
+            conn: Conn::Postgres(std::cell::RefCell::new(client)),
+        }
+    }
+
+    /// Every row of a query, each value rendered as text (`None` for null).
+    #[track_caller]
+    fn cells(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match &self.conn {
+            Conn::DuckDb(conn) => {
+                let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let mut rows = stmt.query([]).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().unwrap() {
+                    let n = row.as_ref().column_count();
+                    out.push(
+                        (0..n)
+                            .map(|i| text(row.get::<_, Value>(i).unwrap()))
+                            .collect(),
+                    );
+                }
+                out
+            }
+            Conn::Postgres(client) => client
+                .borrow_mut()
+                .query(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .iter()
+                .map(|row| {
+                    (0..row.len())
+                        .map(|i| {
+                            row.try_get::<_, Option<PgText>>(i)
+                                .unwrap_or_else(|e| panic!("{sql}: column {i}: {e}"))
+                                .map(|PgText(s)| s)
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
     }
 
     /// Every row of a query, each value as text (`NULL` for null).
     #[track_caller]
     pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let mut rows = stmt.query([]).unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().unwrap() {
-            let n = row.as_ref().column_count();
-            out.push(
-                (0..n)
-                    .map(|i| text(row.get::<_, Value>(i).unwrap()))
-                    .collect(),
-            );
-        }
-        out
+        self.cells(sql)
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                    .collect()
+            })
+            .collect()
     }
 
     /// The single value of a query, as text.
@@ -259,9 +312,10 @@ impl Db {
 
     #[track_caller]
     pub fn count(&self, sql: &str) -> i64 {
-        self.conn
-            .query_row(sql, [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        let value = self.value(sql);
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("{sql}: {value:?} is not a count: {e}"))
     }
 
     pub fn table_exists(&self, table: &str) -> bool {
@@ -277,33 +331,37 @@ impl Db {
                 CAST(business_date AS VARCHAR), forced, input_rows, success_rows, error_rows,
                 skipped_rows, inserted, updated, deleted, unchanged, subscribed, unsubscribed
              FROM dropsync_runs ORDER BY started_at, execution_id";
-        let mut stmt = self.conn.prepare(sql).unwrap();
-        stmt.query_map([], |r| {
-            Ok(Run {
-                execution_id: r.get(0)?,
-                integration: r.get(1)?,
-                trigger: r.get(2)?,
-                status: r.get(3)?,
-                message: r.get(4)?,
-                file_name: r.get(5)?,
-                content_hash: r.get(6)?,
-                business_date: r.get(7)?,
-                forced: r.get(8)?,
-                input_rows: r.get(9)?,
-                success_rows: r.get(10)?,
-                error_rows: r.get(11)?,
-                skipped_rows: r.get(12)?,
-                inserted: r.get(13)?,
-                updated: r.get(14)?,
-                deleted: r.get(15)?,
-                unchanged: r.get(16)?,
-                subscribed: r.get(17)?,
-                unsubscribed: r.get(18)?,
+        self.cells(sql)
+            .into_iter()
+            .map(|r| {
+                let text = |i: usize| {
+                    r[i].clone()
+                        .unwrap_or_else(|| panic!("{sql}: column {i} is NULL"))
+                };
+                let int = |i: usize| text(i).parse::<i64>().unwrap();
+                Run {
+                    execution_id: text(0),
+                    integration: text(1),
+                    trigger: text(2),
+                    status: text(3),
+                    message: r[4].clone(),
+                    file_name: r[5].clone(),
+                    content_hash: r[6].clone(),
+                    business_date: r[7].clone(),
+                    forced: text(8) == "true",
+                    input_rows: int(9),
+                    success_rows: int(10),
+                    error_rows: int(11),
+                    skipped_rows: int(12),
+                    inserted: int(13),
+                    updated: int(14),
+                    deleted: int(15),
+                    unchanged: int(16),
+                    subscribed: int(17),
+                    unsubscribed: int(18),
+                }
             })
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+            .collect()
     }
 
     /// The newest run.
@@ -314,33 +372,29 @@ impl Db {
 
     /// A run's row errors, in line order, then in the schema's field order.
     pub fn row_errors(&self, execution_id: &str) -> Vec<RowError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
-                 WHERE execution_id = ? ORDER BY position",
-            )
-            .unwrap();
-        stmt.query_map([execution_id], |r| {
-            Ok(RowError {
-                line: r.get(0)?,
-                record_key: r.get(1)?,
-                field: r.get(2)?,
-                message: r.get(3)?,
-                raw: r.get(4)?,
+        let sql = format!(
+            "SELECT line, record_key, field, message, raw FROM dropsync_row_errors
+             WHERE execution_id = '{}' ORDER BY position",
+            execution_id.replace('\'', "''")
+        );
+        self.cells(&sql)
+            .into_iter()
+            .map(|r| RowError {
+                line: r[0].as_deref().unwrap().parse().unwrap(),
+                record_key: r[1].clone(),
+                field: r[2].clone(),
+                message: r[3].clone().unwrap(),
+                raw: r[4].clone(),
             })
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+            .collect()
     }
 }
 
 /// A DuckDB value as text: dates as YYYY-MM-DD, numbers as Rust prints them.
-fn text(v: Value) -> String {
+fn text(v: Value) -> Option<String> {
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
-    match v {
-        Value::Null => "NULL".into(),
+    Some(match v {
+        Value::Null => return None,
         Value::Boolean(b) => b.to_string(),
         Value::TinyInt(i) => i.to_string(),
         Value::SmallInt(i) => i.to_string(),
@@ -368,7 +422,118 @@ fn text(v: Value) -> String {
                 .to_string()
         }
         other => format!("{other:?}"),
+    })
+}
+
+/// A PostgreSQL value rendered as `text` renders its DuckDB counterpart:
+/// booleans `true`/`false`, numbers as Rust prints them (a numeric
+/// exactly, as DuckDB prints a HUGEINT sum), dates ISO, timestamps as
+/// chrono prints a `NaiveDateTime` (UTC).
+struct PgText(String);
+
+impl<'a> postgres::types::FromSql<'a> for PgText {
+    fn from_sql(
+        ty: &postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::Type;
+        Ok(PgText(match *ty {
+            Type::BOOL => bool::from_sql(ty, raw)?.to_string(),
+            Type::INT2 => i16::from_sql(ty, raw)?.to_string(),
+            Type::INT4 => i32::from_sql(ty, raw)?.to_string(),
+            Type::INT8 => i64::from_sql(ty, raw)?.to_string(),
+            Type::OID => u32::from_sql(ty, raw)?.to_string(),
+            Type::FLOAT4 => f32::from_sql(ty, raw)?.to_string(),
+            Type::FLOAT8 => f64::from_sql(ty, raw)?.to_string(),
+            Type::NUMERIC => numeric_text(raw)?,
+            Type::DATE => chrono::NaiveDate::from_sql(ty, raw)?.to_string(),
+            Type::TIMESTAMP => chrono::NaiveDateTime::from_sql(ty, raw)?.to_string(),
+            Type::TIMESTAMPTZ => chrono::DateTime::<chrono::Utc>::from_sql(ty, raw)?
+                .naive_utc()
+                .to_string(),
+            Type::JSONB => std::str::from_utf8(raw.get(1..).unwrap_or_default())?.to_string(),
+            _ => std::str::from_utf8(raw)?.to_string(),
+        }))
     }
+
+    fn accepts(ty: &postgres::types::Type) -> bool {
+        use postgres::types::Type;
+        [
+            Type::BOOL,
+            Type::INT2,
+            Type::INT4,
+            Type::INT8,
+            Type::OID,
+            Type::FLOAT4,
+            Type::FLOAT8,
+            Type::NUMERIC,
+            Type::DATE,
+            Type::TIMESTAMP,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::BPCHAR,
+            Type::NAME,
+            Type::UNKNOWN,
+            Type::JSON,
+            Type::JSONB,
+        ]
+        .contains(ty)
+    }
+}
+
+/// A PostgreSQL numeric's binary form (base-10000 digits) as decimal text,
+/// with as many fraction digits as its scale.
+fn numeric_text(raw: &[u8]) -> Result<String, Box<dyn std::error::Error + Sync + Send>> {
+    let word = |i: usize| -> Result<u16, Box<dyn std::error::Error + Sync + Send>> {
+        raw.get(i * 2..i * 2 + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "a short numeric".into())
+    };
+    let (ndigits, weight, sign, scale) = (
+        word(0)? as usize,
+        word(1)? as i16 as i32,
+        word(2)?,
+        word(3)? as usize,
+    );
+    if sign == 0xC000 {
+        return Ok("NaN".into());
+    }
+    let digit = |power: i32| -> Result<u16, Box<dyn std::error::Error + Sync + Send>> {
+        let index = weight - power;
+        if index < 0 || index as usize >= ndigits {
+            Ok(0)
+        } else {
+            word(4 + index as usize)
+        }
+    };
+    let mut int = String::new();
+    for power in (0..=weight.max(0)).rev() {
+        let d = digit(power)?;
+        if int.is_empty() {
+            if d != 0 {
+                int = d.to_string();
+            }
+        } else {
+            int.push_str(&format!("{d:04}"));
+        }
+    }
+    if int.is_empty() {
+        int.push('0');
+    }
+    let mut fraction = String::new();
+    let mut power = -1;
+    while fraction.len() < scale {
+        fraction.push_str(&format!("{:04}", digit(power)?));
+        power -= 1;
+    }
+    fraction.truncate(scale);
+    let sign = if sign == 0x4000 { "-" } else { "" };
+    Ok(if scale == 0 {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{fraction}")
+    })
 }
 
 /// Rows written as string slices, for comparing with `Db::rows`.
@@ -405,14 +570,23 @@ pub fn six_accounts() -> String {
 }
 
 /// The accounts table as (AccountID, Name, Seats), by key.
+/// (Column names are quoted: a PostgreSQL store keeps their case.)
 pub fn accounts(db: &Db) -> Vec<Vec<String>> {
-    db.rows("SELECT AccountID, Name, Seats FROM accounts ORDER BY AccountID")
+    db.rows(r#"SELECT "AccountID", "Name", "Seats" FROM accounts ORDER BY "AccountID""#)
 }
 
 /// A workspace whose `accounts` integration already applied `six_accounts`
 /// as the snapshot of 2026-01-01.
 pub fn with_six_accounts(extra: &str) -> Workspace {
     let ws = Workspace::new(&accounts_config(extra));
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    ws.dropsync(&["run"]).code(0);
+    ws
+}
+
+/// `with_six_accounts`, on a store of `kind`.
+pub fn with_six_accounts_on(kind: StoreKind, extra: &str) -> StoreWorkspace {
+    let ws = workspace_on(kind, &accounts_config(extra));
     ws.drop_file("accounts_20260101.csv", six_accounts());
     ws.dropsync(&["run"]).code(0);
     ws
@@ -858,6 +1032,17 @@ pub fn workspace_on(kind: StoreKind, config: &str) -> StoreWorkspace {
 pub struct StoreWorkspace {
     pub ws: Workspace,
     pub pg: Option<PgDatabase>,
+}
+
+impl StoreWorkspace {
+    /// The store, whichever it is, opened to read (closed when dropped).
+    #[track_caller]
+    pub fn db(&self) -> Db {
+        match &self.pg {
+            Some(pg) => Db::postgres(pg),
+            None => self.ws.db(),
+        }
+    }
 }
 
 impl std::ops::Deref for StoreWorkspace {

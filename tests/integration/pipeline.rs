@@ -2,8 +2,8 @@
 //! guard, older dates, and append mode.
 
 use crate::common::{
-    ACCOUNTS_HEADER, Workspace, accounts, accounts_config, six_accounts, six_accounts_table, table,
-    with_six_accounts,
+    ACCOUNTS_HEADER, StoreKind, Workspace, accounts, accounts_config, six_accounts,
+    six_accounts_table, table, with_six_accounts_on, workspace_on,
 };
 
 /// Day 2 of `six_accounts`: A2's seats change, A5 is gone, A7 is new.
@@ -30,9 +30,8 @@ fn day2_table() -> Vec<Vec<String>> {
     ])
 }
 
-#[test]
-fn snapshot_inserts_updates_and_deletes() {
-    let ws = Workspace::new(&accounts_config(""));
+fn snapshot_inserts_updates_and_deletes(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(""));
     ws.drop_file("accounts_20260101.csv", six_accounts());
     ws.dropsync(&["run"]).code(0).stdout_has(&[
         "accounts  2026-01-01  accounts_20260101.csv  success  rows 6 ok 6 rejected 0 skipped 0  +6 ~0 -0",
@@ -71,8 +70,8 @@ fn snapshot_inserts_updates_and_deletes() {
     // Only changed rows are rewritten; each row says which run wrote it.
     assert_eq!(
         db.rows(
-            "SELECT AccountID, _integration, _execution_id, _business_date FROM accounts
-             WHERE AccountID IN ('A1', 'A2', 'A7') ORDER BY AccountID"
+            r#"SELECT "AccountID", _integration, _execution_id, _business_date FROM accounts
+             WHERE "AccountID" IN ('A1', 'A2', 'A7') ORDER BY "AccountID""#
         ),
         table(&[
             ["A1", "accounts", &first.execution_id, "2026-01-01"],
@@ -82,9 +81,8 @@ fn snapshot_inserts_updates_and_deletes() {
     );
 }
 
-#[test]
-fn same_content_is_applied_once_unless_forced() {
-    let ws = with_six_accounts("");
+fn same_content_is_applied_once_unless_forced(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, "");
     let first = ws.db().last_run();
 
     // A folder scan passes it over without a trace.
@@ -142,9 +140,8 @@ fn same_content_is_applied_once_unless_forced() {
     assert_eq!(ws.db().runs().len(), 5);
 }
 
-#[test]
-fn a_changed_file_under_an_old_name_is_new_content() {
-    let ws = with_six_accounts("");
+fn a_changed_file_under_an_old_name_is_new_content(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, "");
     ws.drop_file(
         "accounts_20260101.csv",
         six_accounts().replace(
@@ -157,14 +154,13 @@ fn a_changed_file_under_an_old_name_is_new_content() {
         .stdout_has(&["accounts_20260101.csv  success", "+0 ~1 -0"]);
     assert_eq!(
         ws.db()
-            .value("SELECT Seats FROM accounts WHERE AccountID = 'A3'"),
+            .value(r#"SELECT "Seats" FROM accounts WHERE "AccountID" = 'A3'"#),
         "333"
     );
 }
 
-#[test]
-fn dry_run_prints_the_changes_and_writes_nothing() {
-    let ws = with_six_accounts("");
+fn dry_run_prints_the_changes_and_writes_nothing(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, "");
     ws.drop_file("accounts_20260102.csv", day2());
     let out = ws.dropsync(&["run", "--dry-run"]);
     out.code(0)
@@ -185,9 +181,8 @@ fn dry_run_prints_the_changes_and_writes_nothing() {
     assert_eq!(accounts(&ws.db()), day2_table());
 }
 
-#[test]
-fn dry_run_on_a_fresh_store_creates_no_table() {
-    let ws = Workspace::new(&accounts_config(""));
+fn dry_run_on_a_fresh_store_creates_no_table(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(""));
     ws.drop_file("accounts_20260101.csv", six_accounts());
     ws.dropsync(&["run", "--dry-run"]).code(0).stdout_has(&[
         "success (dry run)",
@@ -199,9 +194,8 @@ fn dry_run_on_a_fresh_store_creates_no_table() {
     assert!(db.runs().is_empty());
 }
 
-#[test]
-fn mass_delete_guard_refuses_a_truncated_snapshot_unless_forced() {
-    let ws = with_six_accounts("");
+fn mass_delete_guard_refuses_a_truncated_snapshot_unless_forced(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, "");
     let truncated = format!(
         "{ACCOUNTS_HEADER}A1,,Account 1,parent,pro,10,2020-01-01\nA2,,Account 2,parent,pro,20,2020-01-02\n"
     );
@@ -241,8 +235,7 @@ fn mass_delete_guard_refuses_a_truncated_snapshot_unless_forced() {
     );
 }
 
-#[test]
-fn mass_delete_guard_threshold() {
+fn mass_delete_guard_threshold(kind: StoreKind) {
     // (max_delete_ratio, accounts kept of 6, refused?)
     let cases = [
         ("", 5, false),    // 1/6 = 16.7% <= 20% default
@@ -258,7 +251,7 @@ fn mass_delete_guard_threshold() {
         } else {
             format!("max_delete_ratio = {ratio}")
         };
-        let ws = with_six_accounts(&extra);
+        let ws = with_six_accounts_on(kind, &extra);
         let mut file = ACCOUNTS_HEADER.to_string();
         for line in six_accounts().lines().skip(1).take(kept) {
             file.push_str(line);
@@ -288,9 +281,8 @@ fn mass_delete_guard_threshold() {
     }
 }
 
-#[test]
-fn an_older_snapshot_does_not_roll_back_newer_state() {
-    let ws = with_six_accounts("");
+fn an_older_snapshot_does_not_roll_back_newer_state(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, "");
     ws.drop_file("accounts_20260102.csv", day2());
     ws.dropsync(&["run"]).code(0);
     let old = six_accounts().replace("Account 1,parent,pro,10", "Account 1,parent,pro,11");
@@ -319,7 +311,7 @@ fn an_older_snapshot_does_not_roll_back_newer_state() {
         .stdout_has(&["accounts_20251231.csv  success", "+1 ~2 -1"]);
     let db = ws.db();
     assert_eq!(
-        db.rows("SELECT AccountID, Seats FROM accounts ORDER BY AccountID"),
+        db.rows(r#"SELECT "AccountID", "Seats" FROM accounts ORDER BY "AccountID""#),
         table(&[
             ["A1", "11"],
             ["A2", "20"],
@@ -332,9 +324,8 @@ fn an_older_snapshot_does_not_roll_back_newer_state() {
     assert!(db.last_run().forced);
 }
 
-#[test]
-fn a_stale_snapshot_is_reported_once_then_passed_over() {
-    let ws = with_six_accounts("");
+fn a_stale_snapshot_is_reported_once_then_passed_over(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, "");
     ws.drop_file("accounts_20260102.csv", day2());
     ws.dropsync(&["run"]).code(0);
     ws.drop_file(
@@ -359,9 +350,8 @@ pattern = "usage_{date:%Y-%m-%d}.csv"
 
 const USAGE_HEADER: &str = "UserID,AccountID,Action,Module,Timestamp\n";
 
-#[test]
-fn append_mode_stores_each_event_once() {
-    let ws = Workspace::new(USAGE_CONFIG);
+fn append_mode_stores_each_event_once(kind: StoreKind) {
+    let ws = workspace_on(kind, USAGE_CONFIG);
     ws.drop_file(
         "usage_2026-01-01.csv",
         format!(
@@ -392,7 +382,8 @@ fn append_mode_stores_each_event_once() {
     let db = ws.db();
     assert_eq!(
         db.rows(
-            "SELECT UserID, Action, CAST(Timestamp AS VARCHAR) FROM usage ORDER BY Timestamp, UserID, Action"
+            r#"SELECT "UserID", "Action", CAST("Timestamp" AS VARCHAR) FROM usage
+               ORDER BY "Timestamp", "UserID", "Action""#
         ),
         table(&[
             ["ada@example.org", "login", "2026-01-01 08:00:00"],
@@ -408,9 +399,8 @@ fn append_mode_stores_each_event_once() {
     );
 }
 
-#[test]
-fn append_mode_counts_add_up() {
-    let ws = Workspace::new(USAGE_CONFIG);
+fn append_mode_counts_add_up(kind: StoreKind) {
+    let ws = workspace_on(kind, USAGE_CONFIG);
     let event = "ada@example.org,A1,login,web,2026-01-01T08:00:00Z\n";
     ws.drop_file("usage_2026-01-01.csv", format!("{USAGE_HEADER}{event}"));
     ws.dropsync(&["run"]).code(0);
@@ -429,9 +419,8 @@ fn append_mode_counts_add_up() {
         .stdout_has(&["rows 2 ok 1 rejected 0 skipped 1  +1 ~0 -0"]);
 }
 
-#[test]
-fn run_syncs_only_the_integrations_named() {
-    let ws = Workspace::new(&format!("{}{USAGE_CONFIG}", accounts_config("")));
+fn run_syncs_only_the_integrations_named(kind: StoreKind) {
+    let ws = workspace_on(kind, &format!("{}{USAGE_CONFIG}", accounts_config("")));
     ws.drop_file("accounts_20260101.csv", six_accounts());
     ws.drop_file(
         "usage_2026-01-01.csv",
@@ -475,4 +464,19 @@ fn files_still_being_written_are_left_alone() {
         .code(0)
         .stdout_has(&["accounts_full.csv  success"]);
     assert_eq!(ws.db().runs().len(), 1);
+}
+
+crate::on_both_stores! {
+    snapshot_inserts_updates_and_deletes => snapshot_inserts_updates_and_deletes;
+    same_content_is_applied_once_unless_forced => same_content_is_applied_once_unless_forced;
+    a_changed_file_under_an_old_name_is_new_content => a_changed_file_under_an_old_name_is_new_content;
+    dry_run_prints_the_changes_and_writes_nothing => dry_run_prints_the_changes_and_writes_nothing;
+    dry_run_on_a_fresh_store_creates_no_table => dry_run_on_a_fresh_store_creates_no_table;
+    mass_delete_guard_refuses_a_truncated_snapshot_unless_forced => mass_delete_guard_refuses_a_truncated_snapshot_unless_forced;
+    mass_delete_guard_threshold => mass_delete_guard_threshold;
+    an_older_snapshot_does_not_roll_back_newer_state => an_older_snapshot_does_not_roll_back_newer_state;
+    a_stale_snapshot_is_reported_once_then_passed_over => a_stale_snapshot_is_reported_once_then_passed_over;
+    append_mode_stores_each_event_once => append_mode_stores_each_event_once;
+    append_mode_counts_add_up => append_mode_counts_add_up;
+    run_syncs_only_the_integrations_named => run_syncs_only_the_integrations_named;
 }
