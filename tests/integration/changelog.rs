@@ -5,7 +5,10 @@
 
 use serde_json::json;
 
-use crate::common::{ACCOUNTS_HEADER, Random, Workspace, accounts_config, six_accounts, table};
+use crate::common::{
+    ACCOUNTS_HEADER, Random, StoreKind, Workspace, accounts_config, six_accounts, table,
+    workspace_on,
+};
 
 const SUBSCRIBERS_HEADER: &str =
     "ListID,Email,Status,UnsubscribedDate,UnsubscribeReason,FirstName,LastName\n";
@@ -38,9 +41,8 @@ fn logged(ws: &Workspace, args: &[&str]) -> Vec<(String, serde_json::Value, serd
         .collect()
 }
 
-#[test]
-fn each_applied_change_is_logged_with_its_old_and_new_values() {
-    let ws = Workspace::new(&accounts_config("max_delete_ratio = 1.0"));
+fn each_applied_change_is_logged_with_its_old_and_new_values(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config("max_delete_ratio = 1.0"));
     ws.drop_file("accounts_20260101.csv", six_accounts());
     ws.dropsync(&["run"]).code(0);
     // Day 2: A2 renamed and grown, A3 gone, A7 new; the rest unchanged.
@@ -117,7 +119,7 @@ fn each_applied_change_is_logged_with_its_old_and_new_values() {
     let rows = ws.db().rows(
         "SELECT c.execution_id = r.execution_id, CAST(c.business_date AS VARCHAR), count(*), min(seq), max(seq)
          FROM dropsync_changes c JOIN dropsync_runs r USING (execution_id)
-         GROUP BY ALL ORDER BY 2",
+         GROUP BY 1, 2 ORDER BY 2",
     );
     assert_eq!(
         rows,
@@ -136,9 +138,8 @@ fn sorted(
     v
 }
 
-#[test]
-fn replays_and_late_files_log_only_what_really_changed() {
-    let ws = Workspace::new(NEWSLETTER);
+fn replays_and_late_files_log_only_what_really_changed(kind: StoreKind) {
+    let ws = workspace_on(kind, NEWSLETTER);
     ws.drop_file(
         "subscribers_20261101.csv",
         format!("{SUBSCRIBERS_HEADER}NEWS,ann@x.org,subscribed,,,Ann,Ash\nNEWS,bob@x.org,subscribed,,,Bob,Birch\n"),
@@ -406,4 +407,9 @@ fn an_export_file_is_private_typed_and_free_of_live_formulas() {
     ws.dropsync(&["export", "unsubscribes"])
         .code(0)
         .stdout_has(&["ListID,Email,UnsubscribedDate"]);
+}
+
+crate::on_both_stores! {
+    each_applied_change_is_logged_with_its_old_and_new_values => each_applied_change_is_logged_with_its_old_and_new_values;
+    replays_and_late_files_log_only_what_really_changed => replays_and_late_files_log_only_what_really_changed;
 }

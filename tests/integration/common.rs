@@ -1035,6 +1035,21 @@ pub struct StoreWorkspace {
 }
 
 impl StoreWorkspace {
+    /// Runs statements on the store as a person repairing (or breaking) it
+    /// would, outside dropsync.
+    #[track_caller]
+    pub fn alter_store(&self, sql: &str) {
+        match &self.pg {
+            Some(pg) => pg.client().batch_execute(sql),
+            None => {
+                return duckdb::Connection::open(self.store_path())
+                    .and_then(|conn| conn.execute_batch(sql))
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// The store, whichever it is, opened to read (closed when dropped).
     #[track_caller]
     pub fn db(&self) -> Db {

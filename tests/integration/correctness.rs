@@ -7,7 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::common::{ACCOUNTS_HEADER, Db, Random, Workspace, accounts, accounts_config, table};
+use crate::common::{
+    ACCOUNTS_HEADER, Db, Random, StoreKind, StoreWorkspace, accounts, accounts_config, table,
+    workspace_on,
+};
 
 const SUBSCRIBERS_HEADER: &str =
     "ListID,Email,Status,UnsubscribedDate,UnsubscribeReason,FirstName,LastName\n";
@@ -272,21 +275,21 @@ impl Reference<'_> {
 }
 
 fn stored_accounts(db: &Db) -> Vec<Vec<String>> {
-    db.rows("SELECT AccountID, Plan, CAST(Seats AS VARCHAR) FROM accounts ORDER BY AccountID")
+    db.rows(r#"SELECT "AccountID", "Plan", CAST("Seats" AS VARCHAR) FROM accounts ORDER BY "AccountID""#)
 }
 
 fn stored_subscribers(db: &Db) -> Vec<Vec<String>> {
     db.rows(
-        "SELECT ListID, Email, Status, CAST(UnsubscribedDate AS VARCHAR), UnsubscribeReason,
+        r#"SELECT "ListID", "Email", "Status", CAST("UnsubscribedDate" AS VARCHAR), "UnsubscribeReason",
                 CAST(_business_date AS VARCHAR)
-         FROM subscribers ORDER BY ListID, Email",
+         FROM subscribers ORDER BY "ListID", "Email""#,
     )
 }
 
 fn stored_results(db: &Db) -> Vec<Vec<String>> {
     db.rows(
-        "SELECT EntityID, CAST(Period AS VARCHAR), Metric, Value FROM results
-         ORDER BY EntityID, Metric, Period",
+        r#"SELECT "EntityID", CAST("Period" AS VARCHAR), "Metric", "Value" FROM results
+         ORDER BY "EntityID", "Metric", "Period""#,
     )
 }
 
@@ -296,8 +299,7 @@ fn stored_results(db: &Db) -> Vec<Vec<String>> {
 /// `run --date`, with old dates re-run now and then. After every step the
 /// store must equal the reference, and every subscriber file must report
 /// what applying it in that place does.
-#[test]
-fn random_multi_day_scenarios_end_where_applying_every_date_in_order_does() {
+fn random_multi_day_scenarios_end_where_applying_every_date_in_order_does(kind: StoreKind) {
     const SCENARIOS: usize = 5;
     const DAYS: usize = 4;
     let mut rng = Random(0x00D2_0951_2026_1103);
@@ -307,7 +309,7 @@ fn random_multi_day_scenarios_end_where_applying_every_date_in_order_does() {
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i + 1));
         }
-        let ws = Workspace::new(SCENARIO_CONFIG);
+        let ws = workspace_on(kind, SCENARIO_CONFIG);
         let mut reference = Reference {
             days: &days,
             arrived: BTreeSet::new(),
@@ -394,7 +396,7 @@ source = { type = "folder", path = "drops" }
 pattern = "subscribers_{date:%Y%m%d}.csv"
 "#;
 
-fn unsubscribed_emails(ws: &Workspace) -> String {
+fn unsubscribed_emails(ws: &StoreWorkspace) -> String {
     let out = ws.dropsync(&["export", "unsubscribes"]);
     out.code(0);
     out.stdout
@@ -403,9 +405,8 @@ fn unsubscribed_emails(ws: &Workspace) -> String {
 /// Issue 7: a subscriber re-sent unchanged on 11-03 kept the 11-01 date on
 /// its row, so a late 11-02 file unsubscribed them although the 11-03
 /// export says subscribed.
-#[test]
-fn a_late_delta_file_does_not_undo_a_record_a_newer_file_resent_unchanged() {
-    let ws = Workspace::new(NEWSLETTER);
+fn a_late_delta_file_does_not_undo_a_record_a_newer_file_resent_unchanged(kind: StoreKind) {
+    let ws = workspace_on(kind, NEWSLETTER);
     ws.drop_file(
         "subscribers_20261101.csv",
         format!("{SUBSCRIBERS_HEADER}NEWS,ann@x.org,subscribed,,,Ann,Ash\nNEWS,bob@x.org,subscribed,,,Bob,Birch\n"),
@@ -430,7 +431,7 @@ fn a_late_delta_file_does_not_undo_a_record_a_newer_file_resent_unchanged() {
         .stdout_has(&["skipped", "the same content was already applied"]);
     assert_eq!(
         ws.db().rows(
-            "SELECT Email, Status, CAST(_business_date AS VARCHAR) FROM subscribers ORDER BY Email"
+            r#"SELECT "Email", "Status", CAST(_business_date AS VARCHAR) FROM subscribers ORDER BY "Email""#
         ),
         table(&[
             ["ann@x.org", "subscribed", "2026-11-03"],
@@ -446,9 +447,8 @@ fn a_late_delta_file_does_not_undo_a_record_a_newer_file_resent_unchanged() {
 
 /// Issue 7: the same, when the newer file is byte-identical to an older one
 /// (it was passed over as "same content", so nothing recorded its date).
-#[test]
-fn a_delta_file_identical_to_an_older_one_still_speaks_for_its_date() {
-    let ws = Workspace::new(NEWSLETTER);
+fn a_delta_file_identical_to_an_older_one_still_speaks_for_its_date(kind: StoreKind) {
+    let ws = workspace_on(kind, NEWSLETTER);
     let same = format!("{SUBSCRIBERS_HEADER}NEWS,ann@x.org,subscribed,,,Ann,Ash\n");
     ws.drop_file("subscribers_20261101.csv", &same);
     ws.drop_file("subscribers_20261103.csv", &same);
@@ -465,7 +465,7 @@ fn a_delta_file_identical_to_an_older_one_still_speaks_for_its_date() {
     ]);
     assert_eq!(
         ws.db()
-            .value("SELECT Status FROM subscribers WHERE Email = 'ann@x.org'"),
+            .value(r#"SELECT "Status" FROM subscribers WHERE "Email" = 'ann@x.org'"#),
         "subscribed"
     );
     assert!(!unsubscribed_emails(&ws).contains("ann@x.org"));
@@ -473,9 +473,8 @@ fn a_delta_file_identical_to_an_older_one_still_speaks_for_its_date() {
 
 /// Issue 7: exports A, B, then A again byte for byte: the third was passed
 /// over as "same content" and the account deleted on day 2 never came back.
-#[test]
-fn a_snapshot_that_repeats_an_older_export_is_applied_again() {
-    let ws = Workspace::new(&accounts_config(""));
+fn a_snapshot_that_repeats_an_older_export_is_applied_again(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(""));
     let a = format!(
         "{ACCOUNTS_HEADER}A1,,Acme,parent,pro,10,2020-01-01\nA2,,Beta,parent,pro,20,2020-01-01\n\
          A3,,Cern,parent,pro,30,2020-01-01\nA4,,Dyad,parent,pro,40,2020-01-01\n\
@@ -510,9 +509,8 @@ pattern = "usage_{date:%Y%m%d}.csv"
 
 /// Issue 7: events compared as text: one instant written two ways in one
 /// file was stored twice, and the next file holding it once said `ok -1`.
-#[test]
-fn one_instant_written_several_ways_is_one_event() {
-    let ws = Workspace::new(USAGE);
+fn one_instant_written_several_ways_is_one_event(kind: StoreKind) {
+    let ws = workspace_on(kind, USAGE);
     let header = "UserID,AccountID,Action,Module,Timestamp\n";
     ws.drop_file(
         "usage_20261103.csv",
@@ -539,7 +537,7 @@ fn one_instant_written_several_ways_is_one_event() {
     ]);
     let db = ws.db();
     assert_eq!(
-        db.rows("SELECT Action, CAST(Timestamp AS VARCHAR) FROM usage ORDER BY Timestamp"),
+        db.rows(r#"SELECT "Action", CAST("Timestamp" AS VARCHAR) FROM usage ORDER BY "Timestamp""#),
         table(&[
             ["login", "2026-11-02 23:57:16"],
             ["logout", "2026-11-03 08:00:00"],
@@ -557,9 +555,8 @@ fn one_instant_written_several_ways_is_one_event() {
 /// Issue 7: a 3M-row export whose dates all switched format kept all its
 /// row errors although the file was refused. A refused file keeps a sample
 /// and says how many rows were rejected in all.
-#[test]
-fn a_refused_file_keeps_a_sample_of_its_row_errors() {
-    let ws = Workspace::new(&accounts_config(""));
+fn a_refused_file_keeps_a_sample_of_its_row_errors(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(""));
     let mut file = ACCOUNTS_HEADER.to_string();
     for i in 0..2500 {
         file.push_str(&format!("A{i},,Account {i},parent,pro,1,11/03/2020\n"));
@@ -580,7 +577,7 @@ fn a_refused_file_keeps_a_sample_of_its_row_errors() {
     assert_eq!(errors[0].field.as_deref(), Some("CreatedDate"));
 
     // A file the policy applies keeps every one of its row errors.
-    let ws = Workspace::new(&accounts_config("on_error = { max_ratio = 1.0 }"));
+    let ws = workspace_on(kind, &accounts_config("on_error = { max_ratio = 1.0 }"));
     ws.drop_file("accounts_20261103.csv", &file);
     ws.dropsync(&["run"]).code(3);
     let db = ws.db();
@@ -590,23 +587,19 @@ fn a_refused_file_keeps_a_sample_of_its_row_errors() {
 /// A store the batch cannot be written to: the accounts table has a
 /// required column dropsync knows nothing of, so every insert fails, the
 /// way a full disk or a lost server fails a run, until someone fixes it.
-fn break_the_accounts_table(ws: &Workspace) {
+fn break_the_accounts_table(ws: &StoreWorkspace) {
     ws.dropsync(&["history"]);
-    let conn = duckdb::Connection::open(ws.store_path()).unwrap();
-    conn.execute_batch(
+    ws.alter_store(
         "CREATE TABLE accounts (_integration VARCHAR NOT NULL, _execution_id VARCHAR NOT NULL,
             _business_date DATE, _updated_at TIMESTAMP NOT NULL, blocker INTEGER NOT NULL)",
-    )
-    .unwrap();
+    );
 }
 
-fn repair_the_accounts_table(ws: &Workspace) {
-    let conn = duckdb::Connection::open(ws.store_path()).unwrap();
-    conn.execute_batch("ALTER TABLE accounts DROP COLUMN blocker")
-        .unwrap();
+fn repair_the_accounts_table(ws: &StoreWorkspace) {
+    ws.alter_store("ALTER TABLE accounts DROP COLUMN blocker");
 }
 
-fn failures(ws: &Workspace) -> Vec<Vec<String>> {
+fn failures(ws: &StoreWorkspace) -> Vec<Vec<String>> {
     ws.db().rows(
         "SELECT status, coalesce(failure, '-'), CAST(attempt AS VARCHAR) FROM dropsync_runs
          ORDER BY started_at",
@@ -615,9 +608,8 @@ fn failures(ws: &Workspace) -> Vec<Vec<String>> {
 
 /// Issue 7: a run that failed for a transient reason was never retried by
 /// later scans; the feed stalled until someone ran `--date`.
-#[test]
-fn a_transiently_failed_file_is_retried_by_the_next_scans() {
-    let ws = Workspace::new(&accounts_config(""));
+fn a_transiently_failed_file_is_retried_by_the_next_scans(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(""));
     break_the_accounts_table(&ws);
     ws.drop_file("accounts_20261103.csv", crate::common::six_accounts());
     ws.dropsync(&["run"]).code(1).stdout_has(&[
@@ -641,9 +633,8 @@ fn a_transiently_failed_file_is_retried_by_the_next_scans() {
         .stdout_has(&["nothing new to sync"]);
 }
 
-#[test]
-fn retries_stop_after_three_attempts_and_wait_for_a_person() {
-    let ws = Workspace::new(&accounts_config(""));
+fn retries_stop_after_three_attempts_and_wait_for_a_person(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(""));
     break_the_accounts_table(&ws);
     ws.drop_file("accounts_20261103.csv", crate::common::six_accounts());
     ws.dropsync(&["run"])
@@ -675,9 +666,8 @@ fn retries_stop_after_three_attempts_and_wait_for_a_person() {
 
 /// A file refused for its content is not retried: the same bytes would be
 /// refused the same way.
-#[test]
-fn a_file_refused_for_its_content_waits_for_a_person() {
-    let ws = crate::common::with_six_accounts("");
+fn a_file_refused_for_its_content_waits_for_a_person(kind: StoreKind) {
+    let ws = crate::common::with_six_accounts_on(kind, "");
     ws.drop_file(
         "accounts_20260102.csv",
         format!("{ACCOUNTS_HEADER}A1,,Account 1,parent,pro,10,2020-01-01\n"),
@@ -692,4 +682,16 @@ fn a_file_refused_for_its_content_waits_for_a_person() {
         failures(&ws),
         table(&[["success", "-", "1"], ["failed", "content", "1"]])
     );
+}
+
+crate::on_both_stores! {
+    random_multi_day_scenarios_end_where_applying_every_date_in_order_does => random_multi_day_scenarios_end_where_applying_every_date_in_order_does;
+    a_late_delta_file_does_not_undo_a_record_a_newer_file_resent_unchanged => a_late_delta_file_does_not_undo_a_record_a_newer_file_resent_unchanged;
+    a_delta_file_identical_to_an_older_one_still_speaks_for_its_date => a_delta_file_identical_to_an_older_one_still_speaks_for_its_date;
+    a_snapshot_that_repeats_an_older_export_is_applied_again => a_snapshot_that_repeats_an_older_export_is_applied_again;
+    one_instant_written_several_ways_is_one_event => one_instant_written_several_ways_is_one_event;
+    a_refused_file_keeps_a_sample_of_its_row_errors => a_refused_file_keeps_a_sample_of_its_row_errors;
+    a_transiently_failed_file_is_retried_by_the_next_scans => a_transiently_failed_file_is_retried_by_the_next_scans;
+    retries_stop_after_three_attempts_and_wait_for_a_person => retries_stop_after_three_attempts_and_wait_for_a_person;
+    a_file_refused_for_its_content_waits_for_a_person => a_file_refused_for_its_content_waits_for_a_person;
 }

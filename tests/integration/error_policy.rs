@@ -2,7 +2,7 @@
 //! rejects the whole file, or skips the bad rows within limits.
 
 use crate::common::{
-    ACCOUNTS_HEADER, RowError, accounts, six_accounts_table, table, with_six_accounts,
+    ACCOUNTS_HEADER, RowError, StoreKind, accounts, six_accounts_table, table, with_six_accounts_on,
 };
 
 /// Day 2 of `six_accounts` with two bad rows among seven: A3's seats are
@@ -33,8 +33,7 @@ fn good_rows_applied() -> Vec<Vec<String>> {
     ])
 }
 
-#[test]
-fn error_policies() {
+fn error_policies(kind: StoreKind) {
     struct Case {
         on_error: &'static str,
         code: i32,
@@ -81,7 +80,7 @@ fn error_policies() {
         },
     ];
     for case in cases {
-        let ws = with_six_accounts(case.on_error);
+        let ws = with_six_accounts_on(kind, case.on_error);
         ws.drop_file("accounts_20260102.csv", two_bad_rows());
         let out = ws.dropsync(&["run"]);
         let what = format!("with `{}`", case.on_error);
@@ -123,9 +122,8 @@ fn error_policies() {
     }
 }
 
-#[test]
-fn rejected_rows_are_recorded_with_line_key_field_message_and_raw_row() {
-    let ws = with_six_accounts(r#"on_error = { policy = "reject" }"#);
+fn rejected_rows_are_recorded_with_line_key_field_message_and_raw_row(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, r#"on_error = { policy = "reject" }"#);
     ws.drop_file(
         "accounts_20260102.csv",
         format!(
@@ -190,11 +188,10 @@ fn rejected_rows_are_recorded_with_line_key_field_message_and_raw_row() {
     ]);
 }
 
-#[test]
-fn a_rejected_row_keeps_its_stored_record_in_a_snapshot() {
+fn a_rejected_row_keeps_its_stored_record_in_a_snapshot(kind: StoreKind) {
     // Under `skip`, a row that fails validation is left out of the snapshot:
     // its stored record must neither change nor be deleted.
-    let ws = with_six_accounts("on_error = { max_ratio = 0.5 }");
+    let ws = with_six_accounts_on(kind, "on_error = { max_ratio = 0.5 }");
     ws.drop_file(
         "accounts_20260102.csv",
         format!(
@@ -213,7 +210,13 @@ fn a_rejected_row_keeps_its_stored_record_in_a_snapshot() {
     let db = ws.db();
     assert_eq!(accounts(&db), six_accounts_table());
     assert_eq!(
-        db.value("SELECT CAST(CreatedDate AS VARCHAR) FROM accounts WHERE AccountID = 'A4'"),
+        db.value(r#"SELECT CAST("CreatedDate" AS VARCHAR) FROM accounts WHERE "AccountID" = 'A4'"#),
         "2020-01-04"
     );
+}
+
+crate::on_both_stores! {
+    error_policies => error_policies;
+    rejected_rows_are_recorded_with_line_key_field_message_and_raw_row => rejected_rows_are_recorded_with_line_key_field_message_and_raw_row;
+    a_rejected_row_keeps_its_stored_record_in_a_snapshot => a_rejected_row_keeps_its_stored_record_in_a_snapshot;
 }

@@ -2,7 +2,7 @@
 //! re-run dates that never roll newer state back, and replays from staged
 //! copies when the source no longer has the file.
 
-use crate::common::{Workspace, table};
+use crate::common::{StoreKind, StoreWorkspace, Workspace, table, workspace_on};
 
 const CONFIG: &str = r#"
 [integrations.accounts]
@@ -79,24 +79,23 @@ fn drop_three_days(ws: &Workspace) {
 }
 
 /// What the store holds, without the columns that say when it was written.
-fn state(ws: &Workspace) -> Vec<Vec<Vec<String>>> {
+fn state(ws: &StoreWorkspace) -> Vec<Vec<Vec<String>>> {
     let db = ws.db();
     vec![
         db.rows(
-            "SELECT AccountID, Seats, CAST(_business_date AS VARCHAR) FROM accounts ORDER BY 1",
+            r#"SELECT "AccountID", "Seats", CAST(_business_date AS VARCHAR) FROM accounts ORDER BY 1"#,
         ),
         db.rows(
-            "SELECT Email, Status, coalesce(UnsubscribeReason, ''), CAST(_business_date AS VARCHAR)
-             FROM subscribers ORDER BY 1",
+            r#"SELECT "Email", "Status", coalesce("UnsubscribeReason", ''), CAST(_business_date AS VARCHAR)
+             FROM subscribers ORDER BY 1"#,
         ),
-        db.rows("SELECT CAST(Timestamp AS VARCHAR) FROM usage ORDER BY 1"),
+        db.rows(r#"SELECT CAST("Timestamp" AS VARCHAR) FROM usage ORDER BY 1"#),
     ]
 }
 
-#[test]
-fn rerunning_old_dates_ends_where_an_in_order_replay_does() {
+fn rerunning_old_dates_ends_where_an_in_order_replay_does(kind: StoreKind) {
     // In order, one day at a time.
-    let in_order = Workspace::new(CONFIG);
+    let in_order = workspace_on(kind, CONFIG);
     drop_three_days(&in_order);
     for day in ["2026-01-01", "2026-01-02", "2026-01-03"] {
         in_order.dropsync(&["run", "--date", day]).code(0);
@@ -114,7 +113,7 @@ fn rerunning_old_dates_ends_where_an_in_order_replay_does() {
 
     // The newest days first, then the first day re-run late (after a bad
     // night), then everything again: the same end state.
-    let late = Workspace::new(CONFIG);
+    let late = workspace_on(kind, CONFIG);
     drop_three_days(&late);
     late.dropsync(&["run", "--from", "2026-01-02", "--to", "2026-01-03"])
         .code(0);
@@ -132,9 +131,8 @@ fn rerunning_old_dates_ends_where_an_in_order_replay_does() {
     assert_eq!(state(&late), want);
 }
 
-#[test]
-fn a_backfill_runs_in_date_order_and_a_date_the_source_lost_replays_from_staging() {
-    let ws = Workspace::new(CONFIG);
+fn a_backfill_runs_in_date_order_and_a_date_the_source_lost_replays_from_staging(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     drop_three_days(&ws);
     let out = ws.dropsync(&[
         "run",
@@ -195,4 +193,9 @@ fn staged_copies_are_kept_for_keep_staged_days() {
         .collect();
     assert_eq!(left.len(), 1);
     assert_ne!(left[0], staged[0]);
+}
+
+crate::on_both_stores! {
+    rerunning_old_dates_ends_where_an_in_order_replay_does => rerunning_old_dates_ends_where_an_in_order_replay_does;
+    a_backfill_runs_in_date_order_and_a_date_the_source_lost_replays_from_staging => a_backfill_runs_in_date_order_and_a_date_the_source_lost_replays_from_staging;
 }

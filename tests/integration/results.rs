@@ -2,7 +2,7 @@
 //! (entity, metric, value), typed per metric, upserted by
 //! (entity, metric, period).
 
-use crate::common::{Workspace, table};
+use crate::common::{StoreKind, StoreWorkspace, table, workspace_on};
 
 const CONFIG: &str = r#"
 [integrations.wide]
@@ -32,16 +32,15 @@ pattern = "untyped_{date:%Y%m%d}.csv"
 const WIDE_HEADER: &str = "EntityID,Period,Sent,OpenRate,Spend,Launch,Subject\n";
 const LONG_HEADER: &str = "EntityID,Period,Metric,Value\n";
 
-fn metrics(ws: &Workspace, table: &str) -> Vec<Vec<String>> {
+fn metrics(ws: &StoreWorkspace, table: &str) -> Vec<Vec<String>> {
     ws.db().rows(&format!(
-        "SELECT EntityID, Period, Metric, MetricType, Value, NumberValue, DateValue
-         FROM {table} ORDER BY EntityID, Period, Metric"
+        r#"SELECT "EntityID", "Period", "Metric", "MetricType", "Value", "NumberValue", "DateValue"
+         FROM {table} ORDER BY "EntityID", "Period", "Metric""#
     ))
 }
 
-#[test]
-fn a_wide_report_becomes_typed_metric_rows() {
-    let ws = Workspace::new(CONFIG);
+fn a_wide_report_becomes_typed_metric_rows(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file(
         "wide_20260105.csv",
         format!(
@@ -153,24 +152,23 @@ fn a_wide_report_becomes_typed_metric_rows() {
     let db = ws.db();
     assert_eq!(
         db.rows(
-            "SELECT Value, NumberValue FROM wide_results
-             WHERE EntityID = 'C1' AND Metric = 'OpenRate'"
+            r#"SELECT "Value", "NumberValue" FROM wide_results
+             WHERE "EntityID" = 'C1' AND "Metric" = 'OpenRate'"#
         ),
         table(&[["13.0%", "13"]])
     );
     assert_eq!(db.count("SELECT count(*) FROM wide_results"), 13);
     assert_eq!(
         db.rows(
-            "SELECT Metric, NumberValue FROM wide_results WHERE EntityID = 'C3' ORDER BY Metric"
+            r#"SELECT "Metric", "NumberValue" FROM wide_results WHERE "EntityID" = 'C3' ORDER BY "Metric""#
         ),
         table(&[["OpenRate", "1"], ["Sent", "500"], ["Spend", "5"]])
     );
     assert_eq!(db.last_run().unchanged, 4);
 }
 
-#[test]
-fn a_wide_report_with_an_undeclared_column_is_refused() {
-    let ws = Workspace::new(CONFIG);
+fn a_wide_report_with_an_undeclared_column_is_refused(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file(
         "wide_20260105.csv",
         "EntityID,Period,Sent,Clicks\nC1,2026-01-01,10,3\n",
@@ -181,9 +179,8 @@ fn a_wide_report_with_an_undeclared_column_is_refused() {
     ]);
 }
 
-#[test]
-fn long_rows_are_typed_by_their_metric() {
-    let ws = Workspace::new(CONFIG);
+fn long_rows_are_typed_by_their_metric(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file(
         "long_20260105.csv",
         format!(
@@ -286,8 +283,8 @@ fn long_rows_are_typed_by_their_metric() {
     let db = ws.db();
     assert_eq!(
         db.rows(
-            "SELECT EntityID, Period, Value, NumberValue FROM long_results
-             WHERE Metric = 'Spend' ORDER BY EntityID, Period"
+            r#"SELECT "EntityID", "Period", "Value", "NumberValue" FROM long_results
+             WHERE "Metric" = 'Spend' ORDER BY "EntityID", "Period""#
         ),
         table(&[
             ["C1", "2026-01-01", "€1,300.00", "1300"],
@@ -298,9 +295,8 @@ fn long_rows_are_typed_by_their_metric() {
     assert_eq!(db.count("SELECT count(*) FROM long_results"), 7);
 }
 
-#[test]
-fn undeclared_metrics_are_text() {
-    let ws = Workspace::new(CONFIG);
+fn undeclared_metrics_are_text(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file(
         "untyped_20260105.csv",
         format!("{LONG_HEADER}C1,2026-01-01,Sent,42\nC1,2026-01-01,Note,n/a\n"),
@@ -317,9 +313,8 @@ fn undeclared_metrics_are_text() {
     );
 }
 
-#[test]
-fn one_file_may_hold_several_periods() {
-    let ws = Workspace::new(CONFIG);
+fn one_file_may_hold_several_periods(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file(
         "long_20260105.csv",
         format!("{LONG_HEADER}C1,2026-01-01,Sent,100\nC1,2026-01-02,Sent,200\n"),
@@ -333,10 +328,18 @@ fn one_file_may_hold_several_periods() {
     for table_name in ["long_results", "wide_results"] {
         assert_eq!(
             ws.db().rows(&format!(
-                "SELECT Period, NumberValue FROM {table_name} WHERE Metric = 'Sent' ORDER BY Period"
+                r#"SELECT "Period", "NumberValue" FROM {table_name} WHERE "Metric" = 'Sent' ORDER BY "Period""#
             )),
             table(&[["2026-01-01", "100"], ["2026-01-02", "200"]]),
             "{table_name}: {out}"
         );
     }
+}
+
+crate::on_both_stores! {
+    a_wide_report_becomes_typed_metric_rows => a_wide_report_becomes_typed_metric_rows;
+    a_wide_report_with_an_undeclared_column_is_refused => a_wide_report_with_an_undeclared_column_is_refused;
+    long_rows_are_typed_by_their_metric => long_rows_are_typed_by_their_metric;
+    undeclared_metrics_are_text => undeclared_metrics_are_text;
+    one_file_may_hold_several_periods => one_file_may_hold_several_periods;
 }

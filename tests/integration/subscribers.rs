@@ -1,7 +1,7 @@
 //! Subscriber lists: changed records only, the status drives subscribes and
 //! unsubscribes, and unsubscribers are exported back out, filtered.
 
-use crate::common::{Workspace, table};
+use crate::common::{StoreKind, StoreWorkspace, table, workspace_on};
 
 const CONFIG: &str = r#"
 [integrations.newsletter]
@@ -14,8 +14,8 @@ const HEADER: &str = "ListID,Email,Status,UnsubscribedDate,UnsubscribeReason,Fir
 const EXPORT_HEADER: &str = "ListID,Email,UnsubscribedDate,UnsubscribeReason,FirstName,LastName\n";
 
 /// Three days of changes to three lists.
-fn three_days() -> Workspace {
-    let ws = Workspace::new(CONFIG);
+fn three_days(kind: StoreKind) -> StoreWorkspace {
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file(
         "subscribers_20260101.csv",
         format!(
@@ -58,9 +58,8 @@ fn three_days() -> Workspace {
     ws
 }
 
-#[test]
-fn statuses_drive_subscribes_and_unsubscribes() {
-    let ws = three_days();
+fn statuses_drive_subscribes_and_unsubscribes(kind: StoreKind) {
+    let ws = three_days(kind);
     let db = ws.db();
     let counts: Vec<_> = db
         .runs()
@@ -79,8 +78,8 @@ fn statuses_drive_subscribes_and_unsubscribes() {
     // Delta mode: records absent from later files are kept.
     assert_eq!(
         db.rows(
-            "SELECT ListID, Email, Status, UnsubscribedDate, UnsubscribeReason FROM subscribers
-             ORDER BY ListID, Email"
+            r#"SELECT "ListID", "Email", "Status", "UnsubscribedDate", "UnsubscribeReason" FROM subscribers
+             ORDER BY "ListID", "Email""#
         ),
         table(&[
             ["EVENTS", "di@example.org", "subscribed", "NULL", "NULL"],
@@ -128,9 +127,8 @@ fn statuses_drive_subscribes_and_unsubscribes() {
         .stdout_has(&["subscriptions  1 subscribed, 3 unsubscribed\n"]);
 }
 
-#[test]
-fn an_unsubscribe_needs_its_date() {
-    let ws = Workspace::new(CONFIG);
+fn an_unsubscribe_needs_its_date(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file(
         "subscribers_20260101.csv",
         format!(
@@ -150,9 +148,8 @@ fn an_unsubscribe_needs_its_date() {
     assert!(!ws.db().table_exists("subscribers"));
 }
 
-#[test]
-fn export_unsubscribes_with_filters() {
-    let ws = three_days();
+fn export_unsubscribes_with_filters(kind: StoreKind) {
+    let ws = three_days(kind);
     let row = |r: &str| format!("{r}\n");
     let ann_news = row("NEWS,ann@example.org,2026-01-01,too many emails,Ann,Ash");
     let ed_events = row("EVENTS,ed@example.org,2026-01-02,bounced,Ed,Elm");
@@ -260,11 +257,10 @@ fn export_unsubscribes_with_filters() {
         .stderr_has(&["`yesterday` is not a date (expected YYYY-MM-DD)"]);
 }
 
-#[test]
-fn export_unsubscribes_of_the_previous_day() {
+fn export_unsubscribes_of_the_previous_day(kind: StoreKind) {
     let today = chrono::Utc::now().date_naive();
     let day = |n: u64| today - chrono::Days::new(n);
-    let ws = Workspace::new(CONFIG);
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file(
         "subscribers_20260101.csv",
         format!(
@@ -289,13 +285,20 @@ fn export_unsubscribes_of_the_previous_day() {
     );
 }
 
-#[test]
-fn export_before_any_subscriber_is_just_a_header() {
-    let ws = Workspace::new(CONFIG);
+fn export_before_any_subscriber_is_just_a_header(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     ws.dropsync(&["run"])
         .code(0)
         .stdout_has(&["nothing new to sync"]);
     let out = ws.dropsync(&["export", "unsubscribes"]);
     out.code(0);
     assert_eq!(out.stdout, EXPORT_HEADER);
+}
+
+crate::on_both_stores! {
+    statuses_drive_subscribes_and_unsubscribes => statuses_drive_subscribes_and_unsubscribes;
+    an_unsubscribe_needs_its_date => an_unsubscribe_needs_its_date;
+    export_unsubscribes_with_filters => export_unsubscribes_with_filters;
+    export_unsubscribes_of_the_previous_day => export_unsubscribes_of_the_previous_day;
+    export_before_any_subscriber_is_just_a_header => export_before_any_subscriber_is_just_a_header;
 }
