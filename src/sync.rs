@@ -90,6 +90,7 @@ pub fn run(
             .is_none_or(|(from, to)| from <= d && d <= to)
     };
     for (index, integration) in chosen.iter().enumerate() {
+        take_over(store, integration, opts)?;
         let listed = match &sources[index] {
             Ok(source) => source.list(),
             Err(e) => Err(SourceError::Remote {
@@ -191,6 +192,20 @@ pub fn run(
         }
     }
     Ok(outcomes)
+}
+
+/// Before syncing an integration on a shared store: its runs a stopped
+/// process left `running` are marked interrupted (a DuckDB store marks
+/// every such run when it is opened, being this process's alone).
+fn take_over(
+    store: &Store,
+    integration: &Integration,
+    opts: RunOptions,
+) -> Result<(), PipelineError> {
+    if store.is_shared() && !opts.dry_run {
+        store.mark_interrupted_of(&integration.name)?;
+    }
+    Ok(())
 }
 
 /// A failure to reach or read the source, recorded in the history as a
@@ -481,6 +496,7 @@ fn ingest_with(
     stage: impl FnOnce(&source::FilePattern, &std::path::Path) -> Result<StagedFile, SourceError>,
 ) -> Result<FileOutcome, PipelineError> {
     let integration = Integration::resolve(config, integration)?;
+    take_over(store, &integration, opts)?;
     source::clean_staging(&config.store.staging);
     let pattern =
         source::FilePattern::parse(&integration.config.pattern).map_err(SourceError::from);

@@ -409,26 +409,47 @@ impl Store {
     /// Marks the runs a stopped process left `running` as `interrupted`,
     /// with a `run_failed` event for each, in one transaction.
     fn mark_interrupted(&self) -> Result<(), StoreError> {
+        self.mark_interrupted_where(None)
+    }
+
+    /// `mark_interrupted`, for the runs of one integration only: on a
+    /// shared (PostgreSQL) store, other workers' runs of other
+    /// integrations may be in progress, so a worker marks only what it is
+    /// about to sync, and only while no one else syncs it.
+    pub fn mark_interrupted_of(&self, integration: &str) -> Result<(), StoreError> {
+        self.mark_interrupted_where(Some(integration))
+    }
+
+    fn mark_interrupted_where(&self, integration: Option<&str>) -> Result<(), StoreError> {
         let context = "marking interrupted runs";
+        let (only, params): (&str, Vec<&dyn db::ToValue>) = match &integration {
+            Some(name) => (" AND integration = ?", vec![name]),
+            None => ("", Vec::new()),
+        };
         let n = self
             .db
             .in_transaction(|| {
                 let left: Vec<(String, String, Option<String>)> = self
                     .db
                     .query(
-                        "SELECT execution_id, integration, file_name FROM dropsync_runs
-                         WHERE status = 'running' ORDER BY started_at",
-                        &[],
+                        &format!(
+                            "SELECT execution_id, integration, file_name FROM dropsync_runs
+                             WHERE status = 'running'{only} ORDER BY started_at"
+                        ),
+                        &params,
                     )?
                     .iter()
                     .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .collect::<Result<_, DbError>>()?;
+                let completed = now();
+                let mut update: Vec<&dyn db::ToValue> = vec![&completed];
+                update.extend(params.iter().copied());
                 self.db.execute(
                     &format!(
                         "UPDATE dropsync_runs SET status = 'interrupted', completed_at = ?, message = '{INTERRUPTED}'
-                         WHERE status = 'running'"
+                         WHERE status = 'running'{only}"
                     ),
-                    &[&now()],
+                    &update,
                 )?;
                 let events: Vec<crate::notify::Event> = left
                     .iter()
@@ -455,6 +476,13 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// Whether other processes may sync on this store at the same time (a
+    /// PostgreSQL store, shared by workers), so that what a crashed process
+    /// left behind is taken over per integration, not when it is opened.
+    pub fn is_shared(&self) -> bool {
+        self.db.backend() == db::Backend::Postgres
     }
 
     /// The store's database.

@@ -36,6 +36,7 @@ mod replay;
 mod results;
 mod servers;
 mod service;
+mod store_parity;
 mod subscribers;
 mod unattended;
 mod web_actions;
