@@ -574,6 +574,8 @@ impl Backend {
             (Backend::Postgres, "HUGEINT" | "UBIGINT") => "NUMERIC".into(),
             (Backend::Postgres, "BLOB") => "BYTEA".into(),
             (Backend::Postgres, "TIMESTAMP WITH TIME ZONE") => "TIMESTAMPTZ".into(),
+            // A time of day read back from the batch's Parquet parts.
+            (Backend::Postgres, "TIME_NS") => "TIME".into(),
             (_, other) => other.into(),
         }
     }

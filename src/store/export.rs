@@ -20,7 +20,7 @@ use std::path::Path;
 
 use chrono::NaiveDate;
 
-use super::{Store, StoreError, ident};
+use super::{Backend, Db, Store, StoreError, ident};
 
 /// The file format of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -57,100 +57,175 @@ struct Column {
 impl Store {
     /// Writes the rows `export` asks for to `path` (which the caller has
     /// created, private to its owner). Returns how many rows were written.
+    ///
+    /// DuckDB writes the file on either store, so that an export is the
+    /// same file whichever store it comes from (its CSV quoting, its JSON,
+    /// its Parquet). A PostgreSQL store computes the rows itself (the
+    /// as-of reconstruction included) and streams them out with COPY TO
+    /// STDOUT into a private file beside the destination, which DuckDB
+    /// reads as it writes: neither side holds the table in memory.
     pub fn export_table(&self, export: &TableExport, path: &Path) -> Result<u64, StoreError> {
-        let other = |message: String| StoreError::Other {
-            path: self.path().to_path_buf(),
-            message,
-        };
         if !self.table_exists(&export.table)? {
-            return Err(other(format!(
+            return Err(self.export_error(format!(
                 "no table `{}` in the store: nothing has been synced into it",
                 export.table
             )));
         }
+        let backend = self.db().backend();
         let columns = self.export_columns(&export.table)?;
         let query = match export.as_of {
-            None => self.current_rows_sql(export, &columns),
-            Some(date) => self.rows_as_of_sql(export, &columns, date)?,
+            None => current_rows_sql(export, &columns),
+            Some(date) => self.rows_as_of_sql(export, &columns, date, backend)?,
         };
-        let selected = columns
-            .iter()
-            .map(|c| {
-                let name = ident(&c.name);
-                if export.format == ExportFormat::Csv
-                    && export.neutralise_formulas
-                    && c.sql_type == "VARCHAR"
-                {
-                    // As `spreadsheet_safe` does, in the query.
-                    format!(
-                        "CASE WHEN regexp_matches({name}, '^[=+\\-@\\t\\r]') THEN '''' || {name} ELSE {name} END AS {name}"
-                    )
-                } else {
-                    name
-                }
-            })
-            .collect::<Vec<_>>();
-        let order = export
-            .key
-            .iter()
-            .map(|k| ident(k))
-            .chain(["\"_integration\"".to_string()])
-            .collect::<Vec<_>>()
-            .join(", ");
-        let format = match export.format {
-            ExportFormat::Csv => "FORMAT csv, HEADER true",
-            ExportFormat::Parquet => "FORMAT parquet",
-            ExportFormat::Json => "FORMAT json",
+        let written = match self.db() {
+            Db::DuckDb(conn) => {
+                let order = export
+                    .key
+                    .iter()
+                    .map(|k| ident(k))
+                    .chain(["\"_integration\"".to_string()])
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                write_export(
+                    conn,
+                    &format!("({query})"),
+                    &format!("ORDER BY {order}"),
+                    &columns,
+                    export,
+                    path,
+                )
+                .map_err(self.query_error(format!("exporting {}", export.table)))?
+            }
+            Db::Postgres { client, .. } => {
+                let staged =
+                    self.stream_out(&mut client.borrow_mut(), export, &columns, &query, path)?;
+                let conn = duckdb::Connection::open_in_memory()
+                    .map_err(self.query_error("opening the export writer"))?;
+                write_export(
+                    &conn,
+                    &read_staged_sql(staged.path(), &columns),
+                    "",
+                    &columns,
+                    export,
+                    path,
+                )
+                .map_err(self.query_error(format!("exporting {}", export.table)))?
+            }
         };
-        let target = path.display().to_string().replace('\'', "''");
-        let written = self
-            .duck("export")?
-            .execute(
-                &format!(
-                    "COPY (SELECT {} FROM ({query}) ORDER BY {order}) TO '{target}' ({format})",
-                    selected.join(", ")
-                ),
-                [],
-            )
-            .map_err(self.query_error(format!("exporting {}", export.table)))?;
         Ok(written as u64)
     }
 
-    /// The columns an export holds: the data columns and `_integration`
-    /// (the run bookkeeping columns are left out).
-    fn export_columns(&self, table: &str) -> Result<Vec<Column>, StoreError> {
-        let mut stmt = self
-            .duck("export")?
-            .prepare(
-                "SELECT column_name, data_type FROM information_schema.columns
-                 WHERE table_schema = 'main' AND table_name = ?
-                   AND column_name NOT IN ('_execution_id', '_business_date', '_updated_at')
-                 ORDER BY ordinal_position",
-            )
-            .map_err(self.query_error("reading columns"))?;
-        let rows = stmt
-            .query_map([table], |r| {
-                Ok(Column {
-                    name: r.get(0)?,
-                    sql_type: r.get(1)?,
-                })
-            })
-            .map_err(self.query_error("reading columns"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.query_error("reading columns"))
+    fn export_error(&self, message: String) -> StoreError {
+        StoreError::Other {
+            path: self.path().to_path_buf(),
+            message,
+        }
     }
 
-    fn current_rows_sql(&self, export: &TableExport, columns: &[Column]) -> String {
+    /// PostgreSQL: the rows of `query`, in the export's order, as CSV in a
+    /// private temporary file beside `path` (removed when dropped).
+    fn stream_out(
+        &self,
+        client: &mut postgres::Client,
+        export: &TableExport,
+        columns: &[Column],
+        query: &str,
+        path: &Path,
+    ) -> Result<tempfile::NamedTempFile, StoreError> {
+        use std::io::Write;
+        let postgres_error = |e: postgres::Error| StoreError::Postgres {
+            store: self.path().display().to_string(),
+            message: format!(
+                "exporting {}: {}",
+                export.table,
+                super::postgres::describe(&e)
+            ),
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut staged = tempfile::Builder::new()
+            .prefix(".dropsync-export-rows-")
+            .suffix(".csv")
+            .tempfile_in(dir)
+            .map_err(|e| {
+                self.export_error(format!("cannot create a file in {}: {e}", dir.display()))
+            })?;
+        // Text sorts byte by byte, as DuckDB sorts it, whatever the
+        // database's collation.
+        let sort_key = |name: &str| {
+            let text = columns
+                .iter()
+                .any(|c| c.name == name && c.sql_type == "VARCHAR");
+            if text {
+                format!("{} COLLATE \"C\"", ident(name))
+            } else {
+                ident(name)
+            }
+        };
+        let order = export
+            .key
+            .iter()
+            .map(|k| sort_key(k))
+            .chain([sort_key("_integration")])
+            .collect::<Vec<_>>()
+            .join(", ");
         let names = columns
             .iter()
             .map(|c| ident(&c.name))
             .collect::<Vec<_>>()
             .join(", ");
-        format!(
-            "SELECT {names} FROM {} WHERE {}",
-            ident(&export.table),
-            integration_filter("_integration", export.integration.as_deref())
-        )
+        // Dates, times and numbers as text DuckDB reads back exactly.
+        client
+            .batch_execute("SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1")
+            .map_err(postgres_error)?;
+        let mut rows = client
+            .copy_out(&format!(
+                "COPY (SELECT {names} FROM ({query}) AS exported ORDER BY {order}) TO STDOUT (FORMAT csv)"
+            ))
+            .map_err(postgres_error)?;
+        let written = {
+            let mut out = std::io::BufWriter::new(staged.as_file_mut());
+            std::io::copy(&mut rows, &mut out).and_then(|_| out.flush())
+        };
+        written.map_err(|e| {
+            self.export_error(format!(
+                "exporting {}: cannot write {}: {e}",
+                export.table,
+                staged.path().display()
+            ))
+        })?;
+        Ok(staged)
+    }
+
+    /// The columns an export holds: the data columns and `_integration`
+    /// (the run bookkeeping columns are left out), with their DuckDB types.
+    fn export_columns(&self, table: &str) -> Result<Vec<Column>, StoreError> {
+        let backend = self.db().backend();
+        self.db()
+            .query(
+                "SELECT column_name, data_type FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = ?
+                   AND column_name NOT IN ('_execution_id', '_business_date', '_updated_at')
+                 ORDER BY ordinal_position",
+                &[&table],
+            )
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        let sql_type: String = r.get(1)?;
+                        Ok(Column {
+                            name: r.get(0)?,
+                            sql_type: match backend {
+                                Backend::DuckDb => sql_type,
+                                Backend::Postgres => duckdb_type(&sql_type).to_string(),
+                            },
+                        })
+                    })
+                    .collect()
+            })
+            .map_err(self.query_error("reading columns"))
     }
 
     fn rows_as_of_sql(
@@ -158,20 +233,11 @@ impl Store {
         export: &TableExport,
         columns: &[Column],
         date: NaiveDate,
+        backend: Backend,
     ) -> Result<String, StoreError> {
         let table = ident(&export.table);
         let table_text = export.table.replace('\'', "''");
-        let typed = |json: &str, c: &Column| -> String {
-            if c.sql_type == "VARCHAR" {
-                format!("json_extract_string({json}, '$')")
-            } else {
-                format!("CAST(json_extract_string({json}, '$') AS {})", c.sql_type)
-            }
-        };
-        let path = |name: &str| {
-            let quoted = serde_json::to_string(name).unwrap_or_default();
-            format!("'$.{}'", quoted.replace('\'', "''"))
-        };
+        let json = Json(backend);
         let is_key = |name: &str| export.key.iter().any(|k| k == name);
         let data: Vec<&Column> = columns
             .iter()
@@ -179,10 +245,9 @@ impl Store {
             .collect();
         for k in &export.key {
             if !data.iter().any(|c| &c.name == k) {
-                return Err(StoreError::Other {
-                    path: self.path().to_path_buf(),
-                    message: format!("table `{}` has no key column `{k}`", export.table),
-                });
+                return Err(
+                    self.export_error(format!("table `{}` has no key column `{k}`", export.table))
+                );
             }
         }
         let key_columns: Vec<&Column> = export
@@ -197,20 +262,27 @@ impl Store {
         for c in &key_columns {
             undone_select.push(format!(
                 "{} AS {}",
-                typed(&format!("json_extract(record_key, {})", path(&c.name)), c),
+                json.typed(&json.member("record_key", &c.name), c),
                 ident(&c.name)
             ));
         }
-        undone_select.push("first(action ORDER BY seq) AS _first_action".into());
+        undone_select.push(format!("{} AS _first_action", json.first("action", None)));
         for (n, c) in data.iter().enumerate().filter(|(_, c)| !is_key(&c.name)) {
-            let p = path(&c.name);
-            let touched =
-                format!("action = 'delete' OR (action <> 'insert' AND json_exists(fields, {p}))");
+            let touched = format!(
+                "action = 'delete' OR (action <> 'insert' AND {})",
+                json.has("fields", &c.name)
+            );
             undone_select.push(format!("count(*) FILTER (WHERE {touched}) AS _touched{n}"));
+            let member = json.member("fields", &c.name);
             undone_select.push(format!(
-                "first(CASE WHEN action = 'delete' THEN json_extract(fields, {p})
-                            ELSE json_extract(json_extract(fields, {p}), '$[0]') END ORDER BY seq)
-                     FILTER (WHERE {touched}) AS _old{n}"
+                "{} AS _old{n}",
+                json.first(
+                    &format!(
+                        "CASE WHEN action = 'delete' THEN {member} ELSE {} END",
+                        json.element(&member, 0)
+                    ),
+                    Some(&touched)
+                )
             ));
         }
         let on_key = key_columns
@@ -231,7 +303,7 @@ impl Store {
                     let n = data.iter().position(|d| d.name == c.name).unwrap_or(0);
                     format!(
                         "CASE WHEN u._touched{n} > 0 THEN {} ELSE cur.{name} END AS {name}",
-                        typed(&format!("u._old{n}"), c)
+                        json.typed(&format!("u._old{n}"), c)
                     )
                 }
             })
@@ -249,7 +321,7 @@ impl Store {
                 GROUP BY integration
              ),
              later AS (
-                SELECT c.integration, c.record_key, c.seq, c.action, c.fields
+                SELECT c.integration, {record_key} AS record_key, c.seq, c.action, {fields} AS fields
                 FROM dropsync_changes c LEFT JOIN cut USING (integration)
                 WHERE c.target_table = '{table_text}' AND c.seq > coalesce(cut.seq, 0)
                   AND {later_filter}
@@ -263,11 +335,173 @@ impl Store {
              UNION ALL
              SELECT {rebuilt} FROM undone u LEFT JOIN {table} cur ON {on_key}
              WHERE u._first_action <> 'insert'",
+            record_key = json.column("c.record_key"),
+            fields = json.column("c.fields"),
             later_filter = integration_filter("c.integration", export.integration.as_deref()),
             current_filter = integration_filter("cur._integration", export.integration.as_deref()),
             undone_select = undone_select.join(", "),
         ))
     }
+}
+
+/// The change log's JSON, read in each store's dialect.
+#[derive(Clone, Copy)]
+struct Json(Backend);
+
+impl Json {
+    /// A logged JSON column, comparable and groupable (PostgreSQL's `json`
+    /// has no equality; its `jsonb` does).
+    fn column(self, expr: &str) -> String {
+        match self.0 {
+            Backend::DuckDb => expr.to_string(),
+            Backend::Postgres => format!("CAST({expr} AS jsonb)"),
+        }
+    }
+
+    /// The member `name` of the object `json`, as JSON.
+    fn member(self, json: &str, name: &str) -> String {
+        match self.0 {
+            Backend::DuckDb => {
+                let quoted = serde_json::to_string(name).unwrap_or_default();
+                format!("json_extract({json}, '$.{}')", quoted.replace('\'', "''"))
+            }
+            Backend::Postgres => format!("({json} -> '{}')", name.replace('\'', "''")),
+        }
+    }
+
+    /// The `n`th element of the array `json`, as JSON.
+    fn element(self, json: &str, n: usize) -> String {
+        match self.0 {
+            Backend::DuckDb => format!("json_extract({json}, '$[{n}]')"),
+            Backend::Postgres => format!("({json} -> {n})"),
+        }
+    }
+
+    /// Whether the object `json` has a member `name`.
+    fn has(self, json: &str, name: &str) -> String {
+        match self.0 {
+            Backend::DuckDb => {
+                let quoted = serde_json::to_string(name).unwrap_or_default();
+                format!("json_exists({json}, '$.{}')", quoted.replace('\'', "''"))
+            }
+            Backend::Postgres => format!("jsonb_exists({json}, '{}')", name.replace('\'', "''")),
+        }
+    }
+
+    /// The JSON scalar `json` as a value of `column`'s type.
+    fn typed(self, json: &str, column: &Column) -> String {
+        let text = match self.0 {
+            Backend::DuckDb => format!("json_extract_string({json}, '$')"),
+            Backend::Postgres => format!("({json} #>> '{{}}')"),
+        };
+        if column.sql_type == "VARCHAR" {
+            text
+        } else {
+            format!("CAST({text} AS {})", self.0.column_type(&column.sql_type))
+        }
+    }
+
+    /// The aggregate: `expr` of the group's first change (by sequence)
+    /// for which `filter` holds.
+    fn first(self, expr: &str, filter: Option<&str>) -> String {
+        let filter = filter
+            .map(|f| format!(" FILTER (WHERE {f})"))
+            .unwrap_or_default();
+        match self.0 {
+            Backend::DuckDb => format!("first({expr} ORDER BY seq){filter}"),
+            Backend::Postgres => format!("(array_agg({expr} ORDER BY seq){filter})[1]"),
+        }
+    }
+}
+
+/// DuckDB writes the export: `source`'s rows (in `order`), formulas
+/// neutralised in CSV text cells, in the export's format.
+fn write_export(
+    conn: &duckdb::Connection,
+    source: &str,
+    order: &str,
+    columns: &[Column],
+    export: &TableExport,
+    path: &Path,
+) -> Result<usize, duckdb::Error> {
+    let selected = columns
+        .iter()
+        .map(|c| {
+            let name = ident(&c.name);
+            if export.format == ExportFormat::Csv
+                && export.neutralise_formulas
+                && c.sql_type == "VARCHAR"
+            {
+                // As `spreadsheet_safe` does, in the query.
+                format!(
+                    "CASE WHEN regexp_matches({name}, '^[=+\\-@\\t\\r]') THEN '''' || {name} ELSE {name} END AS {name}"
+                )
+            } else {
+                name
+            }
+        })
+        .collect::<Vec<_>>();
+    let format = match export.format {
+        ExportFormat::Csv => "FORMAT csv, HEADER true",
+        ExportFormat::Parquet => "FORMAT parquet",
+        ExportFormat::Json => "FORMAT json",
+    };
+    let target = path.display().to_string().replace('\'', "''");
+    conn.execute(
+        &format!(
+            "COPY (SELECT {} FROM {source} {order}) TO '{target}' ({format})",
+            selected.join(", ")
+        ),
+        [],
+    )
+}
+
+/// DuckDB SQL reading the rows PostgreSQL wrote as CSV, typed as the
+/// columns are: an unquoted empty field is NULL, a quoted one empty text.
+fn read_staged_sql(staged: &Path, columns: &[Column]) -> String {
+    let text = |s: &str| s.replace('\'', "''");
+    let types = columns
+        .iter()
+        .map(|c| format!("'{}': '{}'", text(&c.name), text(&c.sql_type)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "read_csv('{}', header = false, auto_detect = false, delim = ',', quote = '\"', escape = '\"',
+                  allow_quoted_nulls = false, columns = {{{types}}})",
+        text(&staged.display().to_string())
+    )
+}
+
+/// The DuckDB type a PostgreSQL store's column is (`Backend::column_type`
+/// goes the other way).
+fn duckdb_type(postgres_type: &str) -> &'static str {
+    match postgres_type {
+        "bigint" => "BIGINT",
+        "integer" => "INTEGER",
+        "smallint" => "SMALLINT",
+        "double precision" => "DOUBLE",
+        "real" => "FLOAT",
+        "numeric" => "HUGEINT",
+        "boolean" => "BOOLEAN",
+        "date" => "DATE",
+        "timestamp without time zone" => "TIMESTAMP",
+        "timestamp with time zone" => "TIMESTAMP WITH TIME ZONE",
+        "time without time zone" => "TIME",
+        _ => "VARCHAR",
+    }
+}
+
+fn current_rows_sql(export: &TableExport, columns: &[Column]) -> String {
+    let names = columns
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {names} FROM {} WHERE {}",
+        ident(&export.table),
+        integration_filter("_integration", export.integration.as_deref())
+    )
 }
 
 /// SQL: `column` is `integration`, or `true` when no integration is named.

@@ -58,11 +58,6 @@ pub enum StoreError {
     /// A PostgreSQL store answered with an error.
     #[error("store {store}: {message}")]
     Postgres { store: String, message: String },
-    /// What this command needs is not yet done on a PostgreSQL store.
-    #[error(
-        "{what} is not supported on a PostgreSQL store yet ({store}); use a DuckDB store (`[store] path`) for it"
-    )]
-    Unsupported { store: String, what: String },
     /// Committed changes could not be written into the store file and
     /// synced to disk (a failed write or fsync).
     #[error("store {path}: cannot write the committed changes to disk: {source}")]
@@ -488,15 +483,6 @@ impl Store {
     /// The store's database.
     pub(crate) fn db(&self) -> &Db {
         &self.db
-    }
-
-    /// The DuckDB connection, for what is done only on a DuckDB store so
-    /// far; on a PostgreSQL store, an error naming `what`.
-    pub(crate) fn duck(&self, what: &str) -> Result<&Connection, StoreError> {
-        self.db.duck().ok_or_else(|| StoreError::Unsupported {
-            store: self.path.display().to_string(),
-            what: what.to_string(),
-        })
     }
 
     /// Values of `columns` (joined with `|`) present in `table`, for foreign

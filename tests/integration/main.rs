@@ -25,6 +25,7 @@ mod freshness;
 mod local_security;
 mod packaging;
 mod partner_formats;
+mod pg_commands;
 mod pipeline;
 mod postgres;
 mod progress;
