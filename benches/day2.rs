@@ -670,10 +670,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let changelog = match std::env::var("BENCH_MODE").as_deref() {
+    let mode = std::env::var("BENCH_MODE");
+    let changelog = match mode.as_deref() {
         Ok("changelog") => true,
-        Ok("day2") | Err(_) => false,
-        Ok(other) => panic!("unknown BENCH_MODE `{other}` (day2, changelog)"),
+        Ok("day2") | Ok("files") | Err(_) => false,
+        Ok(other) => panic!("unknown BENCH_MODE `{other}` (day2, changelog, files)"),
     };
     let workloads: Vec<Workload> = std::env::var("BENCH_WORKLOADS")
         .unwrap_or_else(|_| {
@@ -717,6 +718,21 @@ fn main() {
             temp.path().to_path_buf()
         }
     };
+    // BENCH_MODE=files: only write the exports, and keep them (for a
+    // profiler, or a run by hand).
+    if mode.as_deref() == Ok("files") {
+        assert!(
+            std::env::var_os("BENCH_DIR").is_some(),
+            "BENCH_MODE=files keeps its files in BENCH_DIR: set it"
+        );
+        for &rows in &sizes {
+            for &workload in &workloads {
+                let drops = make_drops(&root, rows, workload, false);
+                println!("{}", drops.drops.display());
+            }
+        }
+        return;
+    }
     if changelog {
         for &rows in &sizes {
             for &workload in &workloads {
