@@ -352,12 +352,14 @@ impl Store {
                 .map(|col| {
                     let c = ident(&col.name);
                     let name = col.name.replace('\'', "''");
+                    let old = backend.as_text(&format!("t.{c}"), col.sql_type);
+                    let new = backend.as_text(&format!("c.{c}"), col.sql_type);
                     let change = match backend {
-                        Backend::DuckDb => format!(
-                            "{{'field': '{name}', 'old': CAST(t.{c} AS VARCHAR), 'new': CAST(c.{c} AS VARCHAR)}}"
-                        ),
+                        Backend::DuckDb => {
+                            format!("{{'field': '{name}', 'old': {old}, 'new': {new}}}")
+                        }
                         Backend::Postgres => format!(
-                            "json_build_object('field', '{name}', 'old', CAST(t.{c} AS VARCHAR), 'new', CAST(c.{c} AS VARCHAR))"
+                            "json_build_object('field', '{name}', 'old', {old}, 'new', {new})"
                         ),
                     };
                     format!("CASE WHEN t.{c} IS DISTINCT FROM c.{c} THEN {change} END")

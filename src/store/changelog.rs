@@ -191,6 +191,15 @@ pub(crate) fn json_value_sql(expr: &str, sql_type: &str, backend: Backend) -> St
             "coalesce(CASE WHEN isfinite({expr}) THEN CAST(to_json({expr}) AS VARCHAR)
                            ELSE CAST(to_json(CAST({expr} AS VARCHAR)) AS VARCHAR) END, 'null')"
         ),
+        // PostgreSQL writes a whole double without its `.0` (`1200`, read
+        // back as an integer); written as DuckDB casts it to text, both
+        // stores log `1200.0`.
+        (Backend::Postgres, "DOUBLE") => format!(
+            "coalesce(CASE WHEN {expr} IN ('Infinity', '-Infinity', 'NaN')
+                           THEN CAST(to_json(CAST({expr} AS VARCHAR)) AS VARCHAR)
+                           ELSE {} END, 'null')",
+            backend.as_text(expr, sql_type)
+        ),
         // PostgreSQL writes a timestamp in JSON with a `T`; as text it
         // reads as DuckDB writes it, so both stores log the same value.
         (Backend::Postgres, "TIMESTAMP") => {

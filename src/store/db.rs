@@ -567,16 +567,37 @@ impl Backend {
         }
     }
 
-    /// The column type a DuckDB type name (as schemas give them) is here.
+    /// The column type a DuckDB type name (as schemas give them, or as
+    /// DuckDB describes the Parquet hand-off) is here. PostgreSQL keeps
+    /// times and timestamps to the microsecond, as the store does.
     pub fn column_type(self, duckdb_type: &str) -> String {
         match (self, duckdb_type) {
             (Backend::Postgres, "DOUBLE") => "DOUBLE PRECISION".into(),
             (Backend::Postgres, "HUGEINT" | "UBIGINT") => "NUMERIC".into(),
+            (Backend::Postgres, "UINTEGER") => "BIGINT".into(),
+            (Backend::Postgres, "TINYINT" | "UTINYINT") => "SMALLINT".into(),
+            (Backend::Postgres, "USMALLINT") => "INTEGER".into(),
             (Backend::Postgres, "BLOB") => "BYTEA".into(),
+            (Backend::Postgres, "TIMESTAMP_NS" | "TIMESTAMP_MS" | "TIMESTAMP_S") => {
+                "TIMESTAMP".into()
+            }
             (Backend::Postgres, "TIMESTAMP WITH TIME ZONE") => "TIMESTAMPTZ".into(),
             // A time of day read back from the batch's Parquet parts.
             (Backend::Postgres, "TIME_NS") => "TIME".into(),
             (_, other) => other.into(),
+        }
+    }
+
+    /// `expr`, a value of DuckDB type `duckdb_type`, as the text DuckDB
+    /// casts it to, so that what a run prints of a value (a dry run's
+    /// `old -> new`) is the same on either store: PostgreSQL writes a
+    /// whole double without its `.0`.
+    pub fn as_text(self, expr: &str, duckdb_type: &str) -> String {
+        match (self, duckdb_type) {
+            (Backend::Postgres, "DOUBLE" | "FLOAT" | "REAL") => {
+                format!("regexp_replace(CAST({expr} AS VARCHAR), '^(-?[0-9]+)$', '\\1.0')")
+            }
+            _ => format!("CAST({expr} AS VARCHAR)"),
         }
     }
 
@@ -895,7 +916,33 @@ impl<'a> postgres::types::FromSql<'a> for Numeric {
 
 #[cfg(test)]
 mod tests {
-    use super::dollar_params;
+    use super::{Backend, dollar_params};
+
+    #[test]
+    fn duckdb_types_without_a_postgres_name_get_the_nearest_one() {
+        let pg = Backend::Postgres;
+        assert_eq!(pg.column_type("TIME_NS"), "TIME");
+        assert_eq!(pg.column_type("TIMESTAMP_NS"), "TIMESTAMP");
+        assert_eq!(pg.column_type("UINTEGER"), "BIGINT");
+        assert_eq!(pg.column_type("VARCHAR"), "VARCHAR");
+        assert_eq!(Backend::DuckDb.column_type("TIME_NS"), "TIME_NS");
+    }
+
+    #[test]
+    fn a_double_is_text_with_its_fraction_on_either_store() {
+        assert_eq!(
+            Backend::Postgres.as_text("t.x", "DOUBLE"),
+            r"regexp_replace(CAST(t.x AS VARCHAR), '^(-?[0-9]+)$', '\1.0')"
+        );
+        assert_eq!(
+            Backend::DuckDb.as_text("t.x", "DOUBLE"),
+            "CAST(t.x AS VARCHAR)"
+        );
+        assert_eq!(
+            Backend::Postgres.as_text("t.x", "INTEGER"),
+            "CAST(t.x AS VARCHAR)"
+        );
+    }
 
     #[test]
     fn question_marks_become_numbered_parameters_outside_quotes() {

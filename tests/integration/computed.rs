@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::common::{Workspace, table};
+use crate::common::{StoreKind, StoreWorkspace, table, workspace_on};
 
 /// A CRM's accounts: names and monthly revenue come from the file; the full
 /// name and the annual revenue are computed, and checked by the schema.
@@ -31,16 +31,24 @@ const COMPUTED: &str = r#"computed = { FullName = "FirstName || ' ' || LastName"
 
 /// A workspace with the `crm_accounts` dataset and an integration of it
 /// whose config ends with `extra`.
-fn workspace(extra: &str) -> Workspace {
-    let ws = Workspace::new(&format!(
-        "[store]\n\
+fn workspace(extra: &str) -> StoreWorkspace {
+    workspace_of(StoreKind::DuckDb, extra)
+}
+
+/// `workspace`, on a store of `kind`.
+fn workspace_of(kind: StoreKind, extra: &str) -> StoreWorkspace {
+    let ws = workspace_on(
+        kind,
+        &format!(
+            "[store]\n\
          schemas = \"schemas\"\n\n\
          [integrations.crm_accounts]\n\
          dataset = \"crm_accounts\"\n\
          source = {{ type = \"folder\", path = \"drops\" }}\n\
          pattern = \"accounts_{{date:%Y%m%d}}.csv\"\n\
          {extra}\n"
-    ));
+        ),
+    );
     ws.write("schemas/crm_accounts.json", SCHEMA);
     ws
 }
@@ -49,8 +57,7 @@ fn day1() -> String {
     format!("{HEADER}A1,Ada,Lovelace,€100,1\nA2,Grace,Hopper,200,2\nA3,Alan,Turing,\"1,000\",3\n")
 }
 
-const STORED: &str =
-    "SELECT AccountID, FullName, MRR, ARR, SeatCount FROM crm_accounts ORDER BY AccountID";
+const STORED: &str = r#"SELECT "AccountID", "FullName", "MRR", "ARR", "SeatCount" FROM crm_accounts ORDER BY "AccountID""#;
 
 #[test]
 fn computed_fields_land_in_the_table_and_in_export() {
@@ -169,11 +176,11 @@ fn an_expression_that_cannot_work_is_refused_when_the_config_loads() {
     }
 }
 
-#[test]
-fn a_computed_value_that_breaks_a_constraint_is_a_row_error_with_its_line() {
-    let ws = workspace(&format!(
-        "{COMPUTED}\non_error = {{ policy = \"skip\", max_ratio = 0.8 }}"
-    ));
+fn a_computed_value_that_breaks_a_constraint_is_a_row_error_with_its_line(kind: StoreKind) {
+    let ws = workspace_of(
+        kind,
+        &format!("{COMPUTED}\non_error = {{ policy = \"skip\", max_ratio = 0.8 }}"),
+    );
     // Line 3: a name too long once joined; line 4: an ARR over the maximum;
     // line 5: a seat count that is no integer (a failed cast); line 6: 0
     // seats, under the minimum.
@@ -227,7 +234,10 @@ fn a_computed_value_that_breaks_a_constraint_is_a_row_error_with_its_line() {
     );
 
     // Under `reject`, the same file is refused as a whole.
-    let ws = workspace(&format!("{COMPUTED}\non_error = {{ policy = \"reject\" }}"));
+    let ws = workspace_of(
+        kind,
+        &format!("{COMPUTED}\non_error = {{ policy = \"reject\" }}"),
+    );
     ws.drop_file(
         "accounts_20260101.csv",
         format!("{HEADER}A1,Ada,Lovelace,100,1\nA3,Alan,Turing,20000,3\n"),
@@ -242,11 +252,11 @@ fn a_computed_value_that_breaks_a_constraint_is_a_row_error_with_its_line() {
     );
 }
 
-#[test]
-fn a_file_that_carries_a_computed_column_is_refused() {
+fn a_file_that_carries_a_computed_column_is_refused(kind: StoreKind) {
     // The schema matches the header loosely: the column would otherwise be
     // kept aside in _attributes while the expression said something else.
-    let ws = Workspace::new(
+    let ws = workspace_on(
+        kind,
         "[store]\nschemas = \"schemas\"\n\n[integrations.crm_accounts]\ndataset = \"crm_accounts\"\nsource = { type = \"folder\", path = \"drops\" }\npattern = \"accounts_{date:%Y%m%d}.csv\"\ncomputed = { ARR = \"MRR * 12\" }\n",
     );
     ws.write(
@@ -270,9 +280,10 @@ fn a_file_that_carries_a_computed_column_is_refused() {
     assert!(!ws.db().table_exists("crm_accounts"));
 }
 
-#[test]
-fn a_dry_run_previews_computed_values_and_a_changed_one_is_an_update_in_the_change_log() {
-    let ws = workspace(COMPUTED);
+fn a_dry_run_previews_computed_values_and_a_changed_one_is_an_update_in_the_change_log(
+    kind: StoreKind,
+) {
+    let ws = workspace_of(kind, COMPUTED);
     ws.drop_file("accounts_20260101.csv", day1());
     ws.dropsync(&["run"]).code(0);
     // Day 2: A1's MRR grows, so its ARR does; A2 gets married.
@@ -288,7 +299,7 @@ fn a_dry_run_previews_computed_values_and_a_changed_one_is_an_update_in_the_chan
     ]);
     assert_eq!(
         ws.db()
-            .value("SELECT ARR FROM crm_accounts WHERE AccountID = 'A1'"),
+            .value(r#"SELECT "ARR" FROM crm_accounts WHERE "AccountID" = 'A1'"#),
         "1200",
         "a dry run changes nothing"
     );
@@ -322,4 +333,10 @@ fn a_dry_run_previews_computed_values_and_a_changed_one_is_an_update_in_the_chan
         json!({"FullName": ["Grace Hopper", "Grace Murray"], "LastName": ["Hopper", "Murray"]}),
         "{changes:?}"
     );
+}
+
+crate::on_both_stores! {
+    a_computed_value_that_breaks_a_constraint_is_a_row_error_with_its_line => a_computed_value_that_breaks_a_constraint_is_a_row_error_with_its_line;
+    a_file_that_carries_a_computed_column_is_refused => a_file_that_carries_a_computed_column_is_refused;
+    a_dry_run_previews_computed_values_and_a_changed_one_is_an_update_in_the_change_log => a_dry_run_previews_computed_values_and_a_changed_one_is_an_update_in_the_change_log;
 }
