@@ -4,13 +4,13 @@
 use sha2::Digest;
 
 use crate::common::{
-    ACCOUNTS_HEADER, Workspace, accounts, accounts_config, dropsync_in, six_accounts, table,
-    with_six_accounts,
+    ACCOUNTS_HEADER, StoreKind, StoreWorkspace, Workspace, accounts, accounts_config, dropsync_in,
+    six_accounts, table, with_six_accounts, with_six_accounts_on,
 };
 
 /// Six accounts on day 1, then a day 2 with one bad row (partial).
-fn two_days() -> Workspace {
-    let ws = with_six_accounts("on_error = { max_ratio = 0.5 }");
+fn two_days(kind: StoreKind) -> StoreWorkspace {
+    let ws = with_six_accounts_on(kind, "on_error = { max_ratio = 0.5 }");
     ws.drop_file(
         "accounts_20260102.csv",
         six_accounts()
@@ -24,9 +24,8 @@ fn two_days() -> Workspace {
     ws
 }
 
-#[test]
-fn history_lists_runs_newest_first() {
-    let ws = two_days();
+fn history_lists_runs_newest_first(kind: StoreKind) {
+    let ws = two_days(kind);
     let runs = ws.db().runs();
     assert_eq!(runs.len(), 2);
     let out = ws.dropsync(&["history"]);
@@ -98,9 +97,8 @@ fn history_lists_runs_newest_first() {
         .stdout_has(&[&runs[0].execution_id, &runs[1].execution_id]);
 }
 
-#[test]
-fn history_json_has_every_field() {
-    let ws = two_days();
+fn history_json_has_every_field(kind: StoreKind) {
+    let ws = two_days(kind);
     let runs = ws.db().runs();
     let json = ws.dropsync(&["history", "--json"]).code(0).json();
     let list = json.as_array().expect("an array of runs");
@@ -141,9 +139,8 @@ fn history_json_has_every_field() {
     assert_eq!(list[1]["status"], "success");
 }
 
-#[test]
-fn show_finds_a_run_by_a_unique_part_of_its_id() {
-    let ws = two_days();
+fn show_finds_a_run_by_a_unique_part_of_its_id(kind: StoreKind) {
+    let ws = two_days(kind);
     let runs = ws.db().runs();
     let id = &runs[1].execution_id;
     let other = &runs[0].execution_id;
@@ -208,9 +205,8 @@ fn show_finds_a_run_by_a_unique_part_of_its_id() {
         .stderr_has(&["no run has the execution id `no-such-run` (see `dropsync history`)"]);
 }
 
-#[test]
-fn run_and_ingest_print_json() {
-    let ws = with_six_accounts("");
+fn run_and_ingest_print_json(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, "");
     ws.drop_file(
         "accounts_20260102.csv",
         six_accounts().replace("Account 1,parent,pro,10", "Account 1,parent,pro,11"),
@@ -534,24 +530,19 @@ fn validate_as_an_integration_reads_its_dialect() {
     assert!(!ws.store_path().exists());
 }
 
-#[test]
-fn a_run_left_running_by_a_crash_is_marked_interrupted() {
-    let ws = with_six_accounts("");
+fn a_run_left_running_by_a_crash_is_marked_interrupted(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, "");
     let day2 = six_accounts().replace("Account 1,parent,pro,10", "Account 1,parent,pro,11");
     ws.drop_file("accounts_20260102.csv", &day2);
     let hash = format!("{:x}", sha2::Sha256::digest(day2.as_bytes()));
-    {
-        // A process that died while syncing day 2: its run is still `running`.
-        let conn = duckdb::Connection::open(ws.store_path()).unwrap();
-        conn.execute(
-            "INSERT INTO dropsync_runs (execution_id, integration, dataset, mode, trigger, status,
-                file_name, content_hash, business_date, started_at)
-             VALUES ('crashed-run-0001', 'accounts', 'accounts', 'snapshot', 'manual', 'running',
-                'accounts_20260102.csv', ?, DATE '2026-01-02', now()::TIMESTAMP - INTERVAL 1 HOUR)",
-            [&hash],
-        )
-        .unwrap();
-    }
+    // A process that died while syncing day 2: its run is still `running`.
+    ws.alter_store(&format!(
+        "INSERT INTO dropsync_runs (execution_id, integration, dataset, mode, trigger, status,
+            file_name, content_hash, business_date, started_at)
+         VALUES ('crashed-run-0001', 'accounts', 'accounts', 'snapshot', 'manual', 'running',
+            'accounts_20260102.csv', '{hash}', DATE '2026-01-02',
+            CAST(now() AS TIMESTAMP) - INTERVAL '1 hour')"
+    ));
     ws.dropsync(&["history"])
         .code(0)
         .stdout_has(&["crashed-run-0001"]);
@@ -578,7 +569,7 @@ fn a_run_left_running_by_a_crash_is_marked_interrupted() {
         table(&[["interrupted", "1"], ["success", "2"]])
     );
     assert_eq!(
-        db.value("SELECT Seats FROM accounts WHERE AccountID = 'A1'"),
+        db.value(r#"SELECT "Seats" FROM accounts WHERE "AccountID" = 'A1'"#),
         "11"
     );
 }
@@ -598,4 +589,12 @@ fn a_busy_store_is_a_clear_error() {
     drop(holder);
     assert_eq!(accounts(&ws.db())[0], ["A1", "Account 1", "10"]);
     ws.dropsync(&["run"]).code(0).stdout_has(&["+0 ~1 -0"]);
+}
+
+crate::on_both_stores! {
+    history_lists_runs_newest_first => history_lists_runs_newest_first;
+    history_json_has_every_field => history_json_has_every_field;
+    show_finds_a_run_by_a_unique_part_of_its_id => show_finds_a_run_by_a_unique_part_of_its_id;
+    run_and_ingest_print_json => run_and_ingest_print_json;
+    a_run_left_running_by_a_crash_is_marked_interrupted => a_run_left_running_by_a_crash_is_marked_interrupted;
 }

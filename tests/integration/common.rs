@@ -1040,7 +1040,10 @@ impl StoreWorkspace {
     #[track_caller]
     pub fn alter_store(&self, sql: &str) {
         match &self.pg {
-            Some(pg) => pg.client().batch_execute(sql),
+            // In UTC, as the store keeps its times.
+            Some(pg) => pg
+                .client()
+                .batch_execute(&format!("SET TIME ZONE 'UTC'; {sql}")),
             None => {
                 return duckdb::Connection::open(self.store_path())
                     .and_then(|conn| conn.execute_batch(sql))

@@ -1,7 +1,7 @@
 //! Referential rules: users belong to existing accounts; product accounts
 //! hang under a parent account of the same file.
 
-use crate::common::{ACCOUNTS_HEADER, Workspace, six_accounts, table};
+use crate::common::{ACCOUNTS_HEADER, StoreKind, six_accounts, table, workspace_on};
 
 /// Users sort before accounts by name: the run must still sync accounts
 /// first on each date, since users refer to them.
@@ -22,9 +22,8 @@ max_delete_ratio = 0.5
 
 const USERS_HEADER: &str = "UserID,AccountID,FirstName,LastName,Role,Active,LastLogin\n";
 
-#[test]
-fn a_user_whose_account_does_not_exist_is_rejected() {
-    let ws = Workspace::new(CONFIG);
+fn a_user_whose_account_does_not_exist_is_rejected(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file("accounts_20260101.csv", six_accounts());
     ws.drop_file(
         "users_20260101.csv",
@@ -49,7 +48,7 @@ fn a_user_whose_account_does_not_exist_is_rejected() {
     );
     assert_eq!(
         ws.db()
-            .rows("SELECT UserID, AccountID FROM users ORDER BY UserID"),
+            .rows(r#"SELECT "UserID", "AccountID" FROM users ORDER BY "UserID""#),
         table(&[["u1@example.org", "A1"], ["u2@example.org", "A6"]])
     );
 
@@ -85,9 +84,8 @@ fn a_user_whose_account_does_not_exist_is_rejected() {
     );
 }
 
-#[test]
-fn account_hierarchy_rules() {
-    let ws = Workspace::new(CONFIG);
+fn account_hierarchy_rules(kind: StoreKind) {
+    let ws = workspace_on(kind, CONFIG);
     ws.drop_file(
         "accounts_20260101.csv",
         format!(
@@ -107,7 +105,7 @@ fn account_hierarchy_rules() {
     ]);
     assert_eq!(
         ws.db()
-            .rows("SELECT AccountID, ParentID, Type FROM accounts ORDER BY AccountID"),
+            .rows(r#"SELECT "AccountID", "ParentID", "Type" FROM accounts ORDER BY "AccountID""#),
         table(&[
             // A parent later in the file is found.
             ["KID", "MOM", "product"],
@@ -133,4 +131,9 @@ fn account_hierarchy_rules() {
         "rows 5 ok 4 rejected 1 skipped 0  +2 ~0 -1",
         "    line 4 [P1-A] ParentID: `P1` does not exist: no row of this file has that AccountID\n",
     ]);
+}
+
+crate::on_both_stores! {
+    a_user_whose_account_does_not_exist_is_rejected => a_user_whose_account_does_not_exist_is_rejected;
+    account_hierarchy_rules => account_hierarchy_rules;
 }

@@ -1,7 +1,7 @@
 //! One test per bug found, named after it, and for the rules added with the
 //! fixes: each pins what a user saw go wrong.
 
-use crate::common::{Workspace, dropsync_in, table};
+use crate::common::{StoreKind, Workspace, dropsync_in, table, workspace_on};
 
 const SUBSCRIBERS: &str = r#"
 [integrations.newsletter]
@@ -15,9 +15,8 @@ const SUB_HEADER: &str =
 
 /// A late file of changed records must not roll back what a later date
 /// already said about the same record; --force applies it anyway.
-#[test]
-fn a_late_delta_file_does_not_override_newer_records() {
-    let ws = Workspace::new(SUBSCRIBERS);
+fn a_late_delta_file_does_not_override_newer_records(kind: StoreKind) {
+    let ws = workspace_on(kind, SUBSCRIBERS);
     ws.drop_file(
         "subscribers_20260105.csv",
         format!("{SUB_HEADER}NEWS,ann@example.org,unsubscribed,2026-01-05,bounced,Ann,Ash\n"),
@@ -33,8 +32,7 @@ fn a_late_delta_file_does_not_override_newer_records() {
         "newsletter  2026-01-03  subscribers_20260103.csv  success  rows 2 ok 1 rejected 0 skipped 1  +1 ~0 -0  subscribed 1 unsubscribed 0\n",
         "1 row left alone: the stored row is from a later business date (--force applies them)",
     ]);
-    let status =
-        "SELECT Email, Status, CAST(_business_date AS VARCHAR) FROM subscribers ORDER BY Email";
+    let status = r#"SELECT "Email", "Status", CAST(_business_date AS VARCHAR) FROM subscribers ORDER BY "Email""#;
     assert_eq!(
         ws.db().rows(status),
         table(&[
@@ -64,9 +62,8 @@ on_error = { policy = "skip", max_ratio = 0.9 }
 
 /// The same invalid event twice counts as two rejected rows, not as a
 /// rejected row plus a skipped duplicate (the counts overran the input).
-#[test]
-fn a_repeated_invalid_event_is_rejected_not_skipped() {
-    let ws = Workspace::new(USAGE);
+fn a_repeated_invalid_event_is_rejected_not_skipped(kind: StoreKind) {
+    let ws = workspace_on(kind, USAGE);
     ws.drop_file(
         "usage_20260101.csv",
         "UserID,AccountID,Action,Module,Timestamp\n\
@@ -127,9 +124,9 @@ fn a_scan_does_not_stage_known_files_again() {
 
 /// A user adds a dataset by adding a Table Schema file; its types, formats
 /// and constraints are applied as the schema says.
-#[test]
-fn a_schema_file_adds_a_dataset() {
-    let ws = Workspace::new(
+fn a_schema_file_adds_a_dataset(kind: StoreKind) {
+    let ws = workspace_on(
+        kind,
         r#"
 [store]
 schemas = "schemas"
@@ -178,8 +175,9 @@ on_error = { policy = "skip", max_ratio = 0.9 }
     let db = ws.db();
     assert_eq!(
         db.rows(
-            "SELECT Invoice, CAST(Issued AS VARCHAR), Amount, Paid, coalesce(CAST(Lines AS VARCHAR), 'NULL')
-             FROM invoices ORDER BY Invoice"
+            r#"SELECT "Invoice", CAST("Issued" AS VARCHAR), "Amount", "Paid",
+                    coalesce(CAST("Lines" AS VARCHAR), 'NULL')
+             FROM invoices ORDER BY "Invoice""#
         ),
         table(&[
             ["INV-1", "2025-12-31", "1234.5", "true", "3"],
@@ -202,4 +200,10 @@ on_error = { policy = "skip", max_ratio = 0.9 }
             "Lines: `x` is not an integer",
         ]
     );
+}
+
+crate::on_both_stores! {
+    a_late_delta_file_does_not_override_newer_records => a_late_delta_file_does_not_override_newer_records;
+    a_repeated_invalid_event_is_rejected_not_skipped => a_repeated_invalid_event_is_rejected_not_skipped;
+    a_schema_file_adds_a_dataset => a_schema_file_adds_a_dataset;
 }
