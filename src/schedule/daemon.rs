@@ -311,10 +311,13 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
             caught_up,
             stop_signals,
         };
-        serve(config.clone(), api, listener, started, mode).await
+        serve(config.clone(), &api, listener, started, mode).await
     });
     tracing::info!("stopping: finishing the batch in flight");
     stopping.store(true, Ordering::SeqCst);
+    // Its reading connection closes here, off the runtime; its handle on
+    // the job queue goes, so the worker ends once the queue is empty.
+    drop(api);
     drop(worker);
     drop(runtime);
     let _ = worker_thread.join();
@@ -364,9 +367,11 @@ impl StopSignals {
     }
 }
 
+/// `api` outlives the runtime: the store connections it holds are dropped
+/// off the async threads (a PostgreSQL session closes by blocking).
 async fn serve(
     config: Config,
-    api: Api,
+    api: &Api,
     listener: std::os::unix::net::UnixListener,
     started: Started,
     mode: Mode,

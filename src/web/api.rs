@@ -94,7 +94,7 @@ async fn errors_csv(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let run = console.read(move |store, _| find_run(store, &id)).await?;
-    let store = console.connection()?;
+    let store = console.connection().await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let execution_id = run.execution_id.clone();
     tokio::task::spawn_blocking(move || {

@@ -100,10 +100,14 @@ impl Console {
     }
 
     /// A connection of its own for one request, so no request waits for
-    /// another's query.
-    fn connection(&self) -> Result<Store, ApiError> {
-        let base = self.reads.lock().unwrap_or_else(|p| p.into_inner());
-        base.reader().map_err(ApiError::store)
+    /// another's query. Opened off the async threads, as everything that
+    /// touches the store is: a PostgreSQL session connects and answers by
+    /// blocking, which an async thread must never do.
+    async fn connection(&self) -> Result<Store, ApiError> {
+        let reads = self.reads.clone();
+        tokio::task::spawn_blocking(move || open_connection(&reads))
+            .await
+            .map_err(|_| ApiError::internal("the request stopped before it was answered"))?
     }
 
     /// Runs `read` on a connection of its own, off the async threads.
@@ -111,12 +115,18 @@ impl Console {
         &self,
         read: impl FnOnce(&Store, &Config) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let store = self.connection()?;
+        let reads = self.reads.clone();
         let config = self.config.clone();
-        tokio::task::spawn_blocking(move || read(&store, &config))
+        tokio::task::spawn_blocking(move || read(&open_connection(&reads)?, &config))
             .await
             .map_err(|_| ApiError::internal("the request stopped before it was answered"))?
     }
+}
+
+/// A new connection to the store `reads` is connected to.
+fn open_connection(reads: &Mutex<Store>) -> Result<Store, ApiError> {
+    let base = reads.lock().unwrap_or_else(|p| p.into_inner());
+    base.reader().map_err(ApiError::store)
 }
 
 /// Every route of the console and the API.

@@ -334,3 +334,299 @@ fn sometimes_empty(rng: &mut Random, value: String) -> String {
         value
     }
 }
+
+/// Accounts with rejected rows allowed, a deadline, an alert receiver that
+/// is down and a change feed into a folder.
+fn reading_config(hook_port: u16) -> String {
+    format!(
+        "{}{}\n[[subscribe]]\nname = \"crm-feed\"\ntype = \"folder\"\npath = \"feed\"\n",
+        accounts_config(
+            "on_error = { policy = \"skip\", max_rows = 100, max_ratio = 0.9 }\nexpect = \"daily by 23:59\""
+        ),
+        crate::alerts::webhook(hook_port, "\"run_failed\", \"run_partial\"")
+    )
+}
+
+/// Two runs, the second with two rejected rows.
+fn sync_two_days(ws: &Workspace) {
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    ws.dropsync(&["run"]).code(0);
+    let mut day2 = six_accounts().replace("Account 3", "Renamed 3");
+    day2.push_str("A7,,Seven,parent,pro,seven,2020-01-07\n");
+    day2.push_str("=cmd|A8,,Eight,parent,pro,8,2020-01-08\n");
+    ws.drop_file("accounts_20260102.csv", day2);
+    // The alert receiver is down: the run says so, and still applies.
+    ws.dropsync(&["run"]).code(3);
+}
+
+/// What differs between two stores' answers by nature: run ids, times and
+/// durations, the store's name.
+fn comparable(text: &str, ws: &StoreWorkspace) -> String {
+    let text = match &ws.pg {
+        Some(pg) => text.replace(&pg.url(), "<store>"),
+        None => text.replace(&ws.store_path().display().to_string(), "<store>"),
+    };
+    let text = text.replace(&ws.root.display().to_string(), "<workspace>");
+    let patterns = [
+        (
+            r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            "<id>",
+        ),
+        (r"\b[0-9a-f]{8}\b", "<id>"),
+        (
+            r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d| UTC)?",
+            "<time>",
+        ),
+        (r#""duration_ms": ?\d+"#, "\"duration_ms\":0"),
+        (r"\d+(\.\d+)? ?(ms|s)\b", "<duration>"),
+        (r"\d+ (seconds?|minutes?|hours?) ago", "<ago>"),
+    ];
+    patterns.iter().fold(text, |text, (pattern, with)| {
+        regex::Regex::new(pattern)
+            .unwrap()
+            .replace_all(&text, *with)
+            .into_owned()
+    })
+}
+
+/// issue 12: `status` (and `--json`), `check`, `history` (and `--json`)
+/// and `show` (and `--json`) answer the same on a PostgreSQL store as on a
+/// DuckDB store that synced the same files: counts, rejected rows,
+/// freshness, undelivered alerts and changes.
+#[test]
+fn status_check_history_and_show_answer_the_same_on_both_stores() {
+    let hook_port = crate::servers::free_port();
+    let stores = both_stores(&reading_config(hook_port));
+    for ws in &stores {
+        sync_two_days(ws);
+    }
+    let ask = |args: &[&str], code: i32| -> Vec<String> {
+        stores
+            .iter()
+            .map(|ws| {
+                let out = ws.dropsync(args);
+                out.code(code);
+                comparable(&out.stdout, ws)
+            })
+            .collect()
+    };
+    let run_id = |ws: &StoreWorkspace| -> String {
+        ws.dropsync(&["history", "--json"]).code(0).json()[0]["execution_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for (args, code) in [
+        (vec!["status"], 0),
+        (vec!["status", "--json"], 0),
+        (vec!["check"], 1),
+        (vec!["history"], 0),
+        (vec!["history", "--json"], 0),
+        (vec!["history", "accounts", "--limit", "1"], 0),
+    ] {
+        let answers = ask(&args, code);
+        assert_eq!(answers[0], answers[1], "dropsync {args:?}");
+        assert!(!answers[0].trim().is_empty(), "dropsync {args:?}");
+    }
+    let status = stores[1].dropsync(&["status"]);
+    status.stdout_has(&["accounts", "alerts    1 undelivered"]);
+    let shown: Vec<String> = stores
+        .iter()
+        .map(|ws| {
+            let id = run_id(ws);
+            let text = ws.dropsync(&["show", &id]).code(0).stdout.clone();
+            let json = ws
+                .dropsync(&["show", &id[id.len() - 12..], "--json"])
+                .code(0)
+                .stdout
+                .clone();
+            comparable(&format!("{text}\n{json}"), ws)
+        })
+        .collect();
+    assert_eq!(shown[0], shown[1]);
+    assert!(
+        shown[1].contains("`seven` is not an integer"),
+        "{}",
+        shown[1]
+    );
+}
+
+/// A running `dropsync daemon` (the console too when `[web]` is set),
+/// stopped with SIGTERM when dropped.
+struct DaemonProcess {
+    child: Option<std::process::Child>,
+    log: std::path::PathBuf,
+}
+
+impl DaemonProcess {
+    fn start(ws: &StoreWorkspace) -> DaemonProcess {
+        // The daemon's socket: beside the store file, else beside the config.
+        let socket = match ws.pg {
+            Some(_) => ws.path("dropsync.sock"),
+            None => ws.path("dropsync.duckdb.sock"),
+        };
+        let _ = std::fs::remove_file(&socket);
+        let log = ws.path("daemon.log");
+        let child = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(ws.config_path())
+            .arg("daemon")
+            .current_dir(&ws.root)
+            .env_remove("DROPSYNC_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = DaemonProcess {
+            child: Some(child),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the daemon exited {status}: {}", daemon.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no socket: {}",
+                daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; whether it exited cleanly, and its log.
+    fn stop(mut self) -> (bool, String) {
+        let child = self.child.take().unwrap();
+        (terminate(child), self.log())
+    }
+}
+
+fn terminate(mut child: std::process::Child) -> bool {
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            terminate(child);
+        }
+    }
+}
+
+/// The files in `dir` (none if it does not exist), but for hidden ones
+/// (a file being written).
+fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// issue 12: a daemon on either store syncs a file that settles in its
+/// watched folder, its alert sender delivers the run's alert and its feed
+/// sender the run's changes (each on a session of its own), the console it
+/// serves answers its API and pages from the store, and the command line
+/// reaches it through its socket; SIGTERM stops it cleanly.
+fn daemon_syncs_alerts_feeds_and_serves_the_console(kind: StoreKind) {
+    use std::time::Duration;
+    let hook_port = crate::servers::free_port();
+    let web_port = crate::servers::free_port();
+    let ws = workspace_on(
+        kind,
+        &format!(
+            "{}{}\n[[subscribe]]\nname = \"crm-feed\"\ntype = \"folder\"\npath = \"feed\"\n\
+             \n[web]\nlisten = \"127.0.0.1:{web_port}\"\n",
+            accounts_config("\n[daemon]\nsettle_secs = 1"),
+            crate::alerts::webhook(hook_port, "\"run_succeeded\"")
+        ),
+    );
+    let receiver = crate::alerts::Receiver::start(hook_port, &[]);
+    let daemon = DaemonProcess::start(&ws);
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    crate::alerts::wait_for(Duration::from_secs(90), "the run's alert", || {
+        !receiver.accepted().is_empty()
+    });
+    let hooks = receiver.accepted();
+    assert_eq!(hooks[0].kind(), "run_succeeded", "{hooks:?}");
+    crate::alerts::wait_for(Duration::from_secs(60), "the run's changes", || {
+        !files_in(&ws.path("feed")).is_empty()
+    });
+    let feed = std::fs::read_to_string(&files_in(&ws.path("feed"))[0]).unwrap();
+    assert_eq!(feed.lines().count(), 6, "{feed}");
+
+    // The command line, through the daemon.
+    let status = ws.dropsync(&["status", "--json"]).code(0).json();
+    assert_eq!(status[0]["last_run"]["status"], "success", "{status}");
+    assert_eq!(status[0]["last_run"]["trigger"], "watch", "{status}");
+    ws.dropsync(&["status"])
+        .code(0)
+        .stdout_lacks(&["undelivered"]);
+    let history = ws.dropsync(&["history", "--json"]).code(0).json();
+    let id = history[0]["execution_id"].as_str().unwrap().to_string();
+    ws.dropsync(&["show", &id])
+        .code(0)
+        .stdout_has(&["accounts_20260101.csv", "success"]);
+
+    // The console the daemon serves.
+    let base = format!("http://127.0.0.1:{web_port}");
+    let get = |path: &str| -> (u16, String) {
+        let mut reply = crate::web_api::agent()
+            .get(format!("{base}{path}"))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}: {}", daemon.log()));
+        let status = reply.status().as_u16();
+        (status, reply.body_mut().read_to_string().unwrap())
+    };
+    let (code, cards) = get("/api/integrations");
+    assert_eq!(code, 200, "{cards}");
+    let cards: serde_json::Value = serde_json::from_str(&cards).unwrap();
+    assert_eq!(cards[0]["integration"], "accounts");
+    assert_eq!(cards[0]["last_run"], status[0]["last_run"]);
+    let (code, runs) = get("/api/runs");
+    assert_eq!(code, 200, "{runs}");
+    let runs: serde_json::Value = serde_json::from_str(&runs).unwrap();
+    assert_eq!(runs["total"], 1, "{runs}");
+    assert_eq!(runs["runs"][0]["execution_id"], id.as_str());
+    let (code, page) = get("/");
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("accounts") && page.contains("success"),
+        "{page}"
+    );
+    let (code, page) = get(&format!("/runs/{id}"));
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("accounts_20260101.csv"), "{page}");
+
+    let (clean, log) = daemon.stop();
+    assert!(clean, "{log}");
+    assert!(!log.contains("hook-s3cret"), "{log}");
+}
+
+crate::on_both_stores! {
+    daemon_syncs_alerts_feeds_and_serves_the_console_on => daemon_syncs_alerts_feeds_and_serves_the_console;
+}
