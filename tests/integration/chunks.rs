@@ -5,7 +5,9 @@
 //! in one piece), and both must end the same: exit code, run record, row
 //! errors, table. Then what a user sees is checked outright.
 
-use crate::common::{ACCOUNTS_HEADER, Output, RowError, Run, Workspace, accounts_config, table};
+use crate::common::{
+    ACCOUNTS_HEADER, Output, RowError, Run, StoreKind, accounts_config, table, workspace_on,
+};
 
 /// A chunk of a few rows: a 40-row file spans a dozen chunks.
 const TINY: &str = "64";
@@ -22,12 +24,18 @@ struct Ending {
 
 /// Syncs day 1 (`day1`, if any) then `day2` with `extra` config, the files
 /// read in chunks of `chunk` bytes (or whole when `chunk` is `None`).
-fn sync(extra: &str, day1: Option<&str>, day2: &str, chunk: Option<&str>) -> (Ending, Output) {
+fn sync(
+    kind: StoreKind,
+    extra: &str,
+    day1: Option<&str>,
+    day2: &str,
+    chunk: Option<&str>,
+) -> (Ending, Output) {
     let extra = match chunk {
         Some(_) => extra.to_string(),
         None => format!("{extra}\ncsv = {{ encoding = \"latin-1\" }}"),
     };
-    let ws = Workspace::new(&accounts_config(&extra));
+    let ws = workspace_on(kind, &accounts_config(&extra));
     let env: Vec<(&str, &str)> = chunk
         .map(|c| ("DROPSYNC_CHUNK_BYTES", c))
         .into_iter()
@@ -44,7 +52,9 @@ fn sync(extra: &str, day1: Option<&str>, day2: &str, chunk: Option<&str>) -> (En
     // Two runs never share these.
     run.execution_id.clear();
     run.content_hash = None;
-    let table = db.rows("SELECT AccountID, ParentID, Name, Seats FROM accounts ORDER BY AccountID");
+    let table = db.rows(
+        r#"SELECT "AccountID", "ParentID", "Name", "Seats" FROM accounts ORDER BY "AccountID""#,
+    );
     let handoff_left = std::fs::read_dir(ws.path("staging/.work")).map_or(0, |d| d.count());
     let ending = Ending {
         code: out.code,
@@ -59,9 +69,14 @@ fn sync(extra: &str, day1: Option<&str>, day2: &str, chunk: Option<&str>) -> (En
 /// Syncs in tiny chunks and whole; both must end alike. Returns the chunked
 /// ending and output.
 #[track_caller]
-fn same_in_chunks_as_whole(extra: &str, day1: Option<&str>, day2: &str) -> (Ending, Output) {
-    let (chunked, out) = sync(extra, day1, day2, Some(TINY));
-    let (whole, whole_out) = sync(extra, day1, day2, None);
+fn same_in_chunks_as_whole(
+    kind: StoreKind,
+    extra: &str,
+    day1: Option<&str>,
+    day2: &str,
+) -> (Ending, Output) {
+    let (chunked, out) = sync(kind, extra, day1, day2, Some(TINY));
+    let (whole, whole_out) = sync(kind, extra, day1, day2, None);
     assert_eq!(chunked, whole, "chunked:\n{out}\nwhole:\n{whole_out}");
     assert_eq!(chunked.handoff_left, 0, "hand-off files left: {out}");
     (chunked, out)
@@ -94,13 +109,12 @@ fn file(n: usize, changes: &[(u64, String)]) -> String {
     text
 }
 
-#[test]
-fn a_key_repeated_in_later_chunks_rejects_every_copy() {
+fn a_key_repeated_in_later_chunks_rejects_every_copy(kind: StoreKind) {
     // P03 on line 4, again on lines 30 and 41, many chunks apart.
     let day2 = file(40, &[(30, row("P03", "", 300)), (41, row("P03", "", 301))]);
     let day1 = file(40, &[]);
     let (ending, out) =
-        same_in_chunks_as_whole("on_error = { max_ratio = 0.2 }", Some(&day1), &day2);
+        same_in_chunks_as_whole(kind, "on_error = { max_ratio = 0.2 }", Some(&day1), &day2);
     assert_eq!(ending.code, 3, "{out}");
     assert_eq!(ending.run.status, "partial", "{out}");
     assert_eq!((ending.run.input_rows, ending.run.error_rows), (42, 3));
@@ -128,8 +142,7 @@ fn a_key_repeated_in_later_chunks_rejects_every_copy() {
     );
 }
 
-#[test]
-fn a_reference_to_a_row_in_another_chunk_holds_and_one_to_no_row_is_rejected() {
+fn a_reference_to_a_row_in_another_chunk_holds_and_one_to_no_row_is_rejected(kind: StoreKind) {
     // C1 on line 3 names P35 further on; C2 on line 38 names P02 far back;
     // C3 names a parent no row of the file has.
     let day2 = file(
@@ -140,7 +153,7 @@ fn a_reference_to_a_row_in_another_chunk_holds_and_one_to_no_row_is_rejected() {
             (20, row("C3", "P99", 3)),
         ],
     );
-    let (ending, out) = same_in_chunks_as_whole("", None, &day2);
+    let (ending, out) = same_in_chunks_as_whole(kind, "", None, &day2);
     assert_eq!(ending.code, 3, "{out}");
     assert_eq!(
         ending
@@ -183,13 +196,12 @@ fn a_reference_to_a_row_in_another_chunk_holds_and_one_to_no_row_is_rejected() {
     );
 }
 
-#[test]
-fn a_bad_row_in_the_last_chunk_names_its_line() {
+fn a_bad_row_in_the_last_chunk_names_its_line(kind: StoreKind) {
     let day2 = file(
         40,
         &[(41, "P41,,Account P41,parent,pro,-5,2020-01-01\n".into())],
     );
-    let (ending, out) = same_in_chunks_as_whole("", None, &day2);
+    let (ending, out) = same_in_chunks_as_whole(kind, "", None, &day2);
     assert_eq!(ending.code, 3, "{out}");
     assert_eq!(ending.errors.len(), 1);
     assert_eq!(ending.errors[0].line, 41);
@@ -198,8 +210,7 @@ fn a_bad_row_in_the_last_chunk_names_its_line() {
     assert_eq!(ending.table.len(), 40);
 }
 
-#[test]
-fn the_error_policy_counts_bad_rows_across_chunks() {
+fn the_error_policy_counts_bad_rows_across_chunks(kind: StoreKind) {
     // One bad row in each of four chunks far apart: no chunk alone has more
     // than max_rows, the file does.
     let bad = |id: &str| format!("{id},,Account {id},parent,pro,many,2020-01-01\n");
@@ -214,6 +225,7 @@ fn the_error_policy_counts_bad_rows_across_chunks() {
     );
     let day1 = file(40, &[]);
     let (ending, out) = same_in_chunks_as_whole(
+        kind,
         r#"on_error = { policy = "skip", max_ratio = 0.5, max_rows = 3 }"#,
         Some(&day1),
         &day2,
@@ -233,8 +245,7 @@ fn the_error_policy_counts_bad_rows_across_chunks() {
     assert_eq!(ending.table[0][3], "1");
 }
 
-#[test]
-fn a_quoted_line_break_across_a_chunk_boundary_stays_in_its_field() {
+fn a_quoted_line_break_across_a_chunk_boundary_stays_in_its_field(kind: StoreKind) {
     // Fully quoted with CRLF line ends; a name with a line break in it, long
     // enough to straddle any 64-byte boundary, and a bad row after it.
     let mut day2 = String::from(
@@ -256,7 +267,7 @@ fn a_quoted_line_break_across_a_chunk_boundary_stays_in_its_field() {
             "\"Q{i:02}\",\"\",\"{name}\",\"parent\",\"pro\",\"{seats}\",\"2020-01-01\"\r\n"
         ));
     }
-    let (ending, out) = same_in_chunks_as_whole("", None, &day2);
+    let (ending, out) = same_in_chunks_as_whole(kind, "", None, &day2);
     assert_eq!(ending.code, 3, "{out}");
     // Q07 takes lines 8 and 9: Q12 is on line 14.
     assert_eq!(ending.errors.len(), 1, "{out}");
@@ -274,15 +285,18 @@ fn a_quoted_line_break_across_a_chunk_boundary_stays_in_its_field() {
     assert_eq!(ending.table.len(), 19);
 }
 
-#[test]
-fn a_file_refused_after_many_chunks_leaves_nothing_applied() {
+fn a_file_refused_after_many_chunks_leaves_nothing_applied(kind: StoreKind) {
     let day1 = file(40, &[]);
     // Refused by the duplicate found in the last chunk, every earlier chunk
     // handed off already.
     let day2 = file(40, &[(41, row("P01", "", 100))]);
     let day2: String = day2.replace(",pro,", ",enterprise,");
-    let (ending, out) =
-        same_in_chunks_as_whole(r#"on_error = { policy = "reject" }"#, Some(&day1), &day2);
+    let (ending, out) = same_in_chunks_as_whole(
+        kind,
+        r#"on_error = { policy = "reject" }"#,
+        Some(&day1),
+        &day2,
+    );
     assert_eq!(ending.code, 1, "{out}");
     assert_eq!(ending.run.status, "failed");
     assert_eq!(
@@ -295,8 +309,12 @@ fn a_file_refused_after_many_chunks_leaves_nothing_applied() {
     let mut day2 = file(40, &[]).replace(",pro,", ",enterprise,");
     day2.push_str("Z1,,\"never closed,parent,pro,1,2020-01-01\n");
     day2.push_str(&file(10, &[])[ACCOUNTS_HEADER.len()..].replace('P', "R"));
-    let (ending, out) =
-        same_in_chunks_as_whole(r#"on_error = { policy = "reject" }"#, Some(&day1), &day2);
+    let (ending, out) = same_in_chunks_as_whole(
+        kind,
+        r#"on_error = { policy = "reject" }"#,
+        Some(&day1),
+        &day2,
+    );
     assert_eq!(ending.code, 1, "{out}");
     let message = ending.run.message.clone().unwrap_or_default();
     assert!(
@@ -324,4 +342,13 @@ fn sync_day1_table() -> Vec<Vec<String>> {
         .map(|r| [r[0].as_str(), r[1].as_str(), r[2].as_str(), r[3].as_str()])
         .collect();
     table(&rows)
+}
+
+crate::on_both_stores! {
+    a_key_repeated_in_later_chunks_rejects_every_copy => a_key_repeated_in_later_chunks_rejects_every_copy;
+    a_reference_to_a_row_in_another_chunk_holds_and_one_to_no_row_is_rejected => a_reference_to_a_row_in_another_chunk_holds_and_one_to_no_row_is_rejected;
+    a_bad_row_in_the_last_chunk_names_its_line => a_bad_row_in_the_last_chunk_names_its_line;
+    the_error_policy_counts_bad_rows_across_chunks => the_error_policy_counts_bad_rows_across_chunks;
+    a_quoted_line_break_across_a_chunk_boundary_stays_in_its_field => a_quoted_line_break_across_a_chunk_boundary_stays_in_its_field;
+    a_file_refused_after_many_chunks_leaves_nothing_applied => a_file_refused_after_many_chunks_leaves_nothing_applied;
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use crate::common::{BIN, Workspace, accounts_config, six_accounts};
+use crate::common::{BIN, StoreKind, Workspace, accounts_config, six_accounts, workspace_on};
 
 /// `HH:MM` (or with `seconds`, `HH:MM:SS`) of `t` in `zone`.
 fn local_time(t: DateTime<Utc>, zone: &str, seconds: bool) -> String {
@@ -29,16 +29,18 @@ fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
 /// A deadline that passed two minutes ago (in Kolkata's time, UTC+05:30)
 /// with no file: overdue in `status`, `status --json` and `check`; the file
 /// arriving makes it fresh again.
-#[test]
-fn a_passed_deadline_without_a_file_is_overdue_until_the_file_comes() {
+fn a_passed_deadline_without_a_file_is_overdue_until_the_file_comes(kind: StoreKind) {
     let by = local_time(
         Utc::now() - chrono::Duration::minutes(2),
         "Asia/Kolkata",
         false,
     );
-    let ws = Workspace::new(&accounts_config(&format!(
-        "expect = \"daily by {by}\"\ntimezone = \"Asia/Kolkata\""
-    )));
+    let ws = workspace_on(
+        kind,
+        &accounts_config(&format!(
+            "expect = \"daily by {by}\"\ntimezone = \"Asia/Kolkata\""
+        )),
+    );
 
     let out = ws.dropsync(&["status"]);
     out.code(0).stdout_has(&[
@@ -74,9 +76,8 @@ fn a_passed_deadline_without_a_file_is_overdue_until_the_file_comes() {
 /// A last run that failed makes the integration failing, with or without a
 /// deadline: `check` is CRITICAL (2) and names the run; a good file after it
 /// clears it.
-#[test]
-fn a_failed_last_run_is_critical_until_a_good_file_is_applied() {
-    let ws = Workspace::new(&accounts_config(""));
+fn a_failed_last_run_is_critical_until_a_good_file_is_applied(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(""));
     ws.dropsync(&["check"]).code(0).stdout_has(&[
         "DROPSYNC OK - 1 integrations, none overdue or failing | fresh=0 due=0 overdue=0 failing=0 untracked=1",
     ]);
@@ -269,4 +270,9 @@ impl Drop for DaemonProcess {
             self.stop();
         }
     }
+}
+
+crate::on_both_stores! {
+    a_passed_deadline_without_a_file_is_overdue_until_the_file_comes => a_passed_deadline_without_a_file_is_overdue_until_the_file_comes;
+    a_failed_last_run_is_critical_until_a_good_file_is_applied => a_failed_last_run_is_critical_until_a_good_file_is_applied;
 }
