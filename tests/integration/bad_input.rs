@@ -3,7 +3,8 @@
 //! panic, and nothing half-applied.
 
 use crate::common::{
-    ACCOUNTS_HEADER, Workspace, accounts, accounts_config, six_accounts, table, with_six_accounts,
+    ACCOUNTS_HEADER, StoreKind, accounts, accounts_config, six_accounts, table, with_six_accounts,
+    with_six_accounts_on, workspace_on,
 };
 
 /// `six_accounts` with row `n` (1-based, A{n}) replaced by `line`.
@@ -173,9 +174,8 @@ fn broken_files_are_refused_with_a_clear_message() {
     }
 }
 
-#[test]
-fn duplicate_keys_reject_every_copy_and_keep_the_stored_record() {
-    let ws = with_six_accounts("on_error = { max_ratio = 0.5 }");
+fn duplicate_keys_reject_every_copy_and_keep_the_stored_record(kind: StoreKind) {
+    let ws = with_six_accounts_on(kind, "on_error = { max_ratio = 0.5 }");
     ws.drop_file(
         "accounts_20260102.csv",
         replace_row(6, "A2,,Account 2 again,parent,pro,21,2020-01-02"),
@@ -196,11 +196,10 @@ fn duplicate_keys_reject_every_copy_and_keep_the_stored_record() {
     );
 }
 
-#[test]
-fn an_unbalanced_quote_does_not_delete_the_rows_it_swallows() {
+fn an_unbalanced_quote_does_not_delete_the_rows_it_swallows(kind: StoreKind) {
     // Default policy (skip up to 10%) and guard (20%): 20 accounts, and on
     // the next day an unbalanced quote on row 19 runs to the end of the file.
-    let ws = Workspace::new(&accounts_config(""));
+    let ws = workspace_on(kind, &accounts_config(""));
     let rows = |quote_on: Option<usize>| {
         let mut s = ACCOUNTS_HEADER.to_string();
         for i in 1..=20 {
@@ -218,16 +217,15 @@ fn an_unbalanced_quote_does_not_delete_the_rows_it_swallows() {
     out.stdout_has(&["accounts_20260102.csv", "line 20", "unbalanced quote"]);
     let db = ws.db();
     assert_eq!(
-        db.count("SELECT count(*) FROM accounts WHERE AccountID = 'B20'"),
+        db.count(r#"SELECT count(*) FROM accounts WHERE "AccountID" = 'B20'"#),
         1,
         "B20 is in the file, after the runaway quote: it must not be deleted. {out}"
     );
     assert_eq!(db.last_run().deleted, 0, "{out}");
 }
 
-#[test]
-fn a_utf8_bom_and_crlf_line_ends_are_read_as_usual() {
-    let ws = Workspace::new(&accounts_config(""));
+fn a_utf8_bom_and_crlf_line_ends_are_read_as_usual(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(""));
     let text = format!("\u{feff}{}", six_accounts().replace('\n', "\r\n"));
     ws.drop_file("accounts_20260101.csv", &text);
     ws.dropsync(&["run"]).code(0).stdout_has(&[
@@ -236,7 +234,7 @@ fn a_utf8_bom_and_crlf_line_ends_are_read_as_usual() {
     let db = ws.db();
     assert_eq!(
         db.rows(
-            "SELECT AccountID, CAST(CreatedDate AS VARCHAR) FROM accounts ORDER BY AccountID LIMIT 2"
+            r#"SELECT "AccountID", CAST("CreatedDate" AS VARCHAR) FROM accounts ORDER BY "AccountID" LIMIT 2"#
         ),
         table(&[["A1", "2020-01-01"], ["A2", "2020-01-02"]])
     );
@@ -250,9 +248,8 @@ fn a_utf8_bom_and_crlf_line_ends_are_read_as_usual() {
         ]);
 }
 
-#[test]
-fn latin1_files_are_read_when_the_dialect_says_so() {
-    let ws = Workspace::new(&accounts_config(r#"csv = { encoding = "latin-1" }"#));
+fn latin1_files_are_read_when_the_dialect_says_so(kind: StoreKind) {
+    let ws = workspace_on(kind, &accounts_config(r#"csv = { encoding = "latin-1" }"#));
     let utf8 = format!(
         "{ACCOUNTS_HEADER}\
          L1,,Société Générale,parent,pro,10,2020-01-01\n\
@@ -268,7 +265,7 @@ fn latin1_files_are_read_when_the_dialect_says_so() {
         .stdout_has(&["success  rows 3 ok 3 rejected 0 skipped 0  +3 ~0 -0"]);
     assert_eq!(
         ws.db()
-            .rows("SELECT AccountID, Name FROM accounts ORDER BY AccountID"),
+            .rows(r#"SELECT "AccountID", "Name" FROM accounts ORDER BY "AccountID""#),
         table(&[
             ["L1", "Société Générale"],
             ["L2", "Müller & Söhne"],
@@ -312,9 +309,10 @@ on_error = { max_ratio = 0.5 }
 csv = { max_field_bytes = 1000000 }
 "#;
 
-#[test]
-fn a_10_mb_field_is_a_value_under_the_default_limit_and_a_row_error_under_a_smaller_one() {
-    let ws = Workspace::new(SUBSCRIBERS);
+fn a_10_mb_field_is_a_value_under_the_default_limit_and_a_row_error_under_a_smaller_one(
+    kind: StoreKind,
+) {
+    let ws = workspace_on(kind, SUBSCRIBERS);
     let big = "x".repeat(10_000_000);
     ws.drop_file(
         "subscribers_20260101.csv",
@@ -333,11 +331,11 @@ fn a_10_mb_field_is_a_value_under_the_default_limit_and_a_row_error_under_a_smal
     ]);
     let db = ws.db();
     assert_eq!(
-        db.rows("SELECT Email, length(FirstName) FROM subscribers ORDER BY Email"),
+        db.rows(r#"SELECT "Email", length("FirstName") FROM subscribers ORDER BY "Email""#),
         table(&[["big@example.org", "10000000"], ["small@example.org", "3"]])
     );
     assert_eq!(
-        db.rows("SELECT Email, FirstName FROM subscribers_small"),
+        db.rows(r#"SELECT "Email", "FirstName" FROM subscribers_small"#),
         table(&[["small@example.org", "Sam"]])
     );
     let run = db
@@ -385,4 +383,12 @@ fn a_file_that_cannot_be_read_is_a_clear_failure() {
     .code(1)
     .stderr_has(&["accounts_20260109.csv: cannot read: No such file or directory"]);
     assert_eq!(ws.db().runs().len(), 1);
+}
+
+crate::on_both_stores! {
+    duplicate_keys_reject_every_copy_and_keep_the_stored_record => duplicate_keys_reject_every_copy_and_keep_the_stored_record;
+    an_unbalanced_quote_does_not_delete_the_rows_it_swallows => an_unbalanced_quote_does_not_delete_the_rows_it_swallows;
+    latin1_files_are_read_when_the_dialect_says_so => latin1_files_are_read_when_the_dialect_says_so;
+    a_10_mb_field_is_a_value_under_the_default_limit_and_a_row_error_under_a_smaller_one => a_10_mb_field_is_a_value_under_the_default_limit_and_a_row_error_under_a_smaller_one;
+    a_utf8_bom_and_crlf_line_ends_are_read_as_usual => a_utf8_bom_and_crlf_line_ends_are_read_as_usual;
 }
