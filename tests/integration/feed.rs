@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::alerts::{Receiver, wait_for};
-use crate::common::{ACCOUNTS_HEADER, Workspace, accounts_config, six_accounts};
+use crate::common::{
+    ACCOUNTS_HEADER, StoreKind, Workspace, accounts_config, six_accounts, workspace_on,
+};
 use crate::freshness::start_daemon;
 use crate::servers::free_port;
 
@@ -53,18 +55,20 @@ fn folder(name: &str, path: &str, extra: &str) -> String {
 /// says of that run, each change with its `EXECUTION_ID:SEQ` key, in a file
 /// of the owner's alone named by time and execution id; a dry run writes
 /// nothing, and a subscriber in CSV gets the same changes.
-#[test]
-fn a_folder_subscribers_files_match_the_change_log_and_a_dry_run_writes_nothing() {
-    let ws = Workspace::new(&format!(
-        "{}{}{}",
-        accounts_config("max_delete_ratio = 1.0"),
-        folder("warehouse", "feed", ""),
-        folder(
-            "sheet",
-            "feed-csv",
-            "format = \"csv\"\nfile_mode = \"0640\""
+fn a_folder_subscribers_files_match_the_change_log_and_a_dry_run_writes_nothing(kind: StoreKind) {
+    let ws = workspace_on(
+        kind,
+        &format!(
+            "{}{}{}",
+            accounts_config("max_delete_ratio = 1.0"),
+            folder("warehouse", "feed", ""),
+            folder(
+                "sheet",
+                "feed-csv",
+                "format = \"csv\"\nfile_mode = \"0640\""
+            ),
         ),
-    ));
+    );
     ws.drop_file("accounts_20260101.csv", six_accounts());
     ws.dropsync(&["run"]).code(0);
     ws.drop_file("accounts_20260102.csv", day2());
@@ -165,23 +169,25 @@ fn a_folder_subscribers_files_match_the_change_log_and_a_dry_run_writes_nothing(
 /// Each subscriber gets only what its filters let through: by integration,
 /// dataset, kind and field (an update only when a named field changed); a
 /// mass delete that is refused tells nothing.
-#[test]
-fn filters_choose_the_changes_each_subscriber_gets() {
-    let ws = Workspace::new(&format!(
-        "{}{}{}{}",
-        accounts_config(""),
-        folder(
-            "seats",
-            "seats",
-            "kinds = [\"update\"]\nfields = [\"Seats\"]"
+fn filters_choose_the_changes_each_subscriber_gets(kind: StoreKind) {
+    let ws = workspace_on(
+        kind,
+        &format!(
+            "{}{}{}{}",
+            accounts_config(""),
+            folder(
+                "seats",
+                "seats",
+                "kinds = [\"update\"]\nfields = [\"Seats\"]"
+            ),
+            folder(
+                "arrivals",
+                "arrivals",
+                "integrations = [\"accounts\"]\ndatasets = [\"accounts\"]\nkinds = [\"insert\", \"delete\"]"
+            ),
+            folder("plans", "plans", "fields = [\"Plan\"]"),
         ),
-        folder(
-            "arrivals",
-            "arrivals",
-            "integrations = [\"accounts\"]\ndatasets = [\"accounts\"]\nkinds = [\"insert\", \"delete\"]"
-        ),
-        folder("plans", "plans", "fields = [\"Plan\"]"),
-    ));
+    );
     ws.drop_file("accounts_20260101.csv", six_accounts());
     ws.dropsync(&["run"]).code(0);
     ws.drop_file("accounts_20260102.csv", day2());
@@ -567,4 +573,9 @@ fn a_replays_changes_are_delivered_as_a_new_runs() {
         renamed_back["fields"]["Name"],
         serde_json::json!(["Acme Two", "Account 2"])
     );
+}
+
+crate::on_both_stores! {
+    a_folder_subscribers_files_match_the_change_log_and_a_dry_run_writes_nothing => a_folder_subscribers_files_match_the_change_log_and_a_dry_run_writes_nothing;
+    filters_choose_the_changes_each_subscriber_gets => filters_choose_the_changes_each_subscriber_gets;
 }
