@@ -195,6 +195,9 @@ pub enum Trigger {
     Watch,
     /// A staged copy synced again, without the source.
     Replay,
+    /// An integration whose worker died mid-run, synced again by another
+    /// worker of a shared store.
+    Takeover,
 }
 
 impl Trigger {
@@ -205,6 +208,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Watch => "watch",
             Trigger::Replay => "replay",
+            Trigger::Takeover => "takeover",
         }
     }
 }

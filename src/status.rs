@@ -31,6 +31,10 @@ pub struct Card {
     /// Its runs' changes that a change feed subscriber has not accepted yet.
     #[serde(default)]
     pub undelivered_feed: crate::store::Undelivered,
+    /// On a store several workers share (PostgreSQL): the worker
+    /// (`host:pid`) syncing it right now.
+    #[serde(default)]
+    pub worker: Option<String>,
 }
 
 /// The cards of every integration; runs come from `store` when there is one.
@@ -84,6 +88,13 @@ pub fn cards(
         }
         None => Default::default(),
     };
+    let mut workers = match store {
+        Some(store) => {
+            let names: Vec<&str> = resolved.iter().map(|(name, ..)| name.as_str()).collect();
+            store.holders(&names)?
+        }
+        None => Default::default(),
+    };
     let mut out = Vec::with_capacity(resolved.len());
     for (name, _, next_run, integration) in resolved {
         let c = &integration.config;
@@ -100,6 +111,7 @@ pub fn cards(
             freshness,
             undelivered_alerts: glance.undelivered,
             undelivered_feed: glance.undelivered_feed,
+            worker: workers.remove(&name),
             integration: name,
         });
     }

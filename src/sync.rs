@@ -8,8 +8,8 @@ use crate::config::Config;
 use crate::pipeline::{self, Integration, PipelineError, Prior, RunOptions, RunReport, Trigger};
 use crate::progress;
 use crate::source::{self, Candidate, Source, SourceError, StagedFile};
-use crate::store::Store;
 use crate::store::{FailureKind, RunRecord, RunStatus};
+use crate::store::{Store, Taken};
 
 /// What to sync.
 #[derive(Debug, Clone, Default)]
@@ -79,6 +79,27 @@ pub fn run(
     source::clean_staging(&config.store.staging);
     source::prune_staging(&config.store.staging, config.store.keep_staged_days.get());
     let mut outcomes = Vec::new();
+    // Each integration is taken for the whole run (listing included), so no
+    // other worker of a shared store syncs it meanwhile; one another worker
+    // is syncing is left to it. A dry run applies nothing and takes nothing.
+    let mut holds = Vec::new();
+    if !opts.dry_run {
+        let mut free = Vec::with_capacity(chosen.len());
+        for integration in chosen {
+            match store.take(&integration.name)? {
+                Taken::Held(hold) => {
+                    holds.push(hold);
+                    free.push(integration);
+                }
+                Taken::Busy { worker } => {
+                    let outcome = busy(&integration.name, None, &worker);
+                    on_file(&outcome);
+                    outcomes.push(outcome);
+                }
+            }
+        }
+        chosen = free;
+    }
     let mut queue: Vec<(NaiveDate, usize, String, usize, Item)> = Vec::new();
     let sources: Vec<Result<Box<dyn Source>, SourceError>> = chosen
         .iter()
@@ -90,7 +111,6 @@ pub fn run(
             .is_none_or(|(from, to)| from <= d && d <= to)
     };
     for (index, integration) in chosen.iter().enumerate() {
-        take_over(store, integration, opts)?;
         let listed = match &sources[index] {
             Ok(source) => source.list(),
             Err(e) => Err(SourceError::Remote {
@@ -191,21 +211,20 @@ pub fn run(
             outcomes.push(outcome);
         }
     }
+    drop(holds);
     Ok(outcomes)
 }
 
-/// Before syncing an integration on a shared store: its runs a stopped
-/// process left `running` are marked interrupted (a DuckDB store marks
-/// every such run when it is opened, being this process's alone).
-fn take_over(
-    store: &Store,
-    integration: &Integration,
-    opts: RunOptions,
-) -> Result<(), PipelineError> {
-    if store.is_shared() && !opts.dry_run {
-        store.mark_interrupted_of(&integration.name)?;
+/// An integration another worker of the shared store is syncing: left to
+/// it, which is no failure of the file.
+fn busy(integration: &str, file: Option<&str>, worker: &str) -> FileOutcome {
+    FileOutcome::Error {
+        integration: integration.to_string(),
+        file: file.map(str::to_string),
+        error: format!(
+            "integration {integration} is being synced by worker {worker} right now; nothing done here (try again once it is done)"
+        ),
     }
-    Ok(())
 }
 
 /// A failure to reach or read the source, recorded in the history as a
@@ -496,7 +515,16 @@ fn ingest_with(
     stage: impl FnOnce(&source::FilePattern, &std::path::Path) -> Result<StagedFile, SourceError>,
 ) -> Result<FileOutcome, PipelineError> {
     let integration = Integration::resolve(config, integration)?;
-    take_over(store, &integration, opts)?;
+    let _hold = if opts.dry_run {
+        None
+    } else {
+        match store.take(&integration.name)? {
+            Taken::Held(hold) => Some(hold),
+            Taken::Busy { worker } => {
+                return Ok(busy(&integration.name, Some(shown_as), &worker));
+            }
+        }
+    };
     source::clean_staging(&config.store.staging);
     let pattern =
         source::FilePattern::parse(&integration.config.pattern).map_err(SourceError::from);

@@ -415,6 +415,9 @@ pub fn status(out: &mut dyn Write, cards: &[crate::status::Card]) -> io::Result<
             )?,
         }
         freshness(out, c)?;
+        if let Some(worker) = &c.worker {
+            writeln!(out, "  syncing   now, on worker {}", term(worker))?;
+        }
         for (label, undelivered) in [
             ("alerts", &c.undelivered_alerts),
             ("feed", &c.undelivered_feed),

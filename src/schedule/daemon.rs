@@ -23,7 +23,7 @@ use super::api::{Request, Response};
 use crate::config::{CatchUp, Config, SourceConfig};
 use crate::notify::Recipients;
 use crate::pipeline::{RunOptions, Trigger};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Taken};
 use crate::sync::{self, FileOutcome, ReceivedFile, Selection};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,30 +84,69 @@ impl Worker {
         let settle = self.settle;
         let _ = self.jobs.send(Box::new(move |store, config| {
             waiting.lock().expect("not poisoned").remove(&name);
-            let selection = Selection {
-                integrations: vec![name.clone()],
-                dates: None,
-                latest_only,
+            let Some(_hold) = take(store, &name) else {
+                return;
             };
-            let opts = RunOptions {
-                force: false,
-                dry_run: false,
-                trigger,
-                explicit: false,
-                folder_min_age: settle,
-                execution_id: None,
-            };
-            tracing::info!(
-                integration = name,
-                trigger = trigger.as_str(),
-                "sync started"
+            sync_now(store, config, &name, trigger, latest_only, settle);
+        }));
+    }
+
+    /// Queues the run of `integration`'s due schedule slots, unless one is
+    /// already waiting. The job re-reads, once it holds the integration,
+    /// which slots have run: on a shared store another worker may have run
+    /// them meanwhile, and a slot is run once. `catching_up`: slots missed
+    /// while no worker ran them (`catch_up` decides between every new file
+    /// and the newest).
+    fn fire(&self, integration: &str, catching_up: bool) {
+        let key = format!("{integration}\0schedule");
+        if !self.waiting.lock().expect("not poisoned").insert(key.clone()) {
+            tracing::debug!(
+                integration,
+                "a scheduled run is already waiting; not queued twice"
             );
-            match sync::run(store, config, &selection, opts, log_outcome) {
-                Ok(outcomes) if outcomes.is_empty() => {
-                    tracing::info!(integration = name, "nothing new to sync")
+            return;
+        }
+        let waiting = self.waiting.clone();
+        let name = integration.to_string();
+        let settle = self.settle;
+        let _ = self.jobs.send(Box::new(move |store, config| {
+            waiting.lock().expect("not poisoned").remove(&key);
+            let Some(integration) = config.integrations.get(&name) else {
+                return;
+            };
+            let Some(schedule) = integration
+                .schedule
+                .as_deref()
+                .and_then(|text| Schedule::parse(text, integration.timezone.as_deref()).ok())
+            else {
+                return;
+            };
+            let Some(_hold) = take(store, &name) else {
+                return;
+            };
+            let now = Utc::now();
+            let due = match store.last_fired(&name) {
+                Ok(Some(last)) => schedule.fires_between(last.and_utc(), now, 1000),
+                Ok(None) => vec![now],
+                Err(e) => {
+                    tracing::warn!(integration = name, "cannot read the schedule's state: {e}");
+                    return;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(integration = name, "sync failed: {e}"),
+            };
+            let Some(&latest) = due.last() else {
+                tracing::debug!(
+                    integration = name,
+                    "the due schedule slot has already run (on another worker)"
+                );
+                return;
+            };
+            let latest_only = integration.catch_up == CatchUp::Latest
+                && (catching_up || due.len() > 1);
+            sync_now(store, config, &name, Trigger::Schedule, latest_only, settle);
+            // Recorded once the slot has run, under the same hold: a worker
+            // that dies before this leaves the slot due, for another to run.
+            if let Err(e) = store.record_fired(&name, latest.naive_utc()) {
+                tracing::warn!(integration = name, "{e}");
             }
         }));
     }
@@ -174,6 +213,58 @@ fn log_outcome(outcome: &FileOutcome) {
     }
 }
 
+/// Takes `name` for a run; `None` if another worker of the shared store is
+/// syncing it (left to that worker) or the store cannot say.
+fn take<'a>(store: &'a Store, name: &str) -> Option<crate::store::Hold<'a>> {
+    match store.take(name) {
+        Ok(Taken::Held(hold)) => Some(hold),
+        Ok(Taken::Busy { worker }) => {
+            tracing::debug!(integration = name, worker, "being synced by another worker; left to it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(integration = name, "cannot take the integration: {e}");
+            None
+        }
+    }
+}
+
+/// Syncs `name`'s new files (held by this worker).
+fn sync_now(
+    store: &Store,
+    config: &Config,
+    name: &str,
+    trigger: Trigger,
+    latest_only: bool,
+    settle: Duration,
+) {
+    let selection = Selection {
+        integrations: vec![name.to_string()],
+        dates: None,
+        latest_only,
+    };
+    let opts = RunOptions {
+        force: false,
+        dry_run: false,
+        trigger,
+        explicit: false,
+        folder_min_age: settle,
+        execution_id: None,
+    };
+    tracing::info!(
+        integration = name,
+        trigger = trigger.as_str(),
+        "sync started"
+    );
+    match sync::run(store, config, &selection, opts, log_outcome) {
+        Ok(outcomes) if outcomes.is_empty() => {
+            tracing::info!(integration = name, "nothing new to sync")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(integration = name, "sync failed: {e}"),
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     // Nobody watches a daemon's terminal: a long run's progress goes to the log.
@@ -195,14 +286,17 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         };
         let schedule = Schedule::parse(text, integration.timezone.as_deref())
             .expect("checked when the config was read");
-        if let Some(last) = store.last_fired(name)? {
-            let missed = schedule.fires_between(last.and_utc(), now, 1000);
-            if !missed.is_empty() {
-                tracing::info!(integration = name, missed = missed.len(), since = %last, "catching up missed schedules");
-                catch_up.push((name.clone(), integration.catch_up == CatchUp::Latest));
+        match store.last_fired(name)? {
+            Some(last) => {
+                let missed = schedule.fires_between(last.and_utc(), now, 1000);
+                if !missed.is_empty() {
+                    tracing::info!(integration = name, missed = missed.len(), since = %last, "catching up missed schedules");
+                    catch_up.push(name.clone());
+                }
             }
+            // The first look at this schedule: its slots count from now.
+            None => store.record_fired(name, now.naive_utc())?,
         }
-        store.record_fired(name, now.naive_utc())?;
         schedules.push((name.clone(), schedule));
     }
     // A deadline that passed while the daemon was down is noticed now (by
@@ -259,6 +353,7 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         }));
     }
 
+    let shared = store.shared();
     let stopping = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::channel::<Job>();
     let worker_config = config.clone();
@@ -292,9 +387,9 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
     // What arrived in a caught-up integration's folder while the daemon was
     // down is the catch-up's to take (all, or the latest only), not the
     // start-up look at watched folders.
-    let caught_up: HashSet<String> = catch_up.iter().map(|(name, _)| name.clone()).collect();
-    for (name, latest_only) in catch_up {
-        worker.sync(&name, Trigger::Schedule, latest_only);
+    let caught_up: HashSet<String> = catch_up.iter().cloned().collect();
+    for name in catch_up {
+        worker.fire(&name, true);
     }
 
     let api = Api {
@@ -309,6 +404,7 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         let started = Started {
             schedules,
             caught_up,
+            shared,
             stop_signals,
         };
         serve(config.clone(), &api, listener, started, mode).await
@@ -347,6 +443,8 @@ fn listen(socket: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
 struct Started {
     schedules: Vec<(String, Schedule)>,
     caught_up: HashSet<String>,
+    /// Other workers share the store (PostgreSQL): look for what they left.
+    shared: bool,
     stop_signals: StopSignals,
 }
 
@@ -379,10 +477,19 @@ async fn serve(
     let Started {
         schedules,
         caught_up,
+        shared,
         mut stop_signals,
     } = started;
     let worker = api.worker.clone();
     let listener = UnixListener::from_std(listener).map_err(DaemonError::Runtime)?;
+    if mode == Mode::Full && shared {
+        tokio::spawn(take_over(
+            api.reader.clone(),
+            config.clone(),
+            schedules.clone(),
+            worker.clone(),
+        ));
+    }
     for (name, schedule) in schedules {
         tokio::spawn(fire_on_schedule(name, schedule, worker.clone()));
     }
@@ -421,6 +528,67 @@ async fn serve(
     Ok(())
 }
 
+/// How often a worker of a shared store looks for work no live worker
+/// holds. With the keepalives of the store's sessions, this bounds how
+/// long a dead worker's integrations wait for another.
+const TAKEOVER_INTERVAL: Duration = Duration::from_secs(5);
+
+/// On a shared store, looks every `TAKEOVER_INTERVAL` for integrations no
+/// worker holds that have work left: a schedule slot that has not run (its
+/// worker died, or was busy with another of its runs), or a run left
+/// `running` by a worker that died. Each is queued; the job takes it, or
+/// finds another worker was quicker.
+async fn take_over(
+    reader: Arc<Mutex<Store>>,
+    config: Config,
+    schedules: Vec<(String, Schedule)>,
+    worker: Worker,
+) {
+    let names: Vec<String> = config.integrations.keys().cloned().collect();
+    let mut tick = tokio::time::interval(TAKEOVER_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reader = reader.clone();
+        let names = names.clone();
+        let looked = tokio::task::spawn_blocking(move || {
+            let store = reader.lock().unwrap_or_else(|e| e.into_inner());
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            store.shared_state(&names)
+        })
+        .await;
+        let state = match looked {
+            Ok(Ok(state)) => state,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot look for work other workers left: {e}");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now = Utc::now();
+        for (name, schedule) in &schedules {
+            if state.held.contains(name) {
+                continue;
+            }
+            let due = state
+                .last_fired
+                .get(name)
+                .is_some_and(|last| schedule.next_after(last.and_utc()).is_some_and(|next| next <= now));
+            if due {
+                tracing::info!(integration = name, "a schedule slot no worker ran is due: taking it");
+                worker.fire(name, true);
+            }
+        }
+        for name in &state.running {
+            if state.held.contains(name) || !config.integrations.contains_key(name) {
+                continue;
+            }
+            tracing::info!(integration = name, "a run its worker left unfinished: taking it over");
+            worker.sync(name, Trigger::Takeover, false);
+        }
+    }
+}
+
 /// Fires `name` at each of its schedule's times. Each next time is computed
 /// afresh in the schedule's zone, so daylight-saving changes keep the local time.
 async fn fire_on_schedule(name: String, schedule: Schedule, worker: Worker) {
@@ -437,14 +605,7 @@ async fn fire_on_schedule(name: String, schedule: Schedule, worker: Worker) {
         while Utc::now() < next {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let fired = Utc::now().naive_utc();
-        let record = name.clone();
-        let _ = worker.jobs.send(Box::new(move |store, _| {
-            if let Err(e) = store.record_fired(&record, fired) {
-                tracing::warn!(integration = record, "{e}");
-            }
-        }));
-        worker.sync(&name, Trigger::Schedule, false);
+        worker.fire(&name, false);
     }
 }
 

@@ -14,6 +14,7 @@ mod outbox;
 mod overview;
 mod postgres;
 mod unsubscribes;
+mod workers;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,7 @@ pub use outbox::{PendingDelivery, Undelivered};
 pub use overview::HistoryGlance;
 pub use postgres::{PasswordSource, PgConnect, PgConnectError, PgSettings, SslMode, mask_password};
 pub use unsubscribes::{FormulaCells, UnsubscribeColumns, UnsubscribeFilter, spreadsheet_safe};
+pub use workers::{Hold, SharedState, Taken, worker_id};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -44,3 +44,4 @@ mod web_actions;
 mod web_api;
 mod web_auth;
 mod web_browser;
+mod workers;
