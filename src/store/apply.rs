@@ -539,6 +539,14 @@ impl Store {
             "_business_date DATE".to_string(),
             "_updated_at TIMESTAMP NOT NULL".to_string(),
         ]);
+        if let Some(key) = self.table_ddl_key(target)? {
+            // Workers of a shared store whose first runs create (or widen)
+            // the same table at once take turns, until the first commits:
+            // PostgreSQL's IF NOT EXISTS does not make concurrent creation
+            // safe (both insert the table's type, one fails).
+            db.execute("SELECT pg_advisory_xact_lock(?1)", &[&key])
+                .map_err(self.query_error(format!("waiting to create table {}", target.name)))?;
+        }
         db.batch(&format!(
             "CREATE TABLE IF NOT EXISTS {table} ({})",
             columns.join(", ")

@@ -190,8 +190,24 @@ impl PgConnect {
     pub fn connect(&self) -> Result<postgres::Client, PgConnectError> {
         let url = self.display();
         let mut config = self.address.clone();
-        config.application_name("dropsync");
+        // Workers of a shared store know each other by this name (`status`
+        // shows which one syncs what).
+        config.application_name(&super::workers::application_name());
         config.connect_timeout(Duration::from_secs(10));
+        // A worker holds an integration with a lock on its session: if its
+        // machine vanishes, the server must end that session (rolling back
+        // its batch, dropping the lock) within a bound, not after the
+        // kernel's two hours. Asked of the server for this session: probes
+        // after 10 s of silence, 5 s apart, 3 unanswered end it; data left
+        // unacknowledged for 30 s ends it too. The same on this side, so a
+        // worker notices a vanished server as soon.
+        config.options(
+            "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 -c tcp_user_timeout=30000",
+        );
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
         let password = match &self.password {
             PasswordSource::None => None,
             PasswordSource::Env(var) => Some(crate::secret::read(Some(var), None)),

@@ -223,14 +223,39 @@ impl Store {
         self.db.pg()
     }
 
-    fn pg_error(&self, context: &str, e: &postgres::Error) -> StoreError {
-        let message = match e.as_db_error() {
-            Some(db) => db.message().to_string(),
-            None => e.to_string(),
+    /// On a shared store, the lock key under which `target` is created or
+    /// given new columns, when either is needed; `None` when the table is
+    /// already as wanted (no turn to take: runs into one table proceed side
+    /// by side) or on a DuckDB store (one writer).
+    pub(super) fn table_ddl_key(
+        &self,
+        target: &super::TargetTable,
+    ) -> Result<Option<i64>, StoreError> {
+        let Some(mut session) = self.pg_session() else {
+            return Ok(None);
         };
+        let existing: Vec<String> = session
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = $1",
+                &[&target.name],
+            )
+            .map_err(|e| self.pg_error("reading columns", &e))?
+            .iter()
+            .filter_map(|row| row.try_get(0).ok())
+            .collect();
+        let complete = !existing.is_empty()
+            && target.columns.iter().all(|c| existing.contains(&c.name));
+        Ok((!complete).then(|| {
+            let digest = sha2::Sha256::digest(format!("dropsync table\0{}", target.name).as_bytes());
+            i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+        }))
+    }
+
+    fn pg_error(&self, context: &str, e: &postgres::Error) -> StoreError {
         StoreError::Postgres {
             store: self.path.display().to_string(),
-            message: format!("{context}: {message}"),
+            message: format!("{context}: {}", super::postgres::describe(e)),
         }
     }
 }
