@@ -34,9 +34,8 @@ fn load_average() -> String {
 /// The config every worker reads: `integrations` folder integrations of
 /// the accounts dataset, each watching its own folder under `drops`.
 fn config(url: &str, drops: &Path, integrations: u64) -> String {
-    let mut text = format!(
-        "[store]\nurl = \"{url}\"\nsslmode = \"disable\"\n\n[daemon]\nsettle_secs = 1\n\n"
-    );
+    let mut text =
+        format!("[store]\nurl = \"{url}\"\nsslmode = \"disable\"\n\n[daemon]\nsettle_secs = 1\n\n");
     for i in 0..integrations {
         text.push_str(&format!(
             "[integrations.feed_{i:03}]\ndataset = \"accounts\"\nsource = {{ type = \"folder\", path = \"{}\" }}\npattern = \"accounts_{{date:%Y%m%d}}.csv\"\n\n",

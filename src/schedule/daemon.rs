@@ -99,7 +99,12 @@ impl Worker {
     /// and the newest).
     fn fire(&self, integration: &str, catching_up: bool) {
         let key = format!("{integration}\0schedule");
-        if !self.waiting.lock().expect("not poisoned").insert(key.clone()) {
+        if !self
+            .waiting
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone())
+        {
             tracing::debug!(
                 integration,
                 "a scheduled run is already waiting; not queued twice"
@@ -140,8 +145,8 @@ impl Worker {
                 );
                 return;
             };
-            let latest_only = integration.catch_up == CatchUp::Latest
-                && (catching_up || due.len() > 1);
+            let latest_only =
+                integration.catch_up == CatchUp::Latest && (catching_up || due.len() > 1);
             sync_now(store, config, &name, Trigger::Schedule, latest_only, settle);
             // Recorded once the slot has run, under the same hold: a worker
             // that dies before this leaves the slot due, for another to run.
@@ -219,7 +224,11 @@ fn take<'a>(store: &'a Store, name: &str) -> Option<crate::store::Hold<'a>> {
     match store.take(name) {
         Ok(Taken::Held(hold)) => Some(hold),
         Ok(Taken::Busy { worker }) => {
-            tracing::debug!(integration = name, worker, "being synced by another worker; left to it");
+            tracing::debug!(
+                integration = name,
+                worker,
+                "being synced by another worker; left to it"
+            );
             None
         }
         Err(e) => {
@@ -570,12 +579,16 @@ async fn take_over(
             if state.held.contains(name) {
                 continue;
             }
-            let due = state
-                .last_fired
-                .get(name)
-                .is_some_and(|last| schedule.next_after(last.and_utc()).is_some_and(|next| next <= now));
+            let due = state.last_fired.get(name).is_some_and(|last| {
+                schedule
+                    .next_after(last.and_utc())
+                    .is_some_and(|next| next <= now)
+            });
             if due {
-                tracing::info!(integration = name, "a schedule slot no worker ran is due: taking it");
+                tracing::info!(
+                    integration = name,
+                    "a schedule slot no worker ran is due: taking it"
+                );
                 worker.fire(name, true);
             }
         }
@@ -583,7 +596,10 @@ async fn take_over(
             if state.held.contains(name) || !config.integrations.contains_key(name) {
                 continue;
             }
-            tracing::info!(integration = name, "a run its worker left unfinished: taking it over");
+            tracing::info!(
+                integration = name,
+                "a run its worker left unfinished: taking it over"
+            );
             worker.sync(name, Trigger::Takeover, false);
         }
     }

@@ -244,10 +244,11 @@ impl Store {
             .iter()
             .filter_map(|row| row.try_get(0).ok())
             .collect();
-        let complete = !existing.is_empty()
-            && target.columns.iter().all(|c| existing.contains(&c.name));
+        let complete =
+            !existing.is_empty() && target.columns.iter().all(|c| existing.contains(&c.name));
         Ok((!complete).then(|| {
-            let digest = sha2::Sha256::digest(format!("dropsync table\0{}", target.name).as_bytes());
+            let digest =
+                sha2::Sha256::digest(format!("dropsync table\0{}", target.name).as_bytes());
             i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
         }))
     }

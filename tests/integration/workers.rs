@@ -250,7 +250,11 @@ fn three_workers_split_the_integrations_and_apply_each_file_once() {
     let runs = fleet.rows(
         "SELECT integration, status, count(*), string_agg(coalesce(message, ''), ' | ') FROM dropsync_runs GROUP BY integration, status ORDER BY integration",
     );
-    assert_eq!(runs.len(), FEEDS, "one kind of run per integration: {runs:?}");
+    assert_eq!(
+        runs.len(),
+        FEEDS,
+        "one kind of run per integration: {runs:?}"
+    );
     assert!(
         runs.iter().all(|r| r[1] == "success" && r[2] == "1"),
         "each file applied once: {runs:?}"
@@ -286,9 +290,7 @@ fn a_due_schedule_slot_runs_once_among_several_workers() {
     fleet
         .pg
         .client()
-        .batch_execute(
-            "UPDATE dropsync_schedule SET last_fired = last_fired - INTERVAL '3 days'",
-        )
+        .batch_execute("UPDATE dropsync_schedule SET last_fired = last_fired - INTERVAL '3 days'")
         .unwrap();
     for i in 0..FEEDS {
         fleet.drop_file(
@@ -323,12 +325,12 @@ fn a_due_schedule_slot_runs_once_among_several_workers() {
         "SELECT integration, date_trunc('second', max(last_fired))::text FROM dropsync_schedule GROUP BY integration",
     );
     let today = chrono::Utc::now().date_naive();
-    let latest_slot = if chrono::Utc::now().time() >= chrono::NaiveTime::from_hms_opt(2, 0, 0).unwrap()
-    {
-        today
-    } else {
-        today.pred_opt().unwrap()
-    };
+    let latest_slot =
+        if chrono::Utc::now().time() >= chrono::NaiveTime::from_hms_opt(2, 0, 0).unwrap() {
+            today
+        } else {
+            today.pred_opt().unwrap()
+        };
     assert_eq!(last.len(), FEEDS, "{last:?}");
     for row in &last {
         assert_eq!(
@@ -350,7 +352,11 @@ fn a_due_schedule_slot_runs_once_among_several_workers() {
 fn a_killed_worker_has_its_integration_taken_over_with_nothing_lost_or_doubled() {
     const ROWS: usize = 300_000;
     let fleet = Fleet::new(&feeds(1, ""));
-    fleet.drop_file("feed_00", "accounts_20260101.csv", &accounts_file("K", ROWS));
+    fleet.drop_file(
+        "feed_00",
+        "accounts_20260101.csv",
+        &accounts_file("K", ROWS),
+    );
     let first = fleet.start(1);
     wait_for(Duration::from_secs(120), "the first worker's run", || {
         fleet.count("SELECT count(*) FROM dropsync_runs WHERE status = 'running'") == 1
@@ -359,13 +365,18 @@ fn a_killed_worker_has_its_integration_taken_over_with_nothing_lost_or_doubled()
     // The second worker sees who holds the integration.
     let status = second.status();
     assert_eq!(
-        status[0]["worker"].as_str().map(|w| w.ends_with(&format!(":{}", first.pid()))),
+        status[0]["worker"]
+            .as_str()
+            .map(|w| w.ends_with(&format!(":{}", first.pid()))),
         Some(true),
         "status names the worker syncing feed_00: {status}"
     );
     let still_running =
         fleet.count("SELECT count(*) FROM dropsync_runs WHERE status = 'running'") == 1;
-    assert!(still_running, "the run must still be in progress to be killed mid-run");
+    assert!(
+        still_running,
+        "the run must still be in progress to be killed mid-run"
+    );
     first.kill();
     let killed_at = chrono::Utc::now().timestamp_millis();
     wait_for(Duration::from_secs(300), "the takeover's run", || {
