@@ -362,6 +362,13 @@ fn a_killed_worker_has_its_integration_taken_over_with_nothing_lost_or_doubled()
         fleet.count("SELECT count(*) FROM dropsync_runs WHERE status = 'running'") == 1
     });
     let second = fleet.start(2);
+    // Its first look at the folder finds the integration taken; what
+    // follows is the takeover, not that look.
+    wait_for(
+        Duration::from_secs(60),
+        "the second worker's first look",
+        || second.log().contains("left to it"),
+    );
     // The second worker sees who holds the integration.
     let status = second.status();
     assert_eq!(
