@@ -539,13 +539,27 @@ impl Store {
             "_business_date DATE".to_string(),
             "_updated_at TIMESTAMP NOT NULL".to_string(),
         ]);
-        if let Some(key) = self.table_ddl_key(target)? {
-            // Workers of a shared store whose first runs create (or widen)
-            // the same table at once take turns, until the first commits:
-            // PostgreSQL's IF NOT EXISTS does not make concurrent creation
-            // safe (both insert the table's type, one fails).
-            db.execute("SELECT pg_advisory_xact_lock(?1)", &[&key])
+        let index = format!("{}_integration", target.name);
+        match self.table_state(target, &index)? {
+            super::workers::TableState::OneWriter => {}
+            super::workers::TableState::AsWanted => return Ok(()),
+            super::workers::TableState::NeedsDdl => {
+                // On a shared store DDL waits for the lock every batch takes
+                // before it writes a target table (the change log's), and
+                // holds it to commit: workers creating the same table at
+                // once take turns (IF NOT EXISTS alone lets both try, and
+                // one fail), and no batch waits for a table this one has
+                // locked while this one waits for the batch.
+                db.execute(
+                    "SELECT pg_advisory_xact_lock(?1)",
+                    &[&super::changelog::CHANGE_LOG_LOCK],
+                )
                 .map_err(self.query_error(format!("waiting to create table {}", target.name)))?;
+                // Another worker may have done it meanwhile.
+                if let super::workers::TableState::AsWanted = self.table_state(target, &index)? {
+                    return Ok(());
+                }
+            }
         }
         db.batch(&format!(
             "CREATE TABLE IF NOT EXISTS {table} ({})",
@@ -558,7 +572,7 @@ impl Store {
             // by their min/max instead.)
             db.batch(&format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {table} (_integration)",
-                ident(&format!("{}_integration", target.name))
+                ident(&index)
             ))
             .map_err(self.query_error(format!("indexing table {}", target.name)))?;
         }

@@ -256,7 +256,7 @@ fn row_object(
 /// wrong for every date after it, so nothing a user configures turns it off.
 /// The PostgreSQL advisory lock that orders writers of the change log (any
 /// fixed number, the store's own).
-const CHANGE_LOG_LOCK: i64 = 0x6472_6f70_6368_6c67;
+pub(super) const CHANGE_LOG_LOCK: i64 = 0x6472_6f70_6368_6c67;
 
 pub(crate) fn skipped_for_benchmark() -> bool {
     std::env::var_os("DROPSYNC_BENCH_NO_CHANGE_LOG").is_some()

@@ -50,6 +50,16 @@ pub(crate) fn integration_key(name: &str) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
+/// What a target table needs before a batch is applied to it.
+pub(super) enum TableState {
+    /// A DuckDB store: one writer, the DDL is done as it always was.
+    OneWriter,
+    /// A shared store's table with every column and its index: no DDL.
+    AsWanted,
+    /// A shared store's table to create, widen or index.
+    NeedsDdl,
+}
+
 /// An integration this worker holds for a run; let go when dropped.
 #[must_use = "the integration is let go when this is dropped"]
 pub struct Hold<'a> {
@@ -223,34 +233,47 @@ impl Store {
         self.db.pg()
     }
 
-    /// On a shared store, the lock key under which `target` is created or
-    /// given new columns, when either is needed; `None` when the table is
-    /// already as wanted (no turn to take: runs into one table proceed side
-    /// by side) or on a DuckDB store (one writer).
-    pub(super) fn table_ddl_key(
+    /// Whether `target` needs creating, new columns or its index on a
+    /// shared store, where such DDL must be done only when needed and in
+    /// turns: even `CREATE INDEX IF NOT EXISTS` on an existing index locks
+    /// the table against writes until commit, which turns two workers'
+    /// batches into the same table into a deadlock (one holds that lock and
+    /// waits for the change log's, the other the reverse).
+    pub(super) fn table_state(
         &self,
         target: &super::TargetTable,
-    ) -> Result<Option<i64>, StoreError> {
+        index: &str,
+    ) -> Result<TableState, StoreError> {
         let Some(mut session) = self.pg_session() else {
-            return Ok(None);
+            return Ok(TableState::OneWriter);
         };
+        let context = "reading the table's columns";
         let existing: Vec<String> = session
             .query(
                 "SELECT column_name::text FROM information_schema.columns
-                 WHERE table_schema = current_schema() AND table_name = $1",
+                 WHERE table_schema = current_schema() AND table_name = $1::text",
                 &[&target.name],
             )
-            .map_err(|e| self.pg_error("reading columns", &e))?
+            .map_err(|e| self.pg_error(context, &e))?
             .iter()
             .filter_map(|row| row.try_get(0).ok())
             .collect();
-        let complete =
-            !existing.is_empty() && target.columns.iter().all(|c| existing.contains(&c.name));
-        Ok((!complete).then(|| {
-            let digest =
-                sha2::Sha256::digest(format!("dropsync table\0{}", target.name).as_bytes());
-            i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
-        }))
+        let indexed: i64 = session
+            .query_one(
+                "SELECT count(*) FROM pg_indexes
+                 WHERE schemaname = current_schema() AND tablename = $1::text AND indexname = $2::text",
+                &[&target.name, &index],
+            )
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| self.pg_error(context, &e))?;
+        let complete = !existing.is_empty()
+            && indexed > 0
+            && target.columns.iter().all(|c| existing.contains(&c.name));
+        Ok(if complete {
+            TableState::AsWanted
+        } else {
+            TableState::NeedsDdl
+        })
     }
 
     fn pg_error(&self, context: &str, e: &postgres::Error) -> StoreError {

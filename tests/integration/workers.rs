@@ -63,6 +63,33 @@ impl Fleet {
         Worker::start(&self.worker_dir(n))
     }
 
+    /// Waits until `n` runs succeeded; on timeout, says what the store and
+    /// the workers' logs hold.
+    #[track_caller]
+    fn wait_for_successes(&self, n: usize, workers: &[Worker], what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while self.count("SELECT count(*) FROM dropsync_runs WHERE status = 'success'") < n as i64 {
+            if Instant::now() > deadline {
+                let runs = self.rows(
+                    "SELECT integration, status, trigger, coalesce(message, '') FROM dropsync_runs ORDER BY started_at",
+                );
+                let logs: Vec<String> = workers
+                    .iter()
+                    .map(|w| {
+                        let log = w.log();
+                        let lines: Vec<&str> = log.lines().collect();
+                        lines[lines.len().saturating_sub(30)..].join("\n")
+                    })
+                    .collect();
+                panic!(
+                    "waited for {what}: runs {runs:?}\nlogs:\n{}",
+                    logs.join("\n----\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn count(&self, sql: &str) -> i64 {
         self.pg.client().query_one(sql, &[]).unwrap().get(0)
     }
@@ -242,9 +269,7 @@ fn three_workers_split_the_integrations_and_apply_each_file_once() {
             &accounts_file(&format!("F{i}-"), 200),
         );
     }
-    wait_for(Duration::from_secs(300), "every file applied", || {
-        fleet.count("SELECT count(*) FROM dropsync_runs WHERE status = 'success'") >= FEEDS as i64
-    });
+    fleet.wait_for_successes(FEEDS, &workers, "every file applied");
     // Late duplicates would show within a few sweeps.
     std::thread::sleep(Duration::from_secs(3));
     let runs = fleet.rows(
@@ -300,9 +325,7 @@ fn a_due_schedule_slot_runs_once_among_several_workers() {
         );
     }
     let workers: Vec<Worker> = (1..=3).map(|n| fleet.start(n)).collect();
-    wait_for(Duration::from_secs(300), "every slot run", || {
-        fleet.count("SELECT count(*) FROM dropsync_runs WHERE status = 'success'") >= FEEDS as i64
-    });
+    fleet.wait_for_successes(FEEDS, &workers, "every slot run");
     std::thread::sleep(Duration::from_secs(6));
     let runs = fleet.rows(
         "SELECT integration, trigger, count(*) FROM dropsync_runs GROUP BY integration, trigger ORDER BY integration",
