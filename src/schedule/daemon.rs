@@ -362,7 +362,7 @@ pub fn run(config: Config, mode: Mode) -> Result<(), DaemonError> {
         }));
     }
 
-    let shared = store.shared();
+    let shared = store.is_shared();
     let stopping = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::channel::<Job>();
     let worker_config = config.clone();

@@ -118,11 +118,6 @@ pub struct SharedState {
 }
 
 impl Store {
-    /// Whether other workers may share this store (a PostgreSQL store).
-    pub fn shared(&self) -> bool {
-        self.pg_session().is_some()
-    }
-
     /// The state a worker of a shared store looks for unheld work in, for
     /// `integrations`; empty on a DuckDB store.
     pub fn shared_state(&self, integrations: &[&str]) -> Result<SharedState, StoreError> {
