@@ -710,7 +710,7 @@ pub(crate) fn attributes_json(
         })?;
         json.push(if json.is_empty() { '{' } else { ',' });
         json.push_str(&key.json_key);
-        json.push_str(&serde_json::Value::String(value.to_string()).to_string());
+        push_json_string(json, value);
         if json.len() > limit {
             return Err((
                 None,
@@ -725,6 +725,41 @@ pub(crate) fn attributes_json(
     }
     json.push('}');
     Ok(true)
+}
+
+/// Appends `value` as a JSON string, escaped exactly as serde_json escapes
+/// it (stored `_attributes` are compared as text from day to day), without
+/// the two allocations a `serde_json::Value` would cost per cell.
+fn push_json_string(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut plain = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        // A short escape, or `None` for a control byte spelled `\u00XX`.
+        let escape = match byte {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0x08 => Some("\\b"),
+            0x0c => Some("\\f"),
+            0x00..=0x1f => None,
+            _ => continue,
+        };
+        out.push_str(&value[plain..at]);
+        match escape {
+            Some(escape) => out.push_str(escape),
+            None => {
+                out.push_str("\\u00");
+                out.push(HEX[(byte >> 4) as usize] as char);
+                out.push(HEX[(byte & 0xf) as usize] as char);
+            }
+        }
+        plain = at + 1;
+    }
+    out.push_str(&value[plain..]);
+    out.push('"');
 }
 
 pub(crate) fn empty_columns(schema: &TableSchema) -> Vec<StringChunked> {
@@ -937,7 +972,7 @@ fn parse_chunk(
         let record_end = byte_of(reader.position().byte());
         let next_line = line_of(reader.position().line());
         last_line = line;
-        let key = || -> Option<String> {
+        let key = |record: &csv::ByteRecord| -> Option<String> {
             let parts: Vec<String> = key_fields
                 .iter()
                 .filter_map(|&f| layout[f].and_then(|c| record.get(c)))
@@ -945,9 +980,9 @@ fn parse_chunk(
                 .collect();
             (!parts.is_empty()).then(|| parts.join("|"))
         };
-        let reject = |field: Option<&str>, message: String| RowError {
+        let reject = |record: &csv::ByteRecord, field: Option<&str>, message: String| RowError {
             line,
-            key: key(),
+            key: key(record),
             field: field.map(str::to_string),
             message,
             raw: raw_text(text, record_start, record_end),
@@ -968,12 +1003,65 @@ fn parse_chunk(
         }
         if record.len() != width {
             errors.push(reject(
+                &record,
                 None,
                 format!(
                     "expected {width} fields, found {} (a stray delimiter, or an unbalanced quote?)",
                     record.len()
                 ),
             ));
+            continue;
+        }
+        // The common record: no field over the size limit and all of it
+        // text. One UTF-8 check for the whole record (csv looks field by
+        // field only past ASCII) and no per-record allocation; any other
+        // record is looked at field by field below, to say which field.
+        let max_field_bytes = dialect.max_field_bytes.get();
+        let fits = layout
+            .iter()
+            .flatten()
+            .all(|&c| record.get(c).map_or(0, <[u8]>::len) as u64 <= max_field_bytes);
+        let as_text = if fits {
+            csv::StringRecord::from_byte_record(std::mem::take(&mut record)).map_err(|e| {
+                record = e.into_byte_record();
+            })
+        } else {
+            Err(())
+        };
+        if let Ok(text_record) = as_text {
+            let has_attributes = match attributes.is_some() {
+                true => attributes_json(
+                    text_record.as_byte_record(),
+                    extras,
+                    max_field_bytes as usize,
+                    &mut json,
+                ),
+                false => Ok(false),
+            };
+            let has_attributes = match has_attributes {
+                Ok(has) => has,
+                Err((field, message)) => {
+                    record = text_record.into_byte_record();
+                    errors.push(reject(&record, field.as_deref(), message));
+                    continue;
+                }
+            };
+            for (builder, column) in builders.iter_mut().zip(layout) {
+                match column {
+                    Some(c) => builder.append_value(text_record.get(*c).unwrap_or_default()),
+                    None => builder.append_null(),
+                }
+            }
+            record = text_record.into_byte_record();
+            if let Some(builder) = attributes.as_mut() {
+                if has_attributes {
+                    builder.append_value(&json);
+                } else {
+                    builder.append_null();
+                }
+            }
+            lines.push(line);
+            spans.push((record_start, record_end));
             continue;
         }
         let mut values: Vec<Option<&str>> = Vec::with_capacity(layout.len());
@@ -987,6 +1075,7 @@ fn parse_chunk(
             let name = &schema.fields[field_index].name;
             if raw.len() as u64 > dialect.max_field_bytes.get() {
                 errors.push(reject(
+                &record,
                     Some(name),
                     format!(
                         "value is {} bytes, more than csv.max_field_bytes ({}); an unbalanced quote?",
@@ -1001,6 +1090,7 @@ fn parse_chunk(
                 Ok(v) => values.push(Some(v)),
                 Err(e) => {
                     errors.push(reject(
+                &record,
                         Some(name),
                         format!(
                             "not valid UTF-8 (byte {} of the value); if the file is Latin-1, set csv.encoding = \"latin-1\"",
@@ -1023,7 +1113,7 @@ fn parse_chunk(
             ) {
                 Ok(has) => has,
                 Err((field, message)) => {
-                    errors.push(reject(field.as_deref(), message));
+                    errors.push(reject(&record, field.as_deref(), message));
                     continue;
                 }
             }
@@ -1244,6 +1334,29 @@ fn decode(bytes: Vec<u8>, encoding: Encoding, file: &str) -> Result<Vec<u8>, Par
 mod tests {
     use super::*;
     use crate::schema::Dataset;
+
+    /// Attribute values keep the spelling `serde_json` gave them: a stored
+    /// `_attributes` that changed spelling would make every row an update.
+    #[test]
+    fn attribute_values_are_escaped_as_serde_json_escapes_them() {
+        let mut values: Vec<String> = (0u8..0x80).map(|b| (b as char).to_string()).collect();
+        values.extend(
+            [
+                "",
+                "plain",
+                "Zoë \"Ortega\"\r\n\ttab\\",
+                "\u{7f}\u{80}\u{2028}€😀",
+                "a\u{1}b\u{1f}c",
+            ]
+            .map(String::from),
+        );
+        for value in values {
+            let mut ours = String::from("x");
+            push_json_string(&mut ours, &value);
+            let theirs = format!("x{}", serde_json::Value::String(value.clone()));
+            assert_eq!(ours, theirs, "{value:?}");
+        }
+    }
 
     /// Partners' spellings of a header name find their field; the rest are
     /// attributes, and two spellings of one field are a duplicate.
