@@ -285,7 +285,7 @@ impl SubscriberConfig {
         }
     }
 
-    fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs.max(1))
     }
 

@@ -408,6 +408,28 @@ impl Destination<'_> {
             Destination::Subscriber(subscriber) => subscriber.backoff(attempts),
         }
     }
+
+    fn timeout(&self) -> Duration {
+        match self {
+            Destination::Notifier(notifier) => notifier.timeout(),
+            Destination::Subscriber(subscriber) => subscriber.timeout(),
+        }
+    }
+}
+
+/// How long a sender's claim on a delivery holds, for a receiver with this
+/// network timeout. A claim older than that was left by a sender that
+/// stopped (a worker killed or cut off from a shared store): no sending
+/// lasts so long, since each request is bounded by the timeout and a
+/// feed's pages renew the claim. A few timeouts, and at least a minute, as
+/// a loaded machine may be slow between the claim and the request.
+pub(crate) fn claim_lifetime(timeout: Duration) -> Duration {
+    (timeout * 4).max(Duration::from_secs(60))
+}
+
+/// The time before which a claim made with `lifetime` has expired.
+fn expired_before(lifetime: Duration) -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(lifetime).unwrap_or_default()
 }
 
 /// Delivers the due deliveries in the outbox: each is claimed (committed)
@@ -424,7 +446,17 @@ pub fn deliver_due(
         Recipients::Only(notifier) => Some((DeliveryKind::Alert, notifier.name.as_str())),
         Recipients::Subscriber(subscriber) => Some((DeliveryKind::Feed, subscriber.name.as_str())),
     };
-    for pending in store.due_deliveries(Utc::now(), only)? {
+    // Claims that may have expired: by the shortest lifetime of the
+    // receivers in the config (each claim is checked against its own).
+    let shortest = config
+        .notify
+        .iter()
+        .map(NotifierConfig::timeout)
+        .chain(config.subscribe.iter().map(SubscriberConfig::timeout))
+        .min()
+        .unwrap_or_default();
+    let maybe_expired = expired_before(claim_lifetime(shortest));
+    for pending in store.due_deliveries(Utc::now(), only, maybe_expired)? {
         let destination = match pending.delivery {
             DeliveryKind::Alert => config
                 .notify
@@ -461,7 +493,8 @@ pub fn deliver_due(
             )?;
             continue;
         };
-        if !store.claim(&pending.event.id, &pending.notifier)? {
+        let expired = expired_before(claim_lifetime(destination.timeout()));
+        if !store.claim(&pending.event.id, &pending.notifier, expired)? {
             continue;
         }
         let what = match pending.delivery {
@@ -504,7 +537,8 @@ pub fn deliver_due(
 
 /// Records how a claimed delivery went, trying a few times: the store's
 /// other connections may be busy for a moment, and a delivery left claimed
-/// waits for the next start of the process to be sent again.
+/// waits for the next start of the process (or for its claim to expire)
+/// to be sent again.
 fn mark_after_sending(mark: impl Fn() -> Result<(), StoreError>) -> Result<(), StoreError> {
     let mut tries = 0;
     loop {

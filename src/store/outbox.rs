@@ -209,7 +209,8 @@ impl Store {
     }
 
     /// Records that a subscriber accepted the changes up to `seq` of the
-    /// run of `event_id`: a retry starts after them.
+    /// run of `event_id`: a retry starts after them. The sender's claim is
+    /// renewed.
     pub fn advance_feed_cursor(
         &self,
         event_id: &str,
@@ -218,8 +219,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.db()
             .execute(
-                "UPDATE dropsync_outbox SET feed_cursor = ? WHERE event_id = ? AND notifier = ?",
-                &[&seq, &event_id, &subscriber],
+                // Progress renews the claim: a long run's pages are one
+                // sending, however long they take together.
+                "UPDATE dropsync_outbox SET feed_cursor = ?, claimed_at = ?
+                 WHERE event_id = ? AND notifier = ? AND claimed_at IS NOT NULL",
+                &[&seq, &now(), &event_id, &subscriber],
             )
             .map(drop)
             .map_err(self.query_error("recording the changes a subscriber accepted"))
@@ -245,15 +249,17 @@ impl Store {
             .map_err(self.query_error("recording an event"))
     }
 
-    /// Deliveries due at `now` and not being sent, oldest event first: all
-    /// of them, or only those of one kind to the receiver named. A change
-    /// feed subscriber applies changes in order, so a run's changes wait
-    /// while an earlier run's to the same subscriber are undelivered
-    /// (being retried, or being sent).
+    /// Deliveries due at `now` and not being sent (unclaimed, or claimed
+    /// before `claims_expired_before`), oldest event first: all of them, or
+    /// only those of one kind to the receiver named. A change feed
+    /// subscriber applies changes in order, so a run's changes wait while
+    /// an earlier run's to the same subscriber are undelivered (being
+    /// retried, or being sent).
     pub fn due_deliveries(
         &self,
         now: DateTime<Utc>,
         only: Option<(DeliveryKind, &str)>,
+        claims_expired_before: DateTime<Utc>,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         let context = "reading the outbox";
         self.db()
@@ -261,7 +267,8 @@ impl Store {
                 "SELECT e.event_id, e.kind, e.integration, e.execution_id, e.summary, e.created_at,
                         o.notifier, o.attempts, o.delivery, o.feed_cursor
                  FROM dropsync_outbox o JOIN dropsync_events e USING (event_id)
-                 WHERE o.delivered_at IS NULL AND o.claimed_at IS NULL AND o.next_attempt_at <= ?1
+                 WHERE o.delivered_at IS NULL AND o.next_attempt_at <= ?1
+                   AND (o.claimed_at IS NULL OR o.claimed_at < ?4)
                    AND (?2::VARCHAR IS NULL OR (o.notifier = ?2 AND o.delivery = ?3))
                    AND NOT (o.delivery = 'feed' AND EXISTS (
                        SELECT 1 FROM dropsync_outbox p JOIN dropsync_events pe USING (event_id)
@@ -274,6 +281,7 @@ impl Store {
                     &now.naive_utc(),
                     &only.map(|(_, name)| name),
                     &only.map(|(kind, _)| kind.as_str()),
+                    &claims_expired_before.naive_utc(),
                 ],
             )
             .and_then(|rows| {
@@ -307,19 +315,33 @@ impl Store {
     /// Takes a due delivery for sending: false if another sender has it,
     /// or it was delivered meanwhile. The claim is committed before anything
     /// is sent, and cleared when the delivery is marked.
-    pub fn claim(&self, event_id: &str, notifier: &str) -> Result<bool, StoreError> {
+    ///
+    /// A claim made before `expired_before` is taken over: on a store that
+    /// several workers share, the one that made it stopped (or lost the
+    /// store) while sending, since no sending lasts that long. The delivery
+    /// goes again with the same event id, the receiver's idempotency key,
+    /// so a sending that was in fact still going makes a duplicate the
+    /// receiver drops, never a lost alert.
+    pub fn claim(
+        &self,
+        event_id: &str,
+        notifier: &str,
+        expired_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         self.db()
             .execute(
                 "UPDATE dropsync_outbox SET claimed_at = ?
-                 WHERE event_id = ? AND notifier = ? AND delivered_at IS NULL AND claimed_at IS NULL",
-                &[&now(), &event_id, &notifier],
+                 WHERE event_id = ? AND notifier = ? AND delivered_at IS NULL
+                   AND (claimed_at IS NULL OR claimed_at < ?)",
+                &[&now(), &event_id, &notifier, &expired_before.naive_utc()],
             )
             .map(|claimed| claimed == 1)
             .map_err(self.query_error("claiming an alert for sending"))
     }
 
     /// Claims left by a process that stopped while sending: this one holds
-    /// the store now, so nobody is sending them. They go again, with the
+    /// the (DuckDB) store now, so nobody is sending them. A shared
+    /// PostgreSQL store has no such moment; its claims expire (`claim`). They go again, with the
     /// same event id (the receiver's idempotency key).
     pub(super) fn release_claims(&self) -> Result<(), StoreError> {
         let released = self

@@ -630,3 +630,90 @@ fn daemon_syncs_alerts_feeds_and_serves_the_console(kind: StoreKind) {
 crate::on_both_stores! {
     daemon_syncs_alerts_feeds_and_serves_the_console_on => daemon_syncs_alerts_feeds_and_serves_the_console;
 }
+
+/// issue 12: on a store several workers share, a claim on an alert is not
+/// released by the next process that opens the store (another worker may
+/// be sending it), but it expires: a worker killed while sending leaves its
+/// claim, which nobody takes while it is fresh and another worker takes
+/// once it is older than its bound, sending the alert once more with the
+/// same idempotency key; after that it is delivered and sent no more.
+#[test]
+fn a_claim_left_by_a_killed_sender_expires_on_a_shared_store() {
+    use std::io::BufReader;
+    use std::time::{Duration, Instant};
+    let hook_port = crate::servers::free_port();
+    let ws = workspace_on(
+        StoreKind::Postgres,
+        &format!(
+            "{}{}",
+            accounts_config(""),
+            crate::alerts::webhook(hook_port, "\"run_succeeded\"")
+        ),
+    );
+    // A receiver that takes the request and never answers.
+    let hanging = std::net::TcpListener::bind(("127.0.0.1", hook_port)).unwrap();
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    let mut sender = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(ws.config_path())
+        .arg("run")
+        .current_dir(&ws.root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    hanging.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let held = loop {
+        match hanging.accept() {
+            Ok((stream, _)) => break stream,
+            Err(_) => {
+                assert!(Instant::now() < deadline, "the run never sent its alert");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    held.set_nonblocking(false).unwrap();
+    let first = crate::alerts::read_request(&mut BufReader::new(&held)).unwrap();
+    // Killed while sending: its claim stays.
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    drop((held, hanging));
+    let mut client = ws.pg.as_ref().unwrap().client();
+    let claimed = |client: &mut postgres::Client| -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM dropsync_outbox WHERE claimed_at IS NOT NULL AND delivered_at IS NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(claimed(&mut client), 1);
+
+    // Another worker, while the claim is fresh: it leaves it alone.
+    let receiver = crate::alerts::Receiver::start(hook_port, &[]);
+    ws.dropsync(&["run"]).code(0);
+    assert!(receiver.hooks().is_empty(), "{:?}", receiver.hooks());
+    ws.dropsync(&["status"])
+        .code(0)
+        .stdout_has(&["alerts    1 undelivered"]);
+    assert_eq!(claimed(&mut client), 1);
+
+    // Time passes (the claim is older than a few timeouts of 5 s, and a
+    // minute): the next worker takes it over and sends it, once.
+    client
+        .batch_execute("UPDATE dropsync_outbox SET claimed_at = claimed_at - interval '2 minutes'")
+        .unwrap();
+    ws.dropsync(&["run"]).code(0);
+    let hooks = receiver.hooks();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0].kind(), "run_succeeded");
+    assert_eq!(hooks[0].idempotency_key, first.idempotency_key);
+    assert_eq!(claimed(&mut client), 0);
+    ws.dropsync(&["run"]).code(0);
+    assert_eq!(receiver.hooks().len(), 1);
+    ws.dropsync(&["status"])
+        .code(0)
+        .stdout_lacks(&["undelivered"]);
+}
