@@ -22,6 +22,10 @@ use chrono::NaiveDate;
 
 use super::{Backend, Db, Store, StoreError, ident};
 
+/// What the DuckDB that writes a PostgreSQL store's export may hold in
+/// memory.
+const EXPORT_MEMORY: &str = "128MB";
+
 /// The file format of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ExportFormat {
@@ -101,6 +105,15 @@ impl Store {
                     self.stream_out(&mut client.borrow_mut(), export, &columns, &query, path)?;
                 let conn = duckdb::Connection::open_in_memory()
                     .map_err(self.query_error("opening the export writer"))?;
+                // The writer's memory stays small whatever the table's
+                // size: what DuckDB buffers beyond it spills beside the
+                // staged rows (private, like them).
+                let spill = staged.path().with_extension("spill");
+                conn.execute_batch(&format!(
+                    "SET memory_limit = '{EXPORT_MEMORY}'; SET threads = 2; SET temp_directory = '{}'",
+                    spill.display().to_string().replace('\'', "''")
+                ))
+                .map_err(self.query_error("opening the export writer"))?;
                 write_export(
                     &conn,
                     &read_staged_sql(staged.path(), &columns),
