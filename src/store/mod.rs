@@ -253,13 +253,6 @@ impl Store {
         // hold partners' data.
         keep_new_files_private();
         let mut client = pg.connect()?;
-        // The store keeps times in UTC, whatever the server's zone.
-        client
-            .batch_execute("SET TIME ZONE 'UTC'")
-            .map_err(|e| StoreError::Postgres {
-                store: pg.display(),
-                message: postgres::describe(&e),
-            })?;
         postgres::migrate(&mut client, MIGRATIONS).map_err(|message| StoreError::Postgres {
             store: pg.display(),
             message,

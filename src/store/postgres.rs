@@ -201,8 +201,11 @@ impl PgConnect {
         // after 10 s of silence, 5 s apart, 3 unanswered end it; data left
         // unacknowledged for 30 s ends it too. The same on this side, so a
         // worker notices a vanished server as soon.
+        // Every session of the store keeps times in UTC, whatever the
+        // server's zone, and keeps the server's notices to itself (dropping
+        // a temporary table that is not there is no news).
         config.options(
-            "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 -c tcp_user_timeout=30000",
+            "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 -c tcp_user_timeout=30000 -c TimeZone=UTC -c client_min_messages=warning",
         );
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(10));

@@ -211,3 +211,35 @@ fn a_second_snapshot_is_diffed_and_applied_inside_postgres() {
         .collect();
     assert_eq!(rows, expected);
 }
+
+/// The server's notices stay in the server: a day-2 sync logged at info
+/// level (as a daemon logs) says nothing of temporary tables it dropped, and
+/// a server in another zone changes no time the store keeps.
+#[test]
+fn a_sync_logs_no_server_notices_and_keeps_utc_times() {
+    let ws = workspace_on(StoreKind::Postgres, &accounts_config(""));
+    let database = &ws.pg.as_ref().unwrap().name;
+    ws.alter_store(&format!(
+        "ALTER DATABASE {database} SET timezone = 'America/New_York'"
+    ));
+    ws.drop_file("accounts_20260101.csv", six_accounts());
+    ws.drop_file(
+        "accounts_20260102.csv",
+        six_accounts().replace("Account 2,", "Account Two,"),
+    );
+    let before = chrono::Utc::now().naive_utc();
+    let out = ws.dropsync(&["-v", "run"]);
+    out.code(0);
+    assert!(
+        !out.stderr.contains("NOTICE") && !out.stderr.contains("skipping"),
+        "{out}"
+    );
+    let started = ws
+        .db()
+        .value("SELECT CAST(max(started_at) AS VARCHAR) FROM dropsync_runs");
+    let started = chrono::NaiveDateTime::parse_from_str(&started, "%Y-%m-%d %H:%M:%S%.f").unwrap();
+    assert!(
+        (started - before).num_minutes().abs() < 10,
+        "started_at {started} is not UTC (now {before})"
+    );
+}
