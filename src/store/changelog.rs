@@ -209,6 +209,41 @@ pub(crate) fn json_value_sql(expr: &str, sql_type: &str, backend: Backend) -> St
     }
 }
 
+/// A column's value as DuckDB builds it into a JSON object with
+/// `json_object`, which writes each value exactly as `to_json` writes it
+/// alone (`json_value_sql`), without the text ever being parsed again. A
+/// number JSON cannot hold (NaN, infinity) goes in as its text, as there.
+fn json_object_value(expr: &str, sql_type: &str) -> String {
+    match sql_type {
+        "DOUBLE" => format!(
+            "CASE WHEN isfinite({expr}) THEN to_json({expr}) ELSE to_json(CAST({expr} AS VARCHAR)) END"
+        ),
+        _ => expr.to_string(),
+    }
+}
+
+/// SQL for a JSON object of `columns`, typed JSON, built by DuckDB's
+/// `json_object` (`{"a": 1, ...}`, each value read by `value` from the
+/// column's position and name): the same text `row_object` makes, without
+/// the concatenation and the parse that a cast of that text to JSON costs.
+fn json_object_sql(columns: &[(&str, &str)], value: impl Fn(usize, &str) -> String) -> String {
+    if columns.is_empty() {
+        return "CAST('{}' AS JSON)".into();
+    }
+    let members = columns
+        .iter()
+        .enumerate()
+        .map(|(n, (name, sql_type))| {
+            format!(
+                "'{}', {}",
+                name.replace('\'', "''"),
+                json_object_value(&value(n, name), sql_type)
+            )
+        })
+        .collect::<Vec<_>>();
+    format!("json_object({})", members.join(", "))
+}
+
 /// `"name":` as SQL text.
 fn json_member(name: &str) -> String {
     let key = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
@@ -294,25 +329,18 @@ impl Store {
             .filter(|(_, (name, _))| !key.iter().any(|k| k == name))
             .map(|(n, (name, sql_type))| (n, *name, *sql_type))
             .collect();
-        let key_object = {
-            let members = key
-                .iter()
-                .zip(batch.key_aliases)
-                .map(|(k, alias)| {
-                    let sql_type = data
-                        .iter()
-                        .find(|(name, _)| name == k)
-                        .map(|(_, t)| *t)
-                        .unwrap_or("VARCHAR");
-                    format!(
-                        "{} || {}",
-                        json_member(k),
-                        json_value_sql(&format!("c.{alias}"), sql_type, backend)
-                    )
-                })
-                .collect::<Vec<_>>();
-            format!("'{{' || concat_ws(',', {}) || '}}'", members.join(", "))
-        };
+        let key_columns: Vec<(&str, &str)> = key
+            .iter()
+            .map(|k| {
+                let sql_type = data
+                    .iter()
+                    .find(|(name, _)| name == k)
+                    .map(|(_, t)| *t)
+                    .unwrap_or("VARCHAR");
+                (k.as_str(), sql_type)
+            })
+            .collect();
+        let key_part = |n: usize, _: &str| format!("c.{}", batch.key_aliases[n]);
         let diff = if non_key.is_empty() {
             "'{}'".to_string()
         } else {
@@ -357,41 +385,101 @@ impl Store {
         let table = batch.table.name.replace('\'', "''");
         let execution_id = batch.execution_id.replace('\'', "''");
         let business_date = batch.business_date_sql;
+        let context = "logging the changes";
+        // The batch's changes are numbered on from the log's highest number
+        // (taken once: the batch's own rows are the only ones added meanwhile).
+        let base: i64 = self
+            .db()
+            .value("SELECT coalesce(max(seq), 0) FROM dropsync_changes", &[])
+            .map_err(self.query_error(context))?;
+        let sql = match backend {
+            // Each row's JSON is built by DuckDB's own JSON functions: typed
+            // JSON as it is made, no text to concatenate and parse again
+            // (what a cast to JSON costs), and the statement runs on every
+            // thread when the numbering allows it (`seq_of_change`). An
+            // update's few changed fields are still joined as text, the one
+            // object whose members depend on the row.
+            Backend::DuckDb => format!(
+                "INSERT INTO dropsync_changes
+                 SELECT {seq}, '{execution_id}', '{integration}', '{dataset}', '{table}', {business_date},
+                        {key_json},
+                        coalesce(CASE WHEN c._kind <> 'delete' THEN {status_kind} END, c._kind),
+                        c._kind,
+                        CASE c._kind WHEN 'insert' THEN {inserted}
+                                     WHEN 'delete' THEN {deleted}
+                                     ELSE CAST({diff} AS JSON) END,
+                        {recorded_at}
+                 FROM changes c
+                 WHERE c._kind IN ('insert', 'update', 'delete')",
+                seq = self.seq_of_change(base)?,
+                key_json = json_object_sql(&key_columns, key_part),
+                inserted = json_object_sql(&data, |_, name| new_value(name)),
+                deleted = json_object_sql(&data, |n, _| old_value(n)),
+            ),
+            Backend::Postgres => format!(
+                "INSERT INTO dropsync_changes
+                 SELECT {base} + row_number() OVER (),
+                        '{execution_id}', '{integration}', '{dataset}', '{table}', {business_date},
+                        CAST(key_json AS JSON),
+                        coalesce(CASE WHEN action <> 'delete' THEN status_kind END, action),
+                        action, CAST(fields_json AS JSON), {recorded_at}
+                 FROM (
+                    SELECT {key_object} AS key_json, c._kind AS action, {status_kind} AS status_kind,
+                           CASE c._kind WHEN 'insert' THEN {inserted}
+                                        WHEN 'delete' THEN {deleted}
+                                        ELSE {diff} END AS fields_json
+                    FROM changes c
+                    WHERE c._kind IN ('insert', 'update', 'delete')
+                 ) logged",
+                key_object = row_object(&key_columns, backend, key_part),
+                inserted = row_object(&data, backend, |_, name| new_value(name)),
+                deleted = row_object(&data, backend, |n, _| old_value(n)),
+            ),
+        };
         let logged = self
             .db()
-            .execute(
-                &format!(
-                    "INSERT INTO dropsync_changes
-                     SELECT (SELECT coalesce(max(seq), 0) FROM dropsync_changes) + row_number() OVER (),
-                            '{execution_id}', '{integration}', '{dataset}', '{table}', {business_date},
-                            CAST(key_json AS JSON),
-                            coalesce(CASE WHEN action <> 'delete' THEN status_kind END, action),
-                            action, CAST(fields_json AS JSON), {recorded_at}
-                     FROM (
-                        SELECT {key_object} AS key_json, c._kind AS action, {status_kind} AS status_kind,
-                               CASE c._kind WHEN 'insert' THEN {inserted}
-                                            WHEN 'delete' THEN {deleted}
-                                            ELSE {diff} END AS fields_json
-                        FROM changes c
-                        WHERE c._kind IN ('insert', 'update', 'delete')
-                     ) logged",
-                    inserted = row_object(&data, backend, |_, name| new_value(name)),
-                    deleted = row_object(&data, backend, |n, _| old_value(n)),
-                ),
-                &[],
-            )
-            .map_err(self.query_error("logging the changes"))?;
+            .execute(&sql, &[])
+            .map_err(self.query_error(context))?;
+        // The log's highest number once this batch is in it.
+        let last_seq = base + logged as i64;
         self.db()
             .execute(
                 &format!(
                     "INSERT INTO dropsync_change_runs
-                     SELECT '{execution_id}', '{integration}', '{table}', {business_date},
-                            (SELECT coalesce(max(seq), 0) FROM dropsync_changes), {recorded_at}"
+                     VALUES ('{execution_id}', '{integration}', '{table}', {business_date},
+                             {last_seq}, {recorded_at})"
                 ),
                 &[],
             )
-            .map_err(self.query_error("logging the changes"))?;
+            .map_err(self.query_error(context))?;
         Ok(logged as u64)
+    }
+
+    /// SQL: the sequence number of the change in row `c` of `changes`,
+    /// counting on from `base`. When every row there is a logged change and
+    /// the temp table's rowids run 0, 1, ... without a gap (as a table just
+    /// filled by one statement has them), a row's number is its rowid, and
+    /// the log's INSERT runs on every thread. Otherwise (a delta's
+    /// confirmations, an append's duplicates are in `changes` too) the rows
+    /// are counted in one stream with `row_number()`, which DuckDB runs on
+    /// one thread. Either way the numbers are those of a scan of `changes`
+    /// in rowid order.
+    fn seq_of_change(&self, base: i64) -> Result<String, StoreError> {
+        let (rows, last_rowid, unlogged) = self
+            .db()
+            .query_row(
+                "SELECT count(*), coalesce(max(rowid), -1),
+                        count(*) FILTER (WHERE _kind NOT IN ('insert', 'update', 'delete'))
+                 FROM changes",
+                &[],
+                |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?)),
+            )
+            .map_err(self.query_error("numbering the changes"))?;
+        Ok(if unlogged == 0 && last_rowid + 1 == rows {
+            format!("{base} + c.rowid + 1")
+        } else {
+            format!("{base} + row_number() OVER ()")
+        })
     }
 
     /// Logged changes matching `filter`, oldest first.

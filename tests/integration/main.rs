@@ -37,6 +37,7 @@ mod replay;
 mod results;
 mod servers;
 mod service;
+mod store_cost;
 mod store_parity;
 mod subscribers;
 mod unattended;

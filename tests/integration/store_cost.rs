@@ -1,0 +1,271 @@
+//! What the store writes for a batch, pinned while the statements that
+//! write it are made cheaper: the change log's numbering over a batch large
+//! enough for DuckDB to split it between threads, and its JSON for every
+//! type a column can have, values JSON cannot hold included.
+
+use serde_json::json;
+
+use crate::common::*;
+use crate::on_both_stores;
+
+/// A user-defined dataset with every type a column can have.
+const LEDGER: &str = r#"
+[store]
+schemas = "schemas"
+
+[integrations.ledger]
+dataset = "ledger"
+source = { type = "folder", path = "drops" }
+pattern = "ledger_{date:%Y%m%d}.csv"
+max_delete_ratio = 1.0
+"#;
+
+const LEDGER_SCHEMA: &str = r#"{
+  "fields": [
+    {"name": "Entry", "type": "integer"},
+    {"name": "Amount", "type": "number"},
+    {"name": "Paid", "type": "boolean"},
+    {"name": "Booked", "type": "datetime"},
+    {"name": "Due", "type": "date"},
+    {"name": "At", "type": "time"},
+    {"name": "Year", "type": "year"},
+    {"name": "Note", "type": "string"}
+  ],
+  "primaryKey": "Entry",
+  "dropsync": {"mode": "snapshot"}
+}"#;
+
+const LEDGER_HEADER: &str = "Entry,Amount,Paid,Booked,Due,At,Year,Note\n";
+
+/// `changes --json` of `integration`, as (kind, key, fields), by key.
+fn logged(
+    ws: &Workspace,
+    integration: &str,
+) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+    let out = ws.dropsync(&["changes", integration, "--json"]);
+    out.code(0);
+    let mut all: Vec<_> = out
+        .json()
+        .as_array()
+        .expect("an array of changes")
+        .iter()
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().to_string(),
+                c["key"].clone(),
+                c["fields"].clone(),
+            )
+        })
+        .collect();
+    all.sort_by_key(|(kind, key, _)| (key.to_string(), kind.clone()));
+    all
+}
+
+fn every_type_is_logged_as_json_with_its_value(kind: StoreKind) {
+    let ws = workspace_on(kind, LEDGER);
+    ws.write("schemas/ledger.json", LEDGER_SCHEMA);
+    // Values JSON cannot hold as numbers (NaN, infinities), text that needs
+    // escaping, empty values, the ends of ranges.
+    ws.drop_file(
+        "ledger_20260101.csv",
+        format!(
+            "{LEDGER_HEADER}\
+             1,NaN,true,2026-01-01T10:00:00Z,2026-01-31,08:30:00,2026,\"Zoë's \"\"quoted\"\" \\ note, line one\nline two\"\n\
+             2,INF,false,2026-01-02T00:00:00.5Z,0001-01-01,23:59:59,1999,\n\
+             3,-INF,,,,,,plain\n\
+             4,1200,true,2026-01-04T12:00:00Z,2026-01-04,00:00:00,2026,\"tab\there\"\n\
+             5,0.1,false,2026-01-05T00:00:00Z,2026-01-05,12:00:00,2026,five\n"
+        ),
+    );
+    ws.dropsync(&["run"]).code(0);
+    // Day 2: 1 gone, 2 and 4 changed (a NaN and an infinity among the old
+    // and new values), 3 and 5 as they were, 6 new.
+    ws.drop_file(
+        "ledger_20260102.csv",
+        format!(
+            "{LEDGER_HEADER}\
+             2,NaN,true,2026-01-02T00:00:00.5Z,0001-01-01,23:59:59,1999,now set\n\
+             3,-INF,,,,,,plain\n\
+             4,-0.5,true,2026-01-04T12:00:00Z,2026-01-04,00:00:00,2026,\"tab\there\"\n\
+             5,0.1,false,2026-01-05T00:00:00Z,2026-01-05,12:00:00,2026,five\n\
+             6,1e300,,,,,,\n"
+        ),
+    );
+    ws.dropsync(&["run"]).code(0);
+
+    // A number JSON cannot hold is logged as its text, which each store
+    // spells its own way.
+    let (nan, inf, minus_inf) = match kind {
+        StoreKind::DuckDb => ("nan", "inf", "-inf"),
+        StoreKind::Postgres => ("NaN", "Infinity", "-Infinity"),
+    };
+    let first_note = "Zoë's \"quoted\" \\ note, line one\nline two";
+    let row = |entry: i64,
+               amount: serde_json::Value,
+               paid: serde_json::Value,
+               booked: serde_json::Value,
+               due: serde_json::Value,
+               at: serde_json::Value,
+               year: serde_json::Value,
+               note: serde_json::Value| {
+        json!({"Entry": entry, "Amount": amount, "Paid": paid, "Booked": booked, "Due": due,
+               "At": at, "Year": year, "Note": note})
+    };
+    let null = serde_json::Value::Null;
+    let one = row(
+        1,
+        json!(nan),
+        json!(true),
+        json!("2026-01-01 10:00:00"),
+        json!("2026-01-31"),
+        json!("08:30:00"),
+        json!(2026),
+        json!(first_note),
+    );
+    let two = row(
+        2,
+        json!(inf),
+        json!(false),
+        json!("2026-01-02 00:00:00.5"),
+        json!("0001-01-01"),
+        json!("23:59:59"),
+        json!(1999),
+        null.clone(),
+    );
+    let three = row(
+        3,
+        json!(minus_inf),
+        null.clone(),
+        null.clone(),
+        null.clone(),
+        null.clone(),
+        null.clone(),
+        json!("plain"),
+    );
+    let four = row(
+        4,
+        json!(1200.0),
+        json!(true),
+        json!("2026-01-04 12:00:00"),
+        json!("2026-01-04"),
+        json!("00:00:00"),
+        json!(2026),
+        json!("tab\there"),
+    );
+    let five = row(
+        5,
+        json!(0.1),
+        json!(false),
+        json!("2026-01-05 00:00:00"),
+        json!("2026-01-05"),
+        json!("12:00:00"),
+        json!(2026),
+        json!("five"),
+    );
+    let six = row(
+        6,
+        json!(1e300),
+        null.clone(),
+        null.clone(),
+        null.clone(),
+        null.clone(),
+        null.clone(),
+        null.clone(),
+    );
+    let change = |kind: &str, entry: i64, fields: serde_json::Value| {
+        (kind.to_string(), json!({ "Entry": entry }), fields)
+    };
+    let mut want = vec![
+        change("insert", 1, one.clone()),
+        change("insert", 2, two),
+        change("insert", 3, three),
+        change("insert", 4, four),
+        change("insert", 5, five),
+        change("delete", 1, one),
+        change(
+            "update",
+            2,
+            json!({"Amount": [inf, nan], "Paid": [false, true], "Note": [null, "now set"]}),
+        ),
+        change("update", 4, json!({"Amount": [1200.0, -0.5]})),
+        change("insert", 6, six),
+    ];
+    want.sort_by_key(|(kind, key, _)| (key.to_string(), kind.clone()));
+    assert_eq!(logged(&ws, "ledger"), want);
+}
+
+on_both_stores! {
+    every_type_is_logged_as_json_with_its_value => every_type_is_logged_as_json_with_its_value;
+}
+
+/// More changes than one of DuckDB's row groups holds (122,880 rows), so
+/// that the statements logging them run on several threads.
+const LARGE_BATCH: usize = 130_000;
+
+#[test]
+fn a_batch_split_between_threads_numbers_its_changes_without_gaps_or_repeats() {
+    let ws = Workspace::new(&accounts_config("max_delete_ratio = 1.0"));
+    let mut day1 = String::from(ACCOUNTS_HEADER);
+    for i in 0..LARGE_BATCH {
+        day1.push_str(&format!("A{i},,Account {i},parent,pro,{i},2020-01-01\n"));
+    }
+    ws.drop_file("accounts_20260101.csv", &day1);
+    ws.dropsync(&["run"]).code(0);
+    // Day 2: every tenth account renamed, the last 1,000 gone, 1,000 new.
+    let mut day2 = String::from(ACCOUNTS_HEADER);
+    for i in 0..LARGE_BATCH - 1_000 {
+        let name = if i % 10 == 0 {
+            format!("Renamed {i}")
+        } else {
+            format!("Account {i}")
+        };
+        day2.push_str(&format!("A{i},,{name},parent,pro,{i},2020-01-01\n"));
+    }
+    for i in 0..1_000 {
+        day2.push_str(&format!("N{i},,New {i},parent,free,1,2020-01-02\n"));
+    }
+    ws.drop_file("accounts_20260102.csv", &day2);
+    ws.dropsync(&["run"]).code(0);
+
+    let db = ws.db();
+    let per_run = db.rows(
+        "SELECT count(*), count(DISTINCT seq), min(seq), max(seq),
+                count(*) FILTER (WHERE action = 'insert'), count(*) FILTER (WHERE action = 'update'),
+                count(*) FILTER (WHERE action = 'delete')
+         FROM dropsync_changes GROUP BY execution_id ORDER BY min(seq)",
+    );
+    let day1_rows = LARGE_BATCH.to_string();
+    let updates = (LARGE_BATCH - 1_000).div_ceil(10);
+    let day2_rows = (updates + 2_000).to_string();
+    assert_eq!(
+        per_run,
+        vec![
+            vec![
+                day1_rows.clone(),
+                day1_rows.clone(),
+                "1".to_string(),
+                day1_rows.clone(),
+                day1_rows.clone(),
+                "0".to_string(),
+                "0".to_string(),
+            ],
+            vec![
+                day2_rows.clone(),
+                day2_rows.clone(),
+                (LARGE_BATCH + 1).to_string(),
+                (LARGE_BATCH + updates + 2_000).to_string(),
+                "1000".to_string(),
+                updates.to_string(),
+                "1000".to_string(),
+            ],
+        ]
+    );
+    // Each run's place in the log is the highest number when it committed.
+    assert_eq!(
+        db.rows("SELECT last_seq FROM dropsync_change_runs ORDER BY last_seq"),
+        vec![
+            vec![day1_rows],
+            vec![(LARGE_BATCH + updates + 2_000).to_string()]
+        ]
+    );
+}
