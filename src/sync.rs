@@ -435,10 +435,18 @@ fn sync_one(
         }
     };
     pipeline::stage_done("fetch", started);
+    // What the history says was fetched must be on disk first: a staged
+    // copy a power loss took would otherwise never be fetched again.
     if !opts.dry_run
-        && let Err(e) = store.record_fetched(&integration.name, candidate, &staged)
+        && let Err(e) = source::make_durable(&staged)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                store
+                    .record_fetched(&integration.name, candidate, &staged)
+                    .map_err(|e| e.to_string())
+            })
     {
-        return error(e.to_string());
+        return error(e);
     }
     match pipeline::sync_file(store, config, integration, &staged, opts) {
         Ok(Some(report)) => Synced::Outcome(FileOutcome::Ran(Box::new(report))),

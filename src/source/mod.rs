@@ -41,6 +41,12 @@ pub enum SourceError {
         staging: PathBuf,
         source: std::io::Error,
     },
+    /// The staged copy could not be written to disk (a full or failing disk).
+    #[error("the staged copy {path} could not be written to disk: {source}")]
+    Unsynced {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A staged copy whose content no longer hashes to the hash it was
     /// staged (and recorded) under: it was changed after staging.
     #[error(
@@ -344,7 +350,10 @@ pub(crate) fn stage_reader(
                 transient: true,
             });
         }
-        tmp.sync_all().map_err(stage_err)?;
+        // The copy goes to disk while the file is parsed: its writeback
+        // starts now, and `make_durable` waits for it before the batch that
+        // records the copy commits.
+        start_writeback(&tmp);
         Ok((hex(&hasher.finalize()), size))
     })();
     drop(tmp);
@@ -356,13 +365,8 @@ pub(crate) fn stage_reader(
         }
     };
     let path = staging.join(format!("{content_hash}.csv"));
+    // Durable once the file and its directory are synced: `make_durable`.
     std::fs::rename(&tmp_path, &path).map_err(stage_err)?;
-    // The rename is durable once the directory is synced; a failed fsync
-    // fails the stage (file systems that cannot sync a directory say EINVAL).
-    match std::fs::File::open(staging).and_then(|dir| dir.sync_all()) {
-        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => return Err(stage_err(e)),
-        _ => {}
-    }
     Ok(StagedFile {
         name: candidate.name.clone(),
         path,
@@ -370,6 +374,39 @@ pub(crate) fn stage_reader(
         size,
         business_date: candidate.business_date,
     })
+}
+
+/// Asks the kernel to start writing `file`'s dirty pages to disk, without
+/// waiting. Only a head start for the later sync: an error here is ignored
+/// (the file system may not support it), the sync reports its own.
+fn start_writeback(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the whole call; the call only
+    // schedules writeback of the file's own pages.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Waits until a staged copy's content is on disk. Called before the batch
+/// that records the copy commits, so a committed run never names a copy a
+/// power loss could take; the write itself started when the copy was staged,
+/// so by then this rarely waits.
+pub fn make_durable(file: &StagedFile) -> Result<(), SourceError> {
+    let unsynced = |source| SourceError::Unsynced {
+        path: file.path.clone(),
+        source,
+    };
+    std::fs::File::open(&file.path)
+        .and_then(|copy| copy.sync_all())
+        .map_err(unsynced)?;
+    // Its name is durable once the directory is synced (file systems that
+    // cannot sync a directory say EINVAL).
+    let dir = file.path.parent().unwrap_or(Path::new("."));
+    match std::fs::File::open(dir).and_then(|dir| dir.sync_all()) {
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(unsynced(e)),
+        _ => Ok(()),
+    }
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
