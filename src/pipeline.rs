@@ -558,6 +558,12 @@ fn validate_and_apply(
             None => note,
         });
     }
+    if !opts.dry_run
+        && let Err(e) = crate::source::make_durable(file)
+    {
+        // The disk failed, not the file: a later run may succeed.
+        return fail(run, FailureKind::Transient, e.to_string(), Vec::new());
+    }
     let outcome = store.apply(&req, run, &valid.errors);
     drop(parts);
     stage_done("diff and apply", started);
@@ -743,7 +749,7 @@ fn read_in_chunks(
     let schema = &integration.file_schema;
     let policy = &integration.config.on_error;
     let drop_error = |e: schema::ParseError| ReadFailure::Drop(e.into());
-    let mut chunks = schema::CsvChunks::open(
+    let chunks = schema::CsvChunks::open(
         &file.path,
         &file.name,
         reading.csv,
@@ -792,57 +798,87 @@ fn read_in_chunks(
     let refused_sample = REFUSED_ERRORS_KEPT + 1;
     let mut handed = Vec::new();
     let scratch = config.store.staging.join(".work");
-    loop {
-        let started = std::time::Instant::now();
-        let Some(chunk) = chunks.next_chunk().map_err(drop_error)? else {
-            break;
-        };
-        chunk_done("parse", handed.len(), started);
-        let started = std::time::Instant::now();
-        if handed.is_empty()
-            && let Some(message) = computed_in_file(integration, &chunk.table)
-        {
-            return Err(ReadFailure::Content(message));
-        }
-        let (mut valid, skipped) = schema::validate_chunk(&chunk.table, schema, &ctx, &mut checks);
-        // Calculated fields are per row: each chunk gets its own.
-        if let Some(computed) = &integration.computed {
-            valid = computed.add_to(valid, &chunk.table, &scratch, describe)?;
-        }
-        chunk_done("validate", handed.len(), started);
-        let started = std::time::Instant::now();
-        out.input_rows += valid.input_rows;
-        out.error_rows += valid.error_rows;
-        out.skipped_rows += valid.skipped_rows;
-        out.handed_off += valid.frame.height() as u64;
-        out.errors.append(&mut valid.errors);
-        if out.error_rows > tolerated_at_most && out.errors.len() > refused_sample {
-            out.errors.truncate(refused_sample);
-        }
-        let room = describe.saturating_sub(out.rejected_keys.len());
-        out.rejected_keys
-            .extend(valid.rejected_keys.drain(..).take(room));
-        parts.write(&mut valid.frame)?;
-        chunk_done("hand-off", handed.len(), started);
-        handed.push(HandedChunk {
-            start: chunk.start,
-            end: chunk.end,
-            first_line: chunk.first_line,
-            rows: valid.rows,
-            skipped,
-        });
-        if handed.len() == 1 && chunk.end < file.size {
-            // The rest of the file is likely made of rows like these.
-            let per_row = (chunk.end - chunk.start) as f64 / chunk.table.records.max(1) as f64;
-            let mut rows = (file.size as f64 / per_row.max(1.0) * 1.05) as u64;
-            if records_at_most > 0 {
-                rows = rows.min(records_at_most);
+    // The next chunk is parsed while this one is validated and handed off:
+    // two stages at once keep both cores busy where one stage alone leaves
+    // one idle. The channel holds no chunk, so at most two are in memory.
+    let (parsed, next_parsed) = std::sync::mpsc::sync_channel(0);
+    let (consumed, chunks) = std::thread::scope(|scope| {
+        let parser = scope.spawn(move || {
+            let mut chunks = chunks;
+            for index in 0.. {
+                let started = std::time::Instant::now();
+                let next = chunks.next_chunk();
+                chunk_done("parse", index, started);
+                let last = !matches!(next, Ok(Some(_)));
+                // The reader stopped (it failed, or is done): so does parsing.
+                if parsed.send(next).is_err() || last {
+                    break;
+                }
             }
-            checks.expect_rows(rows as usize);
-        }
-        progress::report(Event::Bytes(chunk.end));
-        progress::report(Event::Rows(chunk.table.records));
-    }
+            chunks
+        });
+        let consumed = (|| -> Result<(), ReadFailure> {
+            let next_parsed = next_parsed;
+            while let Some(chunk) = next_parsed
+                .recv()
+                .map_err(|_| ReadFailure::Content("the file's parser stopped".to_string()))?
+                .map_err(drop_error)?
+            {
+                let started = std::time::Instant::now();
+                if handed.is_empty()
+                    && let Some(message) = computed_in_file(integration, &chunk.table)
+                {
+                    return Err(ReadFailure::Content(message));
+                }
+                let (mut valid, skipped) =
+                    schema::validate_chunk(&chunk.table, schema, &ctx, &mut checks);
+                // Calculated fields are per row: each chunk gets its own.
+                if let Some(computed) = &integration.computed {
+                    valid = computed.add_to(valid, &chunk.table, &scratch, describe)?;
+                }
+                chunk_done("validate", handed.len(), started);
+                let started = std::time::Instant::now();
+                out.input_rows += valid.input_rows;
+                out.error_rows += valid.error_rows;
+                out.skipped_rows += valid.skipped_rows;
+                out.handed_off += valid.frame.height() as u64;
+                out.errors.append(&mut valid.errors);
+                if out.error_rows > tolerated_at_most && out.errors.len() > refused_sample {
+                    out.errors.truncate(refused_sample);
+                }
+                let room = describe.saturating_sub(out.rejected_keys.len());
+                out.rejected_keys
+                    .extend(valid.rejected_keys.drain(..).take(room));
+                parts.write(&mut valid.frame)?;
+                chunk_done("hand-off", handed.len(), started);
+                handed.push(HandedChunk {
+                    start: chunk.start,
+                    end: chunk.end,
+                    first_line: chunk.first_line,
+                    rows: valid.rows,
+                    skipped,
+                });
+                if handed.len() == 1 && chunk.end < file.size {
+                    // The rest of the file is likely made of rows like these.
+                    let per_row =
+                        (chunk.end - chunk.start) as f64 / chunk.table.records.max(1) as f64;
+                    let mut rows = (file.size as f64 / per_row.max(1.0) * 1.05) as u64;
+                    if records_at_most > 0 {
+                        rows = rows.min(records_at_most);
+                    }
+                    checks.expect_rows(rows as usize);
+                }
+                progress::report(Event::Bytes(chunk.end));
+                progress::report(Event::Rows(chunk.table.records));
+            }
+            Ok(())
+        })();
+        let chunks = parser
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (consumed, chunks)
+    });
+    consumed?;
     let late = checks.finish();
     if late.is_empty() {
         return Ok(out);
