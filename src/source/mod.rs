@@ -314,31 +314,61 @@ pub(crate) fn stage_reader(
         source,
     };
     create_private_dir(staging).map_err(stage_err)?;
-    let (tmp_path, mut tmp) = tempfile_in(staging).map_err(stage_err)?;
-    let copied = (|| -> Result<(String, u64), SourceError> {
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(SourceError::Remote {
-                        message: format!(
-                            "reading {} failed after {size} bytes: {e}",
-                            candidate.location.display()
-                        ),
-                        transient: true,
-                    });
+    let (tmp_path, tmp) = tempfile_in(staging).map_err(stage_err)?;
+    // Hashing and writing take turns on every block of a plain loop; here
+    // the copy is written by a thread of its own while the next block is
+    // read and hashed, both from the same buffer, so what is hashed is
+    // exactly what is written. Buffers go back to the reader to be reused:
+    // a few MB at most, however large the file.
+    const BLOCK: usize = 1 << 20;
+    let (to_writer, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let (give_back, written) = std::sync::mpsc::channel::<Vec<u8>>();
+    let copied = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> std::io::Result<std::fs::File> {
+            let mut tmp = tmp;
+            for block in blocks {
+                tmp.write_all(&block)?;
+                let _ = give_back.send(block);
+            }
+            Ok(tmp)
+        });
+        let read = (|| -> Result<(String, u64), SourceError> {
+            let to_writer = to_writer;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            loop {
+                let mut buf = written.try_recv().unwrap_or_default();
+                buf.resize(BLOCK, 0);
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(SourceError::Remote {
+                            message: format!(
+                                "reading {} failed after {size} bytes: {e}",
+                                candidate.location.display()
+                            ),
+                            transient: true,
+                        });
+                    }
+                };
+                buf.truncate(n);
+                hasher.update(&buf);
+                size += n as u64;
+                // A writer that stopped has failed: its error is the cause.
+                if to_writer.send(buf).is_err() {
+                    break;
                 }
-            };
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(stage_err)?;
-            size += n as u64;
-            crate::progress::report(crate::progress::Event::Bytes(size));
-        }
+                crate::progress::report(crate::progress::Event::Bytes(size));
+            }
+            Ok((hex(&hasher.finalize()), size))
+        })();
+        let tmp = writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .map_err(stage_err)?;
+        let (content_hash, size) = read?;
         if let Some(expected) = expected_size
             && expected != size
         {
@@ -354,9 +384,8 @@ pub(crate) fn stage_reader(
         // starts now, and `make_durable` waits for it before the batch that
         // records the copy commits.
         start_writeback(&tmp);
-        Ok((hex(&hasher.finalize()), size))
-    })();
-    drop(tmp);
+        Ok((content_hash, size))
+    });
     let (content_hash, size) = match copied {
         Ok(done) => done,
         Err(e) => {
