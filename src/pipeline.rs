@@ -338,6 +338,7 @@ pub fn sync_file(
 
     if !opts.dry_run {
         store.insert_run(&run)?;
+        crate::source::start_writeback(file);
     }
     let result = validate_and_apply(store, config, integration, file, opts, &mut run);
     match result {

@@ -324,13 +324,13 @@ pub(crate) fn stage_reader(
     let (to_writer, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
     let (give_back, written) = std::sync::mpsc::channel::<Vec<u8>>();
     let copied = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> std::io::Result<std::fs::File> {
+        let writer = scope.spawn(move || -> std::io::Result<()> {
             let mut tmp = tmp;
             for block in blocks {
                 tmp.write_all(&block)?;
                 let _ = give_back.send(block);
             }
-            Ok(tmp)
+            Ok(())
         });
         let read = (|| -> Result<(String, u64), SourceError> {
             let to_writer = to_writer;
@@ -364,7 +364,7 @@ pub(crate) fn stage_reader(
             }
             Ok((hex(&hasher.finalize()), size))
         })();
-        let tmp = writer
+        writer
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             .map_err(stage_err)?;
@@ -380,10 +380,6 @@ pub(crate) fn stage_reader(
                 transient: true,
             });
         }
-        // The copy goes to disk while the file is parsed: its writeback
-        // starts now, and `make_durable` waits for it before the batch that
-        // records the copy commits.
-        start_writeback(&tmp);
         Ok((content_hash, size))
     });
     let (content_hash, size) = match copied {
@@ -405,22 +401,28 @@ pub(crate) fn stage_reader(
     })
 }
 
-/// Asks the kernel to start writing `file`'s dirty pages to disk, without
-/// waiting. Only a head start for the later sync: an error here is ignored
-/// (the file system may not support it), the sync reports its own.
-fn start_writeback(file: &std::fs::File) {
+/// Starts writing a staged copy to disk, without waiting: the copy goes to
+/// disk while its file is parsed, and `make_durable` later finds little
+/// left to wait for. Called once the run's first record is committed: on
+/// ext4 a commit waits for the data of files whose writeback has started,
+/// so started earlier, the copy would be written before the run could
+/// begin. Only a head start: an error is left to `make_durable` to report.
+pub fn start_writeback(file: &StagedFile) {
     use std::os::fd::AsRawFd;
+    let Ok(copy) = std::fs::File::open(&file.path) else {
+        return;
+    };
     // SAFETY: the descriptor is open for the whole call; the call only
     // schedules writeback of the file's own pages.
     unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(copy.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
 /// Waits until a staged copy's content is on disk. Called before the batch
 /// that records the copy commits, so a committed run never names a copy a
-/// power loss could take; the write itself started when the copy was staged,
-/// so by then this rarely waits.
+/// power loss could take; the write itself started (`start_writeback`) while
+/// the file was read, so by then this rarely waits.
 pub fn make_durable(file: &StagedFile) -> Result<(), SourceError> {
     let unsynced = |source| SourceError::Unsynced {
         path: file.path.clone(),
