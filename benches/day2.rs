@@ -199,6 +199,14 @@ fn config(drops: &Drops, store: &Path) -> PathBuf {
     path
 }
 
+/// Empties the staging directory of `drops`' stores. A night's file is new
+/// to staging: every timed sync stages its file afresh, as a night does,
+/// not over the copy an earlier run left there (which the file system
+/// takes for a replacement and writes out at once).
+fn clear_staging(drops: &Drops) {
+    let _ = std::fs::remove_dir_all(drops.dir.join("staging"));
+}
+
 fn ingest(bin: &Path, cfg: &Path, file: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--config")
@@ -256,6 +264,7 @@ fn stage_timings(log: &str) -> String {
 fn stages_of(bin: &Path, drops: &Drops, base: &Path, name: &str) -> String {
     let store = drops.dir.join(format!("{name}.duckdb"));
     std::fs::copy(base, &store).unwrap();
+    clear_staging(drops);
     let out = ingest(bin, &config(drops, &store), &drops.day2)
         .env("DROPSYNC_LOG", "dropsync=debug")
         .output()
@@ -313,6 +322,7 @@ fn bench_one(bins: &[Binary], root: &Path, rows: u64, workload: Workload, runs: 
         for (n, bin) in bins.iter().enumerate() {
             let store = dir.join(format!("run{i}-{n}.duckdb"));
             std::fs::copy(&bases[n], &store).unwrap();
+            clear_staging(&drops);
             let (m, out) = run_measured(
                 &mut ingest(&bin.path, &config(&drops, &store), &drops.day2),
                 "day 2 sync",
@@ -412,6 +422,7 @@ fn bench_changelog(bin: &Path, root: &Path, rows: u64, workload: Workload, runs:
         for logging in [true, false] {
             let store = dir.join(format!("run{i}-{logging}.duckdb"));
             std::fs::copy(&base, &store).unwrap();
+            clear_staging(&drops);
             let mut cmd = ingest(bin, &config(&drops, &store), &drops.day2);
             if !logging {
                 cmd.env("DROPSYNC_BENCH_NO_CHANGE_LOG", "1");
