@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDate;
 use polars::prelude::{
     BooleanChunked, DataFrame, ParquetCompression, ParquetReader, ParquetWriter, PolarsError,
-    SerReader,
+    SerReader, StatisticsOptions,
 };
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
@@ -1208,8 +1208,11 @@ fn write_parquet(path: &Path, frame: &mut DataFrame) -> Result<(), HandoffError>
         inner: BufWriter::with_capacity(1 << 20, file),
         error: None,
     };
+    // Read once, whole, by DuckDB: no compression and no statistics, which
+    // would only cost time to write (nothing filters on them).
     let encoded = ParquetWriter::new(&mut writer)
         .with_compression(ParquetCompression::Uncompressed)
+        .with_statistics(StatisticsOptions::empty())
         .finish(frame);
     let flushed = encoded.is_ok().then(|| writer.flush());
     // polars reports a failed write as a Parquet format error ("Invalid
