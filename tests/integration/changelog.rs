@@ -21,7 +21,10 @@ pattern = "subscribers_{date:%Y%m%d}.csv"
 "#;
 
 /// `changes --json`, as (kind, key, fields) triples.
-fn logged(ws: &Workspace, args: &[&str]) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+pub(crate) fn logged(
+    ws: &Workspace,
+    args: &[&str],
+) -> Vec<(String, serde_json::Value, serde_json::Value)> {
     let mut all = vec!["changes"];
     all.extend_from_slice(args);
     all.push("--json");

@@ -1090,3 +1090,19 @@ macro_rules! on_both_stores {
         )+
     };
 }
+
+/// A user-defined dataset with every type a column can have.
+pub const LEDGER_SCHEMA: &str = r#"{
+  "fields": [
+    {"name": "Entry", "type": "integer"},
+    {"name": "Amount", "type": "number"},
+    {"name": "Paid", "type": "boolean"},
+    {"name": "Booked", "type": "datetime"},
+    {"name": "Due", "type": "date"},
+    {"name": "At", "type": "time"},
+    {"name": "Year", "type": "year"},
+    {"name": "Note", "type": "string"}
+  ],
+  "primaryKey": "Entry",
+  "dropsync": {"mode": "snapshot"}
+}"#;

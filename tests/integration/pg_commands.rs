@@ -27,22 +27,6 @@ pattern = "ledger_{date:%Y%m%d}.csv"
 max_delete_ratio = 1.0
 "#;
 
-/// A user-defined dataset with every type a column can have.
-const LEDGER_SCHEMA: &str = r#"{
-  "fields": [
-    {"name": "Entry", "type": "integer"},
-    {"name": "Amount", "type": "number"},
-    {"name": "Paid", "type": "boolean"},
-    {"name": "Booked", "type": "datetime"},
-    {"name": "Due", "type": "date"},
-    {"name": "At", "type": "time"},
-    {"name": "Year", "type": "year"},
-    {"name": "Note", "type": "string"}
-  ],
-  "primaryKey": "Entry",
-  "dropsync": {"mode": "snapshot"}
-}"#;
-
 const SUBSCRIBERS_HEADER: &str =
     "ListID,Email,Status,UnsubscribedDate,UnsubscribeReason,FirstName,LastName\n";
 
