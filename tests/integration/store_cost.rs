@@ -232,3 +232,88 @@ fn a_batch_split_between_threads_numbers_its_changes_without_gaps_or_repeats() {
         ]
     );
 }
+
+/// The change log of the run of `date`, as (kind, key) sorted.
+fn logged(db: &Db, date: &str) -> Vec<Vec<String>> {
+    db.rows(&format!(
+        "SELECT kind, json_extract_string(record_key, '$.AccountID') AS k FROM dropsync_changes
+         WHERE business_date = DATE '{date}' ORDER BY kind, k"
+    ))
+}
+
+/// Day 2 of `with_six_accounts`: A1..A3 as they were, A4 and A5 changed,
+/// A6 gone, A7 new.
+fn day_two() -> String {
+    let mut s = ACCOUNTS_HEADER.to_string();
+    for i in 1..=3 {
+        s.push_str(&format!(
+            "A{i},,Account {i},parent,pro,{},2020-01-0{i}\n",
+            i * 10
+        ));
+    }
+    s.push_str("A4,,Account 4,parent,pro,41,2020-01-04\n");
+    s.push_str("A5,,Account Five,parent,pro,50,2020-01-05\n");
+    s.push_str("A7,,Account 7,parent,pro,70,2020-01-07\n");
+    s
+}
+
+/// A DuckDB store keeps a hash of each row, and a sync trusts it only to
+/// say "unchanged": rows whose stored hash is missing (a store made before
+/// rows kept one) or made another way (another DuckDB) are compared value
+/// by value, counted and logged as what they are, and get their hash back.
+#[test]
+fn rows_whose_stored_hash_cannot_be_trusted_are_compared_by_value() {
+    let after_day_two = table(&[
+        ["A1", "Account 1", "10"],
+        ["A2", "Account 2", "20"],
+        ["A3", "Account 3", "30"],
+        ["A4", "Account 4", "41"],
+        ["A5", "Account Five", "50"],
+        ["A7", "Account 7", "70"],
+    ]);
+    for breakage in [
+        // A store of a version before rows kept a hash.
+        "ALTER TABLE accounts DROP COLUMN _row_hash",
+        // Hashes that match no row: unchanged A1, A2 and changed A4 among them.
+        "UPDATE accounts SET _row_hash = 42 WHERE \"AccountID\" IN ('A1', 'A2', 'A4')",
+    ] {
+        let ws = with_six_accounts_on(StoreKind::DuckDb, "");
+        ws.alter_store(breakage);
+        ws.drop_file("accounts_20260102.csv", day_two());
+        ws.dropsync(&["run"]).code(0);
+        let db = ws.db();
+        let run = db.last_run();
+        assert_eq!(
+            (run.inserted, run.updated, run.deleted, run.unchanged),
+            (1, 2, 1, 3),
+            "{breakage}"
+        );
+        assert_eq!(accounts(&db), after_day_two, "{breakage}");
+        assert_eq!(
+            logged(&db, "2026-01-02"),
+            table(&[
+                ["delete", "A6"],
+                ["insert", "A7"],
+                ["update", "A4"],
+                ["update", "A5"]
+            ]),
+            "{breakage}"
+        );
+        // Every row now holds the hash a sync makes: the same file again
+        // finds every row unchanged, with no row left to compare.
+        assert_eq!(
+            db.count("SELECT count(DISTINCT _row_hash) FROM accounts WHERE _row_hash <> 42"),
+            6,
+            "{breakage}"
+        );
+        drop(db);
+        ws.dropsync(&["run", "--date", "2026-01-02", "--force"])
+            .code(0);
+        let run = ws.db().last_run();
+        assert_eq!(
+            (run.inserted, run.updated, run.deleted, run.unchanged),
+            (0, 0, 0, 6),
+            "{breakage}"
+        );
+    }
+}
