@@ -290,8 +290,13 @@ impl Store {
             .as_ref()
             .map(|h| format!(", {h} AS _row_hash"))
             .unwrap_or_default();
-        let classify = if let (Some(incoming_hash), false) =
-            (&incoming_hash, req.mode == Mode::Append)
+        let existing = db
+            .value::<i64>(&format!("SELECT count(*) FROM {mine} mine"), &[])
+            .map_err(self.query_error("counting rows"))? as u64;
+        // Against no stored rows (a first load) every row is an insert,
+        // and one pass that keeps them all is the cheaper.
+        let classify = if let (Some(incoming_hash), false, true) =
+            (&incoming_hash, req.mode == Mode::Append, existing > 0)
         {
             // Two steps, so that the join of every key carries a hash, not
             // whole stored rows. First the keys, each new row with its hash
@@ -300,6 +305,13 @@ impl Store {
             // matches the new row's is unchanged (not kept); any other is
             // kept, with its new row, to be compared in full.
             let key_columns = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+            // The join's stored side is all it holds in memory (or spills):
+            // only what tells the kinds apart. A delta compares dates too.
+            let stored_date = if req.mode == Mode::Delta {
+                ", _business_date"
+            } else {
+                ""
+            };
             let bookkeeping = key_aliases
                 .iter()
                 .map(String::as_str)
@@ -314,12 +326,11 @@ impl Store {
                     &format!(
                         "SELECT * FROM (
                             SELECT {keys}, t._rowid AS _rowid, i.*,
-                                   CASE WHEN t._integration IS NULL THEN 'insert'
+                                   CASE WHEN t._rowid IS NULL THEN 'insert'
                                         WHEN {only_stored} THEN 'delete'
                                         ELSE {} END AS _kind
                             FROM (SELECT *, {incoming_hash} AS {ROW_HASH} FROM {incoming} i) i
-                            {join_kind} (SELECT {key_columns}, _integration, _business_date,
-                                                {ROW_HASH}, {rowid} AS _rowid
+                            {join_kind} (SELECT {key_columns}, {ROW_HASH}, {rowid} AS _rowid{stored_date}
                                          FROM {table} WHERE _integration = '{integration}') t
                             ON {join}
                          ) classified
@@ -404,7 +415,7 @@ impl Store {
         changes.unchanged = incoming_rows.saturating_sub(
             changes.inserted + changes.updated + changes.stale + changes.duplicates,
         );
-        changes.existing = count(&format!("SELECT count(*) FROM {mine} mine"))?;
+        changes.existing = existing;
         if let Some(status) = req.status {
             let moves = self.pairs::<i64>(
                 "SELECT _new_status, count(*) FROM changes WHERE _kind IN ('insert', 'update')
