@@ -560,24 +560,30 @@ impl Store {
         let replaced =
             backend.row_in("SELECT _rowid FROM changes WHERE _kind IN ('update', 'delete')");
         let confirmed = backend.row_in("SELECT _rowid FROM changes WHERE _kind = 'confirm'");
-        let (hash_col, hash_value, rehash) = match incoming_hash {
+        // Confirmed rows get their new date; on DuckDB, in the same pass,
+        // confirmed and `rehash`ed rows get the hash of their values.
+        let (hash_col, confirm_rows) = match incoming_hash {
             Some(_) => (
                 ", _row_hash",
-                ", _row_hash",
                 format!(
-                    "UPDATE {table} SET _row_hash = c._row_hash FROM changes c
-                     WHERE {table}.rowid = c._rowid AND c._kind IN ('confirm', 'rehash');"
+                    "UPDATE {table} SET _row_hash = c._row_hash,
+                        _business_date = CASE WHEN c._kind = 'confirm' THEN {business_date}
+                                              ELSE {table}._business_date END
+                     FROM changes c
+                     WHERE {table}.rowid = c._rowid AND c._kind IN ('confirm', 'rehash')"
                 ),
             ),
-            None => ("", "", String::new()),
+            None => (
+                "",
+                format!("UPDATE {table} SET _business_date = {business_date} WHERE {confirmed}"),
+            ),
         };
         db.batch(&format!(
             "DELETE FROM {table} WHERE {replaced};
              INSERT INTO {table} ({data_cols}, _integration, _execution_id, _business_date, _updated_at{hash_col})
-                SELECT {data_cols}, '{integration}', '{execution_id}', {business_date}, {updated_at}{hash_value}
+                SELECT {data_cols}, '{integration}', '{execution_id}', {business_date}, {updated_at}{hash_col}
                 FROM changes WHERE _kind IN ('insert', 'update');
-             UPDATE {table} SET _business_date = {business_date} WHERE {confirmed};
-             {rehash}"
+             {confirm_rows};"
         ))
         .map_err(self.query_error(format!("applying changes to {}", req.table.name)))?;
 

@@ -10,10 +10,10 @@ use crate::common::{
     workspace_on,
 };
 
-const SUBSCRIBERS_HEADER: &str =
+pub(crate) const SUBSCRIBERS_HEADER: &str =
     "ListID,Email,Status,UnsubscribedDate,UnsubscribeReason,FirstName,LastName\n";
 
-const NEWSLETTER: &str = r#"
+pub(crate) const NEWSLETTER: &str = r#"
 [integrations.newsletter]
 dataset = "subscribers"
 source = { type = "folder", path = "drops" }

@@ -317,3 +317,48 @@ fn rows_whose_stored_hash_cannot_be_trusted_are_compared_by_value() {
         );
     }
 }
+
+/// In delta mode a record re-sent unchanged is confirmed (its date moves
+/// up) even when its stored hash cannot be trusted, and the same pass gives
+/// it its hash; a late file of an older date then finds it newer.
+#[test]
+fn a_delta_confirms_a_resent_record_whose_stored_hash_cannot_be_trusted() {
+    use crate::changelog::{NEWSLETTER, SUBSCRIBERS_HEADER};
+    let ws = workspace_on(StoreKind::DuckDb, NEWSLETTER);
+    ws.drop_file(
+        "subscribers_20261101.csv",
+        format!("{SUBSCRIBERS_HEADER}NEWS,ann@x.org,subscribed,,,Ann,Ash\nNEWS,bob@x.org,subscribed,,,Bob,Birch\n"),
+    );
+    ws.dropsync(&["run"]).code(0);
+    ws.alter_store("UPDATE subscribers SET _row_hash = 42");
+    ws.drop_file(
+        "subscribers_20261103.csv",
+        format!("{SUBSCRIBERS_HEADER}NEWS,ann@x.org,subscribed,,,Ann,Ash\nNEWS,bob@x.org,unsubscribed,2026-11-03,moved,Bob,Birch\n"),
+    );
+    ws.dropsync(&["run"]).code(0).stdout_has(&[
+        "subscribers_20261103.csv  success  rows 2 ok 2 rejected 0 skipped 0  +0 ~1 -0  subscribed 0 unsubscribed 1\n",
+    ]);
+    assert_eq!(
+        ws.db().rows(
+            r#"SELECT "Email", CAST(_business_date AS VARCHAR), _row_hash = 42 FROM subscribers ORDER BY "Email""#
+        ),
+        table(&[
+            ["ann@x.org", "2026-11-03", "false"],
+            ["bob@x.org", "2026-11-03", "false"],
+        ])
+    );
+    ws.drop_file(
+        "subscribers_20261102.csv",
+        format!("{SUBSCRIBERS_HEADER}NEWS,ann@x.org,unsubscribed,2026-11-02,spam,Ann,Ash\n"),
+    );
+    ws.dropsync(&["run"])
+        .code(0)
+        .stdout_has(&["1 row left alone: the stored row is from a later business date"]);
+    // Ann's record was confirmed, not changed: the log holds day 1's two
+    // inserts and Bob's update.
+    assert_eq!(
+        ws.db()
+            .count("SELECT count(*) FROM dropsync_changes WHERE business_date = DATE '2026-11-03'"),
+        1
+    );
+}
