@@ -315,7 +315,7 @@ impl Store {
             let bookkeeping = key_aliases
                 .iter()
                 .map(String::as_str)
-                .chain(["_rowid", "_kind", ROW_HASH])
+                .chain(["_rowid", "_kind", "_row_hash"])
                 .collect::<Vec<_>>()
                 .join(", ");
             format!(
@@ -329,8 +329,8 @@ impl Store {
                                    CASE WHEN t._rowid IS NULL THEN 'insert'
                                         WHEN {only_stored} THEN 'delete'
                                         ELSE {} END AS _kind
-                            FROM (SELECT *, {incoming_hash} AS {ROW_HASH} FROM {incoming} i) i
-                            {join_kind} (SELECT {key_columns}, {ROW_HASH}, {rowid} AS _rowid{stored_date}
+                            FROM (SELECT *, {incoming_hash} AS _row_hash FROM {incoming} i) i
+                            {join_kind} (SELECT {key_columns}, _row_hash, {rowid} AS _rowid{stored_date}
                                          FROM {table} WHERE _integration = '{integration}') t
                             ON {join}
                          ) classified
@@ -350,7 +350,7 @@ impl Store {
                                 CASE WHEN i._kind = 'compare'
                                      THEN CASE WHEN {differs} THEN 'update' {} ELSE 'rehash' END
                                      ELSE i._kind END AS _kind,
-                                {status_values}, i.{ROW_HASH} AS {ROW_HASH}
+                                {status_values}, i._row_hash AS _row_hash
                          FROM classified i LEFT JOIN {mine} t ON t._rowid = i._rowid",
                         key_aliases
                             .iter()
@@ -559,7 +559,6 @@ impl Store {
         let updated_at = backend.timestamp(now());
         let replaced =
             backend.row_in("SELECT _rowid FROM changes WHERE _kind IN ('update', 'delete')");
-        let confirmed = backend.row_in("SELECT _rowid FROM changes WHERE _kind = 'confirm'");
         // Confirmed rows get their new date; on DuckDB, in the same pass,
         // confirmed and `rehash`ed rows get the hash of their values.
         let (hash_col, confirm_rows) = match incoming_hash {
@@ -575,7 +574,10 @@ impl Store {
             ),
             None => (
                 "",
-                format!("UPDATE {table} SET _business_date = {business_date} WHERE {confirmed}"),
+                format!(
+                    "UPDATE {table} SET _business_date = {business_date} WHERE {}",
+                    backend.row_in("SELECT _rowid FROM changes WHERE _kind = 'confirm'")
+                ),
             ),
         };
         db.batch(&format!(
@@ -648,7 +650,7 @@ impl Store {
             "_updated_at TIMESTAMP NOT NULL".to_string(),
         ]);
         if backend == Backend::DuckDb {
-            columns.push(format!("{ROW_HASH} UBIGINT"));
+            columns.push("_row_hash UBIGINT".to_string());
         }
         let index = format!("{}_integration", target.name);
         match self.table_state(target, &index)? {
@@ -695,13 +697,11 @@ impl Store {
             )
             .and_then(|rows| rows.iter().map(|r| r.get::<String>(0)).collect())
             .map_err(self.query_error("reading columns"))?;
-        if backend == Backend::DuckDb && !existing.iter().any(|c| c == ROW_HASH) {
+        if backend == Backend::DuckDb && !existing.iter().any(|c| c == "_row_hash") {
             // A table made before rows kept their hash: each row gets one
             // the first time a sync compares it (a `rehash`).
-            db.batch(&format!(
-                "ALTER TABLE {table} ADD COLUMN {ROW_HASH} UBIGINT"
-            ))
-            .map_err(self.query_error(format!("adding column {ROW_HASH} to {}", target.name)))?;
+            db.batch(&format!("ALTER TABLE {table} ADD COLUMN _row_hash UBIGINT"))
+                .map_err(self.query_error(format!("adding column _row_hash to {}", target.name)))?;
         }
         for c in &target.columns {
             if !existing.contains(&c.name) {
@@ -719,20 +719,17 @@ impl Store {
     }
 }
 
-/// The column in which a DuckDB store keeps a hash of each row's data
-/// columns, so that a sync tells an unchanged row from a changed one by
+/// SQL: the hash of an incoming row (alias `i`) that a DuckDB store keeps
+/// in `_row_hash`: of its data columns cast to the table's types, in the
+/// table's order. A sync tells an unchanged row from a changed one by
 /// comparing hashes and reads the values of only the rows whose hashes
 /// differ. A hash is only ever trusted to say "unchanged": rows whose
 /// hashes differ are compared value by value, so a hash made another way
 /// (by another DuckDB version, or before a column was added) costs one
 /// full comparison, never a wrong update. Two different rows of one key
-/// with the same 64-bit hash would be missed as unchanged: about one chance
-/// in 10^9 for a sync that changes ten billion rows.
-pub(crate) const ROW_HASH: &str = "_row_hash";
-
-/// SQL: the hash an incoming row (alias `i`) keeps in [`ROW_HASH`], of its
-/// data columns cast to the table's types, in the table's order. `None` on
-/// PostgreSQL, whose syncs compare values.
+/// with the same 64-bit hash would be missed as unchanged: one chance in
+/// 2^64 for each changed row. `None` on PostgreSQL, whose syncs compare
+/// values.
 fn incoming_row_hash(backend: Backend, columns: &[StoredColumn]) -> Option<String> {
     (backend == Backend::DuckDb).then(|| {
         format!(
