@@ -10,6 +10,7 @@ pub mod computed;
 #[cfg(test)]
 mod conformance;
 pub mod formats;
+mod key_table;
 mod parse;
 pub mod results;
 pub mod validate;

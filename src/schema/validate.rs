@@ -13,6 +13,7 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use polars::prelude::*;
 use regex::Regex;
 
+use super::key_table::{self, KeyTable};
 use super::{Field, FieldType, RawTable, TableSchema};
 
 /// A row that was not applied, and why.
@@ -1761,7 +1762,7 @@ pub struct FileChecks {
     /// The chunk being validated.
     chunk: u32,
     /// Primary key -> its first row.
-    keys: FastMap<u128, RecordAt>,
+    keys: KeyTable,
     /// Keys seen more than once: every copy, in file order, and the key.
     repeated: FastMap<u128, (String, Vec<RecordAt>)>,
     /// Per unique key: value -> line of its first row.
@@ -1816,7 +1817,7 @@ impl FileChecks {
         FileChecks {
             hashers: Default::default(),
             chunk: 0,
-            keys: FastMap::new(),
+            keys: KeyTable::default(),
             repeated: FastMap::new(),
             unique: schema.unique_keys.iter().map(|_| FastMap::new()).collect(),
             targets,
@@ -1828,13 +1829,16 @@ impl FileChecks {
     /// table of millions of keys step by step holds the old and the new
     /// table together at every step.
     pub fn expect_rows(&mut self, rows: usize) {
-        self.keys.reserve(rows.saturating_sub(self.keys.len()));
+        self.keys.reserve_total(rows);
     }
 
+    /// A value's hash; never 0, which `KeyTable` keeps for an empty slot
+    /// (the lowest bit is always set: 127 bits are plenty).
     fn hash(&self, value: &str) -> u128 {
         use std::hash::BuildHasher;
         (u128::from(self.hashers[0].hash_one(value)) << 64)
             | u128::from(self.hashers[1].hash_one(value))
+            | 1
     }
 
     /// Notes each row's key. Returns the rows to skip as repeats of an
@@ -1857,37 +1861,39 @@ impl FileChecks {
             return (skipped, repeats);
         }
         let chunk = self.chunk;
-        self.keys.reserve(values.rows());
-        for row in 0..values.rows() {
-            let Some(k) = composite(values, &key, row) else {
+        self.keys.reserve_total(self.keys.len() + values.rows());
+        // Hashed first, so that each key's slot can be fetched ahead.
+        let hashes: Vec<Option<u128>> = (0..values.rows())
+            .map(|row| composite(values, &key, row).map(|k| self.hash(&k)))
+            .collect();
+        for (row, hash) in hashes.iter().enumerate() {
+            if let Some(Some(ahead)) = hashes.get(row + key_table::AHEAD) {
+                self.keys.prefetch(*ahead);
+            }
+            let Some(hash) = *hash else {
                 continue;
             };
-            let hash = self.hash(&k);
             let here = RecordAt {
                 line: raw.lines[row],
                 chunk,
                 row: row as u32,
             };
-            match self.keys.entry(hash) {
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(here);
-                }
-                std::collections::hash_map::Entry::Occupied(e) => {
-                    if ctx.repeats_are_duplicates {
-                        skipped.insert(row as u32);
-                        continue;
-                    }
-                    let first = *e.get();
-                    let (_, copies) = self.repeated.entry(hash).or_insert_with(|| {
-                        if first.chunk == chunk {
-                            repeats.push(first.row);
-                        }
-                        (k.into_owned(), vec![first])
-                    });
-                    copies.push(here);
-                    repeats.push(row as u32);
-                }
+            let Err(first) = self.keys.insert(hash, here) else {
+                continue;
+            };
+            if ctx.repeats_are_duplicates {
+                skipped.insert(row as u32);
+                continue;
             }
+            let (_, copies) = self.repeated.entry(hash).or_insert_with(|| {
+                if first.chunk == chunk {
+                    repeats.push(first.row);
+                }
+                let k = composite(values, &key, row).expect("the row has a key: it was hashed");
+                (k.into_owned(), vec![first])
+            });
+            copies.push(here);
+            repeats.push(row as u32);
         }
         (skipped, repeats)
     }
@@ -1927,17 +1933,23 @@ impl FileChecks {
                     .expect("checked above")
                     .extend(hashes);
             }
-            for row in 0..values.rows() {
-                if let Some(value) = composite(values, &fields, row) {
-                    let hash = self.hash(&value);
-                    if !self.knows(number, hash) {
-                        let at = RecordAt {
-                            line: raw.lines[row],
-                            chunk,
-                            row: row as u32,
-                        };
-                        self.pending.push((number as u32, hash, at));
-                    }
+            let hashes: Vec<Option<u128>> = (0..values.rows())
+                .map(|row| composite(values, &fields, row).map(|value| self.hash(&value)))
+                .collect();
+            let by_key = self.targets[number].is_none();
+            for (row, hash) in hashes.iter().enumerate() {
+                if by_key && let Some(Some(ahead)) = hashes.get(row + key_table::AHEAD) {
+                    self.keys.prefetch(*ahead);
+                }
+                if let Some(hash) = *hash
+                    && !self.knows(number, hash)
+                {
+                    let at = RecordAt {
+                        line: raw.lines[row],
+                        chunk,
+                        row: row as u32,
+                    };
+                    self.pending.push((number as u32, hash, at));
                 }
             }
         }
@@ -1946,7 +1958,7 @@ impl FileChecks {
     fn knows(&self, fk: usize, hash: u128) -> bool {
         match &self.targets[fk] {
             Some(targets) => targets.contains(&hash),
-            None => self.keys.contains_key(&hash),
+            None => self.keys.contains(hash),
         }
     }
 

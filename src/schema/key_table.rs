@@ -1,0 +1,164 @@
+//! The keys of a file seen so far, by their 128-bit hash, for the rules
+//! across rows (`validate::FileChecks`).
+//!
+//! A general hash map keeps its control bytes apart from its entries, so a
+//! key new to a table of millions costs two cache misses, taken one key at
+//! a time: at 10M rows that was most of validation's time. This table keeps
+//! each hash in its slot (linear probing, 32 bytes a slot, two a cache
+//! line), and its users say which hashes they will ask about next, so the
+//! memory of the next slots is on its way while this one is handled.
+
+use super::validate::RecordAt;
+
+/// One slot: a key's hash (0 when the slot is empty) and its first row.
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u128,
+    at: RecordAt,
+}
+
+const EMPTY: Slot = Slot {
+    hash: 0,
+    at: RecordAt {
+        line: 0,
+        chunk: 0,
+        row: 0,
+    },
+};
+
+/// How many keys ahead of the one handled the callers prefetch.
+pub const AHEAD: usize = 16;
+
+/// Hashes of keys (never 0: see `FileChecks::hash`), each with the first
+/// row that has it.
+#[derive(Default)]
+pub struct KeyTable {
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+impl KeyTable {
+    /// Makes room for `total` keys in all, at once: growing step by step
+    /// would hold the old and the new table together at every step.
+    pub fn reserve_total(&mut self, total: usize) {
+        // At most three slots in four are taken, so probes stay short.
+        if total.saturating_mul(4) <= self.slots.len().saturating_mul(3) {
+            return;
+        }
+        let wanted = total.saturating_add(total / 3).max(16);
+        let capacity = wanted.max(self.slots.len().saturating_mul(2));
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; capacity]);
+        for slot in old.into_iter().filter(|s| s.hash != 0) {
+            let index = self.probe(slot.hash);
+            self.slots[index] = slot;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Where `hash` starts looking: the hash's high half scaled to the
+    /// table's size (any size, not just powers of two).
+    fn home(&self, hash: u128) -> usize {
+        (((hash >> 64) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The slot holding `hash`, or the empty slot where it would go.
+    fn probe(&self, hash: u128) -> usize {
+        let mut index = self.home(hash);
+        loop {
+            let slot = &self.slots[index];
+            if slot.hash == hash || slot.hash == 0 {
+                return index;
+            }
+            index += 1;
+            if index == self.slots.len() {
+                index = 0;
+            }
+        }
+    }
+
+    /// Asks for the memory of `hash`'s first slot to be fetched.
+    pub fn prefetch(&self, hash: u128) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let slot: *const Slot = &self.slots[self.home(hash)];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint that reads nothing and cannot fault;
+        // the address is a slot of this table anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                slot.cast::<i8>(),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
+    /// Notes `hash` with its row. When the table has it already, it is
+    /// left as it was and the first row that had it is returned.
+    pub fn insert(&mut self, hash: u128, at: RecordAt) -> Result<(), RecordAt> {
+        debug_assert_ne!(hash, 0, "0 marks an empty slot");
+        self.reserve_total(self.len + 1);
+        let index = self.probe(hash);
+        let slot = &mut self.slots[index];
+        if slot.hash == hash {
+            return Err(slot.at);
+        }
+        *slot = Slot { hash, at };
+        self.len += 1;
+        Ok(())
+    }
+
+    pub fn contains(&self, hash: u128) -> bool {
+        !self.slots.is_empty() && self.slots[self.probe(hash)].hash == hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(row: u32) -> RecordAt {
+        RecordAt {
+            line: u64::from(row) + 2,
+            chunk: 0,
+            row,
+        }
+    }
+
+    /// The table answers as a map would, through growth, wrap-around and
+    /// hashes that share a home slot.
+    #[test]
+    fn answers_as_a_map_does() {
+        let mut table = KeyTable::default();
+        let mut map = std::collections::HashMap::new();
+        // High halves near the top share the last home and probe on across
+        // the table's end; small ones share the first; the rest spread.
+        let top = u128::from(u64::MAX);
+        let hashes: Vec<u128> =
+            (0..3000u128)
+                .map(|i| ((top - i % 3) << 64) | (i + 1))
+                .chain((0..3000u128).map(|i| ((i % 5) << 64) | (i + 1)))
+                .chain((0..3000u128).map(|i| {
+                    (u128::from((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) << 64) | 1
+                }))
+                .chain((0..3000u128).map(|i| ((top - i % 3) << 64) | (i % 1000 + 1)))
+                .collect();
+        for (row, &hash) in hashes.iter().enumerate() {
+            table.prefetch(hash);
+            let expected = map.get(&hash).copied();
+            let got = table.insert(hash, at(row as u32)).err();
+            assert_eq!(got, expected, "hash {hash:x}");
+            map.entry(hash).or_insert(at(row as u32));
+        }
+        assert_eq!(table.len(), map.len());
+        for hash in hashes {
+            assert!(table.contains(hash));
+        }
+        assert!(!table.contains(2));
+        assert!(!KeyTable::default().contains(2));
+    }
+}
