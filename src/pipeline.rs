@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use polars::prelude::{
-    BooleanChunked, DataFrame, ParquetCompression, ParquetReader, ParquetWriter, PolarsError,
-    SerReader, StatisticsOptions,
+    BooleanChunked, CompatLevel, DataFrame, ParquetReader, PolarsError, SchemaExt, SerReader,
 };
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
@@ -1196,6 +1195,43 @@ impl HandoffParts {
     }
 }
 
+/// Encodes `frame` as Parquet for DuckDB to read once, whole: no
+/// compression, no statistics (nothing filters on them) and plain pages.
+/// polars' writer would try a dictionary for every column, whose hashing
+/// of each value cost a tenth of reading a large file, for pages DuckDB
+/// reads just as fast plain.
+fn encode_parquet(writer: &mut impl Write, frame: &mut DataFrame) -> Result<(), PolarsError> {
+    use polars_parquet::write::{
+        CompressionOptions, Encoding, FileWriter, StatisticsOptions, Version, WriteOptions,
+        row_group_iter, to_parquet_schema,
+    };
+    let compat = CompatLevel::newest();
+    frame.rechunk_mut();
+    let schema = frame.schema().to_arrow(compat);
+    let options = WriteOptions {
+        statistics: StatisticsOptions::empty(),
+        version: Version::V1,
+        compression: CompressionOptions::Uncompressed,
+        data_page_size: None,
+    };
+    let fields = to_parquet_schema(&schema)?.fields().to_vec();
+    // One leaf a column: the hand-off's columns are flat.
+    let encodings: polars_buffer::Buffer<Vec<Encoding>> =
+        vec![vec![Encoding::Plain]; fields.len()].into();
+    let mut file = FileWriter::try_new(writer, schema, options)?;
+    for batch in frame.iter_chunks(compat, false) {
+        let rows = batch.len() as u64;
+        if rows > 0 {
+            file.write(
+                rows,
+                row_group_iter(batch, encodings.clone(), fields.clone(), options),
+            )?;
+        }
+    }
+    file.end(None)?;
+    Ok(())
+}
+
 /// Writes `frame` to `path` as Parquet, naming the OS error when the disk fails.
 fn write_parquet(path: &Path, frame: &mut DataFrame) -> Result<(), HandoffError> {
     let io_error = |operation, source| HandoffError::Io {
@@ -1208,12 +1244,7 @@ fn write_parquet(path: &Path, frame: &mut DataFrame) -> Result<(), HandoffError>
         inner: BufWriter::with_capacity(1 << 20, file),
         error: None,
     };
-    // Read once, whole, by DuckDB: no compression and no statistics, which
-    // would only cost time to write (nothing filters on them).
-    let encoded = ParquetWriter::new(&mut writer)
-        .with_compression(ParquetCompression::Uncompressed)
-        .with_statistics(StatisticsOptions::empty())
-        .finish(frame);
+    let encoded = encode_parquet(&mut writer, frame);
     let flushed = encoded.is_ok().then(|| writer.flush());
     // polars reports a failed write as a Parquet format error ("Invalid
     // thrift: transport error"): the OS error the writer saw is the cause.
