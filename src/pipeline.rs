@@ -1196,10 +1196,10 @@ impl HandoffParts {
 }
 
 /// Encodes `frame` as Parquet for DuckDB to read once, whole: no
-/// compression, no statistics (nothing filters on them) and plain pages.
-/// polars' writer would try a dictionary for every column, whose hashing
-/// of each value cost a tenth of reading a large file, for pages DuckDB
-/// reads just as fast plain.
+/// compression, no statistics (nothing filters on them), and plain pages
+/// but for text of a few values. polars' writer would try a dictionary for
+/// every column, whose hashing of each value cost half the hand-off's time,
+/// mostly for columns of unique values that then go plain anyway.
 fn encode_parquet(writer: &mut impl Write, frame: &mut DataFrame) -> Result<(), PolarsError> {
     use polars_parquet::write::{
         CompressionOptions, Encoding, FileWriter, StatisticsOptions, Version, WriteOptions,
@@ -1215,9 +1215,21 @@ fn encode_parquet(writer: &mut impl Write, frame: &mut DataFrame) -> Result<(), 
         data_page_size: None,
     };
     let fields = to_parquet_schema(&schema)?.fields().to_vec();
-    // One leaf a column: the hand-off's columns are flat.
-    let encodings: polars_buffer::Buffer<Vec<Encoding>> =
-        vec![vec![Encoding::Plain]; fields.len()].into();
+    // One leaf a column: the hand-off's columns are flat. A column of a
+    // few values (a plan, a status) keeps its dictionary: DuckDB then
+    // hashes and compares each value once, not once a row.
+    let encodings: polars_buffer::Buffer<Vec<Encoding>> = frame
+        .columns()
+        .iter()
+        .map(|column| {
+            vec![if few_values(column) {
+                Encoding::RleDictionary
+            } else {
+                Encoding::Plain
+            }]
+        })
+        .collect::<Vec<_>>()
+        .into();
     let mut file = FileWriter::try_new(writer, schema, options)?;
     for batch in frame.iter_chunks(compat, false) {
         let rows = batch.len() as u64;
@@ -1230,6 +1242,24 @@ fn encode_parquet(writer: &mut impl Write, frame: &mut DataFrame) -> Result<(), 
     }
     file.end(None)?;
     Ok(())
+}
+
+/// Whether a column's first thousand values are a few, repeated: text
+/// only (numbers and dates are as cheap to read plain).
+fn few_values(column: &polars::prelude::Column) -> bool {
+    let Ok(text) = column.str() else {
+        return false;
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for value in text.iter().flatten().take(1000) {
+        if !seen.contains(&value) {
+            if seen.len() == 32 {
+                return false;
+            }
+            seen.push(value);
+        }
+    }
+    !seen.is_empty()
 }
 
 /// Writes `frame` to `path` as Parquet, naming the OS error when the disk fails.
