@@ -699,7 +699,7 @@ pub(crate) fn attributes_json(
                 ),
             ));
         }
-        let value = std::str::from_utf8(raw).map_err(|e| {
+        let value = simdutf8::compat::from_utf8(raw).map_err(|e| {
             (
                 Some(key.header.clone()),
                 format!(
@@ -1013,46 +1013,51 @@ fn parse_chunk(
             continue;
         }
         // The common record: no field over the size limit and all of it
-        // text. One UTF-8 check for the whole record (csv looks field by
-        // field only past ASCII) and no per-record allocation; any other
-        // record is looked at field by field below, to say which field.
+        // text. One UTF-8 check for the whole record (SIMD, which matters
+        // once names are not ASCII) and no per-record allocation; each
+        // field is then a slice of that text, cut where a character ends.
+        // Any other record is looked at field by field below, to say which
+        // field.
         let max_field_bytes = dialect.max_field_bytes.get();
         let fits = layout
             .iter()
             .flatten()
             .all(|&c| record.get(c).map_or(0, <[u8]>::len) as u64 <= max_field_bytes);
-        let as_text = if fits {
-            csv::StringRecord::from_byte_record(std::mem::take(&mut record)).map_err(|e| {
-                record = e.into_byte_record();
-            })
-        } else {
-            Err(())
-        };
-        if let Ok(text_record) = as_text {
+        let text = fits
+            .then(|| simdutf8::basic::from_utf8(record.as_slice()).ok())
+            .flatten()
+            .filter(|text| {
+                // Fields cut mid-character would each be invalid though
+                // their bytes together are not.
+                (0..record.len()).all(|c| {
+                    record.range(c).is_some_and(|r| {
+                        text.is_char_boundary(r.start) && text.is_char_boundary(r.end)
+                    })
+                })
+            });
+        if let Some(text) = text {
             let has_attributes = match attributes.is_some() {
-                true => attributes_json(
-                    text_record.as_byte_record(),
-                    extras,
-                    max_field_bytes as usize,
-                    &mut json,
-                ),
+                true => attributes_json(&record, extras, max_field_bytes as usize, &mut json),
                 false => Ok(false),
             };
             let has_attributes = match has_attributes {
                 Ok(has) => has,
                 Err((field, message)) => {
-                    record = text_record.into_byte_record();
                     errors.push(reject(&record, field.as_deref(), message));
                     continue;
                 }
             };
             for (builder, column) in builders.iter_mut().zip(layout) {
                 match column {
-                    Some(c) => builder.append_value(text_record.get(*c).unwrap_or_default()),
+                    Some(c) => builder.append_value(
+                        record
+                            .range(*c)
+                            .and_then(|r| text.get(r))
+                            .unwrap_or_default(),
+                    ),
                     None => builder.append_null(),
                 }
             }
-            record = text_record.into_byte_record();
             if let Some(builder) = attributes.as_mut() {
                 if has_attributes {
                     builder.append_value(&json);

@@ -34,6 +34,18 @@ fn broken_files_are_refused_with_a_clear_message() {
             .skip(3)
             .flat_map(|l| format!("{l}\n").into_bytes()),
     );
+    // "é" cut in two by the delimiter: each field is invalid, though the
+    // fields' bytes put together are not.
+    let mut split_character = ACCOUNTS_HEADER.as_bytes().to_vec();
+    split_character.extend_from_slice(
+        b"A1,,Account 1,parent,pro,10,2020-01-01\nA2,,Caf\xc3,\xa9parent,pro,20,2020-01-02\n",
+    );
+    split_character.extend(
+        six_accounts()
+            .lines()
+            .skip(3)
+            .flat_map(|l| format!("{l}\n").into_bytes()),
+    );
     let gzip: Vec<u8> = vec![
         0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x4b, 0x4c, 0x4a, 0x06, 0x00,
         0xc2, 0x41, 0x24, 0x35, 0x03, 0x00, 0x00, 0x00,
@@ -84,6 +96,14 @@ fn broken_files_are_refused_with_a_clear_message() {
             invalid_utf8,
             vec![
                 "    line 3 [A2] Name: not valid UTF-8 (byte 4 of the value); if the file is Latin-1, set csv.encoding = \"latin-1\"\n",
+            ],
+        ),
+        (
+            "a character split between two fields",
+            split_character,
+            vec![
+                "    line 3 [A2] Name: not valid UTF-8 (byte 4 of the value); if the file is Latin-1, set csv.encoding = \"latin-1\"\n",
+                "    line 3 [A2] Type: not valid UTF-8 (byte 1 of the value)",
             ],
         ),
         (
