@@ -1754,8 +1754,8 @@ pub struct RecordAt {
 /// validated, so that they see the whole file while only one chunk is in
 /// memory. Values are remembered as a 128-bit hash of their canonical
 /// spelling (with a key chosen at random per file, so no file can be made
-/// to collide on purpose), with where their first row is: about 32 bytes
-/// per row, a tenth of what the rows themselves take. A chance collision
+/// to collide on purpose), with where their first row is: a 32-byte slot
+/// a key, three slots in four taken, so about 45 bytes a row. A chance collision
 /// (about 1 in 10^24 for 10 million keys) is not worth a copy of every key.
 pub struct FileChecks {
     hashers: [foldhash::quality::RandomState; 2],
