@@ -1755,8 +1755,9 @@ pub struct RecordAt {
 /// memory. Values are remembered as a 128-bit hash of their canonical
 /// spelling (with a key chosen at random per file, so no file can be made
 /// to collide on purpose), with where their first row is: a 32-byte slot
-/// a key, three slots in four taken, so about 45 bytes a row. A chance collision
-/// (about 1 in 10^24 for 10 million keys) is not worth a copy of every key.
+/// a key, three slots in four taken, so about 45 bytes a row. A chance
+/// collision (about 1 in 10^24 for 10 million keys) is not worth a copy of
+/// every key.
 pub struct FileChecks {
     hashers: [foldhash::quality::RandomState; 2],
     /// The chunk being validated.
@@ -1841,6 +1842,14 @@ impl FileChecks {
             | 1
     }
 
+    /// Each row's hash of its values in `fields`; `None` where one is
+    /// missing.
+    fn hashes(&self, values: &Comparable, fields: &[usize]) -> Vec<Option<u128>> {
+        (0..values.rows())
+            .map(|row| composite(values, fields, row).map(|value| self.hash(&value)))
+            .collect()
+    }
+
     /// Notes each row's key. Returns the rows to skip as repeats of an
     /// earlier event (append mode), and the rows of this chunk that share a
     /// key with another row of the file (rejected; described by `finish`).
@@ -1863,9 +1872,7 @@ impl FileChecks {
         let chunk = self.chunk;
         self.keys.reserve_total(self.keys.len() + values.rows());
         // Hashed first, so that each key's slot can be fetched ahead.
-        let hashes: Vec<Option<u128>> = (0..values.rows())
-            .map(|row| composite(values, &key, row).map(|k| self.hash(&k)))
-            .collect();
+        let hashes = self.hashes(values, &key);
         for (row, hash) in hashes.iter().enumerate() {
             if let Some(Some(ahead)) = hashes.get(row + key_table::AHEAD) {
                 self.keys.prefetch(*ahead);
@@ -1924,18 +1931,13 @@ impl FileChecks {
                     .iter()
                     .filter_map(index)
                     .collect();
-                let hashes: Vec<u128> = (0..values.rows())
-                    .filter_map(|row| composite(values, &targets, row))
-                    .map(|value| self.hash(&value))
-                    .collect();
+                let hashes = self.hashes(values, &targets);
                 self.targets[number]
                     .as_mut()
                     .expect("checked above")
-                    .extend(hashes);
+                    .extend(hashes.into_iter().flatten());
             }
-            let hashes: Vec<Option<u128>> = (0..values.rows())
-                .map(|row| composite(values, &fields, row).map(|value| self.hash(&value)))
-                .collect();
+            let hashes = self.hashes(values, &fields);
             let by_key = self.targets[number].is_none();
             for (row, hash) in hashes.iter().enumerate() {
                 if by_key && let Some(Some(ahead)) = hashes.get(row + key_table::AHEAD) {

@@ -290,9 +290,12 @@ impl Store {
             .as_ref()
             .map(|h| format!(", {h} AS _row_hash"))
             .unwrap_or_default();
-        let existing = db
-            .value::<i64>(&format!("SELECT count(*) FROM {mine} mine"), &[])
-            .map_err(self.query_error("counting rows"))? as u64;
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            db.value::<i64>(sql, &[])
+                .map(|n| n as u64)
+                .map_err(self.query_error("counting rows"))
+        };
+        let existing = count(&format!("SELECT count(*) FROM {mine} mine"))?;
         // Against no stored rows (a first load) every row is an insert,
         // and one pass that keeps them all is the cheaper.
         let classify = if let (Some(incoming_hash), false, true) =
@@ -401,11 +404,6 @@ impl Store {
                 _ => {}
             }
         }
-        let count = |sql: &str| -> Result<u64, StoreError> {
-            db.value::<i64>(sql, &[])
-                .map(|n| n as u64)
-                .map_err(self.query_error("counting rows"))
-        };
         let incoming_rows = count(&format!("SELECT count(*) FROM {incoming}"))?;
         if req.mode == Mode::Append {
             changes.duplicates += incoming_rows.saturating_sub(count(&format!(

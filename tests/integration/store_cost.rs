@@ -354,8 +354,8 @@ fn a_delta_confirms_a_resent_record_whose_stored_hash_cannot_be_trusted() {
     ws.dropsync(&["run"])
         .code(0)
         .stdout_has(&["1 row left alone: the stored row is from a later business date"]);
-    // Ann's record was confirmed, not changed: the log holds day 1's two
-    // inserts and Bob's update.
+    // Ann's record was confirmed, not changed: of 2026-11-03, the log
+    // holds Bob's update only.
     assert_eq!(
         ws.db()
             .count("SELECT count(*) FROM dropsync_changes WHERE business_date = DATE '2026-11-03'"),
