@@ -298,9 +298,8 @@ impl Store {
         let existing = count(&format!("SELECT count(*) FROM {mine} mine"))?;
         // Against no stored rows (a first load) every row is an insert,
         // and one pass that keeps them all is the cheaper.
-        let classify = if let (Some(incoming_hash), false, true) =
-            (&incoming_hash, req.mode == Mode::Append, existing > 0)
-        {
+        let two_steps = req.mode != Mode::Append && existing > 0;
+        let classify = if let (Some(incoming_hash), true) = (&incoming_hash, two_steps) {
             // Two steps, so that the join of every key carries a hash, not
             // whole stored rows. First the keys, each new row with its hash
             // against each stored row's key, hash and rowid: a key on one
@@ -384,8 +383,16 @@ impl Store {
                 ),
             )
         };
-        db.batch(&classify)
-            .map_err(self.query_error("comparing with the last snapshot"))?;
+        let classified = || {
+            db.batch(&classify)
+                .map_err(self.query_error("comparing with the last snapshot"))
+        };
+        if two_steps && incoming_hash.is_some() {
+            // The first step joins every stored key with the file's.
+            self.joining_keys(classified)?;
+        } else {
+            classified()?;
+        }
         let step = step.next("count");
 
         let mut changes = ChangeSet::default();

@@ -66,6 +66,7 @@ impl Store {
             // A reader records no runs, so it makes no events.
             notifiers: Vec::new(),
             subscribers: Vec::new(),
+            memory: Default::default(),
         })
     }
 

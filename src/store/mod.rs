@@ -84,6 +84,9 @@ pub struct Store {
     /// Who wants the changes applied runs make (`[[subscribe]]`): each
     /// applied run gets a delivery per subscriber that may want them.
     subscribers: Vec<crate::feed::SubscriberConfig>,
+    /// What DuckDB may hold while it applies a batch, once
+    /// `limit_memory` has set it.
+    memory: std::cell::RefCell<Option<handoff::MemoryLimits>>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -230,6 +233,7 @@ impl Store {
             read_only: false,
             notifiers: notifiers.to_vec(),
             subscribers: Vec::new(),
+            memory: Default::default(),
         };
         store.migrate()?;
         store.mark_interrupted()?;
@@ -275,6 +279,7 @@ impl Store {
             read_only: false,
             notifiers: notifiers.to_vec(),
             subscribers: Vec::new(),
+            memory: Default::default(),
         })
     }
 
@@ -309,6 +314,7 @@ impl Store {
             read_only: true,
             notifiers: Vec::new(),
             subscribers: Vec::new(),
+            memory: Default::default(),
         })
     }
 
