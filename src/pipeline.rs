@@ -801,11 +801,23 @@ fn read_in_chunks(
     let refused_sample = REFUSED_ERRORS_KEPT + 1;
     let mut handed = Vec::new();
     let scratch = config.store.staging.join(".work");
-    // The next chunk is parsed while this one is validated and handed off:
-    // two stages at once keep both cores busy where one stage alone leaves
-    // one idle. The channel holds no chunk, so at most two are in memory.
+    // The next chunk is parsed while this one is validated and the one
+    // before it is written out: three stages at once keep both cores busy
+    // where one stage alone leaves one idle, and none waits for the slowest
+    // of the other two. The channels hold no chunk, so at most three are in
+    // memory.
     let (parsed, next_parsed) = std::sync::mpsc::sync_channel(0);
-    let (consumed, chunks) = std::thread::scope(|scope| {
+    let (validated, next_validated) = std::sync::mpsc::sync_channel::<DataFrame>(0);
+    let writing = &mut *parts;
+    let (consumed, written, chunks) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<(), HandoffError> {
+            for (index, mut frame) in next_validated.into_iter().enumerate() {
+                let started = std::time::Instant::now();
+                writing.write(&mut frame)?;
+                chunk_done("hand-off", index, started);
+            }
+            Ok(())
+        });
         let parser = scope.spawn(move || {
             let mut chunks = chunks;
             for index in 0.. {
@@ -840,7 +852,6 @@ fn read_in_chunks(
                     valid = computed.add_to(valid, &chunk.table, &scratch, describe)?;
                 }
                 chunk_done("validate", handed.len(), started);
-                let started = std::time::Instant::now();
                 out.input_rows += valid.input_rows;
                 out.error_rows += valid.error_rows;
                 out.skipped_rows += valid.skipped_rows;
@@ -852,8 +863,10 @@ fn read_in_chunks(
                 let room = describe.saturating_sub(out.rejected_keys.len());
                 out.rejected_keys
                     .extend(valid.rejected_keys.drain(..).take(room));
-                parts.write(&mut valid.frame)?;
-                chunk_done("hand-off", handed.len(), started);
+                // The writer stopped: it failed, and says why once joined.
+                if validated.send(valid.frame).is_err() {
+                    return Ok(());
+                }
                 handed.push(HandedChunk {
                     start: chunk.start,
                     end: chunk.end,
@@ -876,11 +889,16 @@ fn read_in_chunks(
             }
             Ok(())
         })();
+        drop(validated);
+        let written = writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let chunks = parser
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (consumed, chunks)
+        (consumed, written, chunks)
     });
+    written?;
     consumed?;
     let late = checks.finish();
     if late.is_empty() {
