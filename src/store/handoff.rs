@@ -40,8 +40,8 @@ const MEMORY_LIMIT: &str = "1GB";
 /// What DuckDB may hold while it joins the file's keys with the stored
 /// ones (a sync against stored rows: `Store::joining_keys`). That join
 /// holds a key, a hash and a place for every stored row: at 10 million
-/// rows it no longer fit under 1 GB, and spilling it cost 1.9 s of a 5.8 s
-/// classify. It runs when nothing else is held: the file's checks are
+/// rows it no longer fit under 1 GB, and spilling it cost 1.2 to 1.9 s of
+/// a 5.2 to 5.8 s classify. It runs when nothing else is held: the file's checks are
 /// freed, no chunk is in memory, and DuckDB writes nothing yet (the bulk
 /// writes are what take DuckDB past its limit on a first load: 2.35 GB of
 /// process under 1.5 GB). With 1.5 GB for the join, a 10-million-row day-2
