@@ -26,8 +26,8 @@ const EMPTY: Slot = Slot {
     },
 };
 
-/// How many keys ahead of the one handled the callers prefetch.
-pub const AHEAD: usize = 16;
+/// How many keys ahead of the one handled `prefetch_ahead` fetches.
+const AHEAD: usize = 16;
 
 /// Hashes of keys (never 0: see `FileChecks::hash`), each with the first
 /// row that has it.
@@ -80,7 +80,7 @@ impl KeyTable {
     }
 
     /// Asks for the memory of `hash`'s first slot to be fetched.
-    pub fn prefetch(&self, hash: u128) {
+    fn prefetch(&self, hash: u128) {
         if self.slots.is_empty() {
             return;
         }
@@ -95,6 +95,14 @@ impl KeyTable {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = slot;
+    }
+
+    /// While the hash of row `row` of `hashes` is handled, asks for the
+    /// slot of the one `AHEAD` rows on.
+    pub fn prefetch_ahead(&self, hashes: &[Option<u128>], row: usize) {
+        if let Some(Some(ahead)) = hashes.get(row + AHEAD) {
+            self.prefetch(*ahead);
+        }
     }
 
     /// Notes `hash` with its row. When the table has it already, it is

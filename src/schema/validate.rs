@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use polars::prelude::*;
 use regex::Regex;
 
-use super::key_table::{self, KeyTable};
+use super::key_table::KeyTable;
 use super::{Field, FieldType, RawTable, TableSchema};
 
 /// A row that was not applied, and why.
@@ -1874,9 +1874,7 @@ impl FileChecks {
         // Hashed first, so that each key's slot can be fetched ahead.
         let hashes = self.hashes(values, &key);
         for (row, hash) in hashes.iter().enumerate() {
-            if let Some(Some(ahead)) = hashes.get(row + key_table::AHEAD) {
-                self.keys.prefetch(*ahead);
-            }
+            self.keys.prefetch_ahead(&hashes, row);
             let Some(hash) = *hash else {
                 continue;
             };
@@ -1940,8 +1938,8 @@ impl FileChecks {
             let hashes = self.hashes(values, &fields);
             let by_key = self.targets[number].is_none();
             for (row, hash) in hashes.iter().enumerate() {
-                if by_key && let Some(Some(ahead)) = hashes.get(row + key_table::AHEAD) {
-                    self.keys.prefetch(*ahead);
+                if by_key {
+                    self.keys.prefetch_ahead(&hashes, row);
                 }
                 if let Some(hash) = *hash
                     && !self.knows(number, hash)

@@ -298,7 +298,7 @@ impl Store {
         let existing = count(&format!("SELECT count(*) FROM {mine} mine"))?;
         // Against no stored rows (a first load) every row is an insert,
         // and one pass that keeps them all is the cheaper.
-        let two_steps = req.mode != Mode::Append && existing > 0;
+        let two_steps = incoming_hash.is_some() && req.mode != Mode::Append && existing > 0;
         let classify = if let (Some(incoming_hash), true) = (&incoming_hash, two_steps) {
             // Two steps, so that the join of every key carries a hash, not
             // whole stored rows. First the keys, each new row with its hash
@@ -387,7 +387,7 @@ impl Store {
             db.batch(&classify)
                 .map_err(self.query_error("comparing with the last snapshot"))
         };
-        if two_steps && incoming_hash.is_some() {
+        if two_steps {
             // The first step joins every stored key with the file's.
             self.joining_keys(classified)?;
         } else {

@@ -24,27 +24,25 @@ fn replace_row(n: usize, line: &str) -> Vec<u8> {
 #[test]
 fn broken_files_are_refused_with_a_clear_message() {
     let name = "accounts_20260102.csv";
-    let mut invalid_utf8 = ACCOUNTS_HEADER.as_bytes().to_vec();
-    invalid_utf8.extend_from_slice(
+    // The header, `first_rows`, then the six accounts' rows from the third.
+    let with_first_rows = |first_rows: &[u8]| -> Vec<u8> {
+        let mut file = ACCOUNTS_HEADER.as_bytes().to_vec();
+        file.extend_from_slice(first_rows);
+        file.extend(
+            six_accounts()
+                .lines()
+                .skip(3)
+                .flat_map(|l| format!("{l}\n").into_bytes()),
+        );
+        file
+    };
+    let invalid_utf8 = with_first_rows(
         b"A1,,Account 1,parent,pro,10,2020-01-01\nA2,,Caf\xe9 Bar,parent,pro,20,2020-01-02\n",
-    );
-    invalid_utf8.extend(
-        six_accounts()
-            .lines()
-            .skip(3)
-            .flat_map(|l| format!("{l}\n").into_bytes()),
     );
     // "é" cut in two by the delimiter: each field is invalid, though the
     // fields' bytes put together are not.
-    let mut split_character = ACCOUNTS_HEADER.as_bytes().to_vec();
-    split_character.extend_from_slice(
+    let split_character = with_first_rows(
         b"A1,,Account 1,parent,pro,10,2020-01-01\nA2,,Caf\xc3,\xa9parent,pro,20,2020-01-02\n",
-    );
-    split_character.extend(
-        six_accounts()
-            .lines()
-            .skip(3)
-            .flat_map(|l| format!("{l}\n").into_bytes()),
     );
     let gzip: Vec<u8> = vec![
         0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x4b, 0x4c, 0x4a, 0x06, 0x00,
