@@ -80,6 +80,7 @@ impl KeyTable {
     }
 
     /// Asks for the memory of `hash`'s first slot to be fetched.
+    #[inline]
     fn prefetch(&self, hash: u128) {
         if self.slots.is_empty() {
             return;
@@ -99,6 +100,7 @@ impl KeyTable {
 
     /// While the hash of row `row` of `hashes` is handled, asks for the
     /// slot of the one `AHEAD` rows on.
+    #[inline]
     pub fn prefetch_ahead(&self, hashes: &[Option<u128>], row: usize) {
         if let Some(Some(ahead)) = hashes.get(row + AHEAD) {
             self.prefetch(*ahead);
