@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use polars::prelude::{
-    BooleanChunked, CompatLevel, DataFrame, ParquetReader, PolarsError, SchemaExt, SerReader,
+    BooleanChunked, CompatLevel, DataFrame, IntoColumn, ParquetReader, PolarsError, SchemaExt,
+    SerReader, UInt64Chunked,
 };
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
@@ -19,8 +20,8 @@ use crate::schema::{
 };
 use crate::source::StagedFile;
 use crate::store::{
-    ApplyRequest, ChangeSet, FailureKind, Outcome, RunRecord, RunStatus, Store, StoreError,
-    TargetTable,
+    ApplyRequest, ChangeSet, FailureKind, Outcome, Prefiltered, ROW_HASH, RunRecord, RunStatus,
+    Store, StoreError, StoredHashes, TargetTable,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -471,7 +472,11 @@ fn validate_and_apply(
     let started = std::time::Instant::now();
     // Removed when this function returns, whichever way: a failed write
     // (a full disk) must not leave a half-written file keeping it full.
-    let mut parts = HandoffParts::new(&config.store.staging, &run.execution_id);
+    let mut parts = HandoffParts::new(
+        &config.store.staging,
+        &run.execution_id,
+        store.db().duck().is_some(),
+    );
     let reading = schema::formats::DropReading::of(&integration.config);
     let read =
         if integration.metrics.is_none() && schema::formats::is_plain_csv(&file.name, &reading) {
@@ -530,6 +535,10 @@ fn validate_and_apply(
         force: opts.force,
         dry_run: opts.dry_run,
         sample: if opts.dry_run { DRY_RUN_SAMPLE } else { 0 },
+        prefiltered: parts.unmatched().map(|unmatched| Prefiltered {
+            valid_rows: valid.handed_off,
+            unmatched,
+        }),
     };
     run.status = if valid.error_rows > 0 {
         RunStatus::Partial
@@ -809,8 +818,18 @@ fn read_in_chunks(
     let (parsed, next_parsed) = std::sync::mpsc::sync_channel(0);
     let (validated, next_validated) = std::sync::mpsc::sync_channel::<DataFrame>(0);
     let writing = &mut *parts;
+    // A snapshot sync leaves out the rows it finds unchanged among the
+    // stored ones: the writer reads their hashes, on a connection of its
+    // own, while the first chunk is parsed and validated.
+    let stored_rows = (writing.hashed && integration.mode == Mode::Snapshot)
+        .then(|| store.reader())
+        .transpose()?;
     let (consumed, written, chunks) = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> Result<(), HandoffError> {
+        let writer = scope.spawn(move || -> Result<(), ReadFailure> {
+            if let Some(reader) = stored_rows {
+                writing.stored =
+                    StoredHashes::load(&reader, &integration.target.name, &integration.name)?;
+            }
             for (index, mut frame) in next_validated.into_iter().enumerate() {
                 let started = std::time::Instant::now();
                 writing.write(&mut frame)?;
@@ -1151,15 +1170,33 @@ struct HandoffParts {
     dir: PathBuf,
     execution_id: String,
     parts: Vec<PathBuf>,
+    /// Whether each row goes with the hash of its values (`_row_hash`),
+    /// which a DuckDB store keeps with the row.
+    hashed: bool,
+    /// The hashes of the rows the integration holds, for a snapshot sync
+    /// against them: a row found among them is unchanged and not written.
+    stored: Option<StoredHashes>,
+    /// For each part, the rows of its frame it holds, when some were left
+    /// out as unchanged.
+    kept: Vec<Option<Vec<u32>>>,
 }
 
 impl HandoffParts {
-    fn new(staging: &Path, execution_id: &str) -> HandoffParts {
+    fn new(staging: &Path, execution_id: &str, hashed: bool) -> HandoffParts {
         HandoffParts {
             dir: staging.join(".work"),
             execution_id: execution_id.to_string(),
             parts: Vec::new(),
+            hashed,
+            stored: None,
+            kept: Vec::new(),
         }
+    }
+
+    /// The hashes of the stored rows no row of the file matched, when the
+    /// rows that matched one were left out.
+    fn unmatched(&self) -> Option<Vec<u64>> {
+        self.stored.as_ref().map(StoredHashes::unmatched)
     }
 
     /// The parts written so far, as the store reads them.
@@ -1187,12 +1224,56 @@ impl HandoffParts {
         }
         // Listed before it is written: a half-written part is removed too.
         self.parts.push(path.clone());
+        if !self.hashed {
+            return write_parquet(&path, frame);
+        }
+        let encode = |e: PolarsError| HandoffError::Encode {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let mut hashes = crate::store::row_hashes(frame);
+        let mut left = None;
+        if let Some(stored) = &mut self.stored {
+            let found = stored.match_rows(&hashes);
+            let kept: Vec<u32> = (0..found.len() as u32)
+                .filter(|&row| !found[row as usize])
+                .collect();
+            if kept.len() < found.len() {
+                let keep: BooleanChunked = found.iter().map(|&f| !f).collect();
+                left = Some(frame.filter(&keep).map_err(encode)?);
+                hashes = kept.iter().map(|&row| hashes[row as usize]).collect();
+            }
+            self.kept.push(Some(kept));
+        } else {
+            self.kept.push(None);
+        }
+        let frame = left.as_mut().unwrap_or(frame);
+        frame
+            .with_column(UInt64Chunked::from_vec(ROW_HASH.into(), hashes).into_column())
+            .map_err(encode)?;
         write_parquet(&path, frame)
     }
 
     /// Leaves out of part `part` the rows at `rows` (ascending indices in
     /// it): rows found wrong only once the whole file was read.
     fn drop_rows(&mut self, part: usize, rows: &[u32]) -> Result<(), HandoffError> {
+        // Rows of the frame left out as unchanged are not in the part. Such
+        // a row rejected late leaves its stored row matched, not deleted:
+        // its key is a rejected one, which a snapshot keeps anyway.
+        let in_part: Vec<u32>;
+        let rows = match self.kept.get(part) {
+            Some(Some(kept)) => {
+                in_part = rows
+                    .iter()
+                    .filter_map(|row| kept.binary_search(row).ok().map(|at| at as u32))
+                    .collect();
+                &in_part[..]
+            }
+            _ => rows,
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
         let path = self.parts[part].clone();
         let file = std::fs::File::open(&path).map_err(|source| HandoffError::Io {
             operation: "read back",

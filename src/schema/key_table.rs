@@ -29,6 +29,22 @@ const EMPTY: Slot = Slot {
 /// How many keys ahead of the one handled `prefetch_ahead` fetches.
 const AHEAD: usize = 16;
 
+/// Asks for the memory of `value` to be fetched into the cache: a hint
+/// that reads nothing and cannot fault.
+#[inline]
+pub(crate) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and cannot fault; the address is of
+    // a live value anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (value as *const T).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// Hashes of keys (never 0: see `FileChecks::hash`), each with the first
 /// row that has it.
 #[derive(Default)]
@@ -85,17 +101,7 @@ impl KeyTable {
         if self.slots.is_empty() {
             return;
         }
-        let slot: *const Slot = &self.slots[self.home(hash)];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is a hint that reads nothing and cannot fault;
-        // the address is a slot of this table anyway.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                slot.cast::<i8>(),
-            );
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
+        prefetch(&self.slots[self.home(hash)]);
     }
 
     /// While the hash of row `row` of `hashes` is handled, asks for the

@@ -11,6 +11,7 @@ pub mod computed;
 mod conformance;
 pub mod formats;
 mod key_table;
+pub(crate) use key_table::prefetch;
 mod parse;
 pub mod results;
 pub mod validate;

@@ -34,6 +34,21 @@ pub struct ApplyRequest<'a> {
     pub dry_run: bool,
     /// How many example keys of each kind of change to report.
     pub sample: usize,
+    /// The rows of the file found unchanged while it was read, when they
+    /// were left out of `rows` (a snapshot sync on DuckDB).
+    pub prefiltered: Option<Prefiltered>,
+}
+
+/// What a snapshot sync learnt of the stored rows while it read the file,
+/// matching each valid row's hash with theirs (`unchanged`): the rows that
+/// matched one are unchanged and not in the hand-off; the stored rows no
+/// row matched are the only ones to compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefiltered {
+    /// The file's valid rows, in the hand-off or left out.
+    pub valid_rows: u64,
+    /// The hashes of the stored rows no row of the file matched.
+    pub unmatched: Vec<u64>,
 }
 
 /// What a batch changes.
@@ -134,11 +149,12 @@ impl Store {
         };
         let backend = db.backend();
         let _ = db.batch(&format!(
-            "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
+            "DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {}; DROP TABLE IF EXISTS {};",
             backend.temp("changes"),
             backend.temp("classified"),
             backend.temp("protected"),
             backend.temp("incoming"),
+            backend.temp("unmatched"),
         ));
         Ok(outcome)
     }
@@ -284,12 +300,15 @@ impl Store {
         // the stored row's rowid (`_rowid`) and values (`_was0`, ... in the
         // order of the table's columns), so neither the apply nor the change
         // log reads the table again; unchanged keys are counted, not kept.
-        // On DuckDB it also keeps the new row's hash (`_row_hash`).
-        let incoming_hash = incoming_row_hash(backend, &req.table.columns);
-        let new_hash = incoming_hash
+        // On DuckDB it also keeps the new row's hash (`_row_hash`), which
+        // each handed-off row carries (`unchanged`).
+        let hashed = backend == Backend::DuckDb;
+        // Rows found unchanged while the file was read (snapshots only,
+        // which compare whole files) are not in the hand-off.
+        let prefiltered = req
+            .prefiltered
             .as_ref()
-            .map(|h| format!(", {h} AS _row_hash"))
-            .unwrap_or_default();
+            .filter(|_| hashed && req.mode == Mode::Snapshot);
         let count = |sql: &str| -> Result<u64, StoreError> {
             db.value::<i64>(sql, &[])
                 .map(|n| n as u64)
@@ -297,9 +316,24 @@ impl Store {
         };
         let existing = count(&format!("SELECT count(*) FROM {mine} mine"))?;
         // Against no stored rows (a first load) every row is an insert,
-        // and one pass that keeps them all is the cheaper.
-        let two_steps = incoming_hash.is_some() && req.mode != Mode::Append && existing > 0;
-        let classify = if let (Some(incoming_hash), true) = (&incoming_hash, two_steps) {
+        // and one pass that keeps them all is the cheaper. Rows found
+        // unchanged before the diff leave few to compare, in one pass too.
+        let two_steps = hashed && req.mode != Mode::Append && existing > 0 && prefiltered.is_none();
+        let compared = match prefiltered {
+            Some(prefiltered) => {
+                self.load_unmatched(&prefiltered.unmatched)?;
+                // The stored rows no row of the file matched, and those
+                // whose hash was never made.
+                format!(
+                    "(SELECT *, {rowid} AS _rowid FROM {table}
+                      WHERE _integration = '{integration}'
+                        AND (_row_hash IS NULL OR _row_hash IN (SELECT h FROM {})))",
+                    backend.temp("unmatched")
+                )
+            }
+            _ => mine.clone(),
+        };
+        let classify = if two_steps {
             // Two steps, so that the join of every key carries a hash, not
             // whole stored rows. First the keys, each new row with its hash
             // against each stored row's key, hash and rowid: a key on one
@@ -331,7 +365,7 @@ impl Store {
                                    CASE WHEN t._rowid IS NULL THEN 'insert'
                                         WHEN {only_stored} THEN 'delete'
                                         ELSE {} END AS _kind
-                            FROM (SELECT *, {incoming_hash} AS _row_hash FROM {incoming} i) i
+                            FROM {incoming} i
                             {join_kind} (SELECT {key_columns}, _row_hash, {rowid} AS _rowid{stored_date}
                                          FROM {table} WHERE _integration = '{integration}') t
                             ON {join}
@@ -366,7 +400,18 @@ impl Store {
         } else {
             // One join classifies every key. Snapshots join both ways, so a
             // key only the store has is a delete, unless its row was
-            // rejected today.
+            // rejected today. Compared with the stored rows no row of the
+            // file matched, a key whose values are the same is `rehash`ed:
+            // its stored hash was made another way.
+            let present = if prefiltered.is_some() {
+                format!(
+                    "CASE WHEN {differs} THEN 'update'
+                          WHEN t._row_hash IS DISTINCT FROM i._row_hash THEN 'rehash'
+                          ELSE 'unchanged' END"
+                )
+            } else {
+                present_kind(&differs, "update")
+            };
             backend.create_temp_as(
                 "changes",
                 &format!(
@@ -374,12 +419,11 @@ impl Store {
                     SELECT {keys}, t._rowid AS _rowid, {stored_values}, i.*,
                            CASE WHEN t._integration IS NULL THEN 'insert'
                                 WHEN {only_stored} THEN 'delete'
-                                ELSE {} END AS _kind,
-                           {status_values}{new_hash}
-                    FROM {distinct_incoming} i {join_kind} {mine} t ON {join}
+                                ELSE {present} END AS _kind,
+                           {status_values}
+                    FROM {distinct_incoming} i {join_kind} {compared} t ON {join}
                  ) classified
-                 WHERE _kind <> 'unchanged' AND {not_protected}",
-                    present_kind(&differs, "update")
+                 WHERE _kind <> 'unchanged' AND {not_protected}"
                 ),
             )
         };
@@ -411,7 +455,10 @@ impl Store {
                 _ => {}
             }
         }
-        let incoming_rows = count(&format!("SELECT count(*) FROM {incoming}"))?;
+        let incoming_rows = match prefiltered {
+            Some(prefiltered) => prefiltered.valid_rows,
+            None => count(&format!("SELECT count(*) FROM {incoming}"))?,
+        };
         if req.mode == Mode::Append {
             changes.duplicates += incoming_rows.saturating_sub(count(&format!(
                 "SELECT count(*) FROM {distinct_incoming} distinct_incoming"
@@ -566,8 +613,8 @@ impl Store {
             backend.row_in("SELECT _rowid FROM changes WHERE _kind IN ('update', 'delete')");
         // Confirmed rows get their new date; on DuckDB, in the same pass,
         // confirmed and `rehash`ed rows get the hash of their values.
-        let (hash_col, confirm_rows) = match incoming_hash {
-            Some(_) => (
+        let (hash_col, confirm_rows) = match hashed {
+            true => (
                 ", _row_hash",
                 format!(
                     "UPDATE {table} SET _row_hash = c._row_hash,
@@ -577,7 +624,7 @@ impl Store {
                      WHERE {table}.rowid = c._rowid AND c._kind IN ('confirm', 'rehash')"
                 ),
             ),
-            None => (
+            false => (
                 "",
                 format!(
                     "UPDATE {table} SET _business_date = {business_date} WHERE {}",
@@ -620,6 +667,27 @@ impl Store {
             .map_err(self.query_error("recording the run"))?;
         step.next("");
         Ok(Outcome::Applied(changes))
+    }
+
+    /// Loads the hashes of the stored rows no row of the file matched
+    /// into the temporary table `unmatched` (`h`).
+    fn load_unmatched(&self, hashes: &[u64]) -> Result<(), StoreError> {
+        let db = self.db();
+        let context = "loading the unmatched rows' hashes";
+        db.batch(&db.backend().create_temp("unmatched", "h UBIGINT"))
+            .map_err(self.query_error(context))?;
+        let Some(conn) = db.duck() else {
+            return Ok(());
+        };
+        (|| {
+            let mut appender =
+                conn.appender_with_columns_to_catalog_and_db("unmatched", "temp", "main", &["h"])?;
+            for &hash in hashes {
+                appender.append_row([hash])?;
+            }
+            appender.flush()
+        })()
+        .map_err(self.query_error(context))
     }
 
     /// Rows of (text, count) from `sql`.
@@ -722,30 +790,6 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// SQL: the hash of an incoming row (alias `i`) that a DuckDB store keeps
-/// in `_row_hash`: of its data columns cast to the table's types, in the
-/// table's order. A sync tells an unchanged row from a changed one by
-/// comparing hashes and reads the values of only the rows whose hashes
-/// differ. A hash is only ever trusted to say "unchanged": rows whose
-/// hashes differ are compared value by value, so a hash made another way
-/// (by another DuckDB version, or before a column was added) costs one
-/// full comparison, never a wrong update. Two different rows of one key
-/// with the same 64-bit hash would be missed as unchanged: one chance in
-/// 2^64 for each changed row. `None` on PostgreSQL, whose syncs compare
-/// values.
-fn incoming_row_hash(backend: Backend, columns: &[StoredColumn]) -> Option<String> {
-    (backend == Backend::DuckDb).then(|| {
-        format!(
-            "hash({})",
-            columns
-                .iter()
-                .map(|c| format!("CAST(i.{} AS {})", ident(&c.name), c.sql_type))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })
 }
 
 /// Logs how long each step of a batch takes (at debug level).

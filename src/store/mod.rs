@@ -13,6 +13,7 @@ mod history;
 mod outbox;
 mod overview;
 mod postgres;
+mod unchanged;
 mod unsubscribes;
 mod workers;
 
@@ -23,7 +24,7 @@ use duckdb::Connection;
 
 pub(crate) use db::{Backend, Db, DbError, Row, Value};
 
-pub use apply::{ApplyRequest, ChangeSet, FieldChange, Outcome, Sample, TargetTable};
+pub use apply::{ApplyRequest, ChangeSet, FieldChange, Outcome, Prefiltered, Sample, TargetTable};
 pub use browse::{RunFilter, RunPage};
 pub use changelog::{ChangeFilter, ChangeKind, ChangeRecord, RowAction, json_text};
 pub use export::{ExportFormat, TableExport};
@@ -32,6 +33,7 @@ pub use history::{FailureKind, RunRecord, RunStatus};
 pub use outbox::{PendingDelivery, Undelivered};
 pub use overview::HistoryGlance;
 pub use postgres::{PasswordSource, PgConnect, PgConnectError, PgSettings, SslMode, mask_password};
+pub use unchanged::{ROW_HASH, StoredHashes, row_hashes};
 pub use unsubscribes::{FormulaCells, UnsubscribeColumns, UnsubscribeFilter, spreadsheet_safe};
 pub use workers::{Hold, SharedState, Taken, worker_id};
 

@@ -1,0 +1,312 @@
+//! Rows a snapshot sync finds unchanged before the diff.
+//!
+//! Every stored row keeps a hash of its values (`_row_hash`), made here
+//! from the validated row as it was handed off. While a file is read, the
+//! hash of each valid row is looked up among the hashes of the rows the
+//! integration holds: a row whose hash is found is the stored row of its
+//! key, unchanged, and goes no further. Only the other rows (new or
+//! changed) are handed off, and only the stored rows no row of the file
+//! matched (changed or gone) are compared, by key, in DuckDB.
+//!
+//! A hash is trusted to say "unchanged" only: rows whose hashes differ are
+//! compared value by value, so a stored hash made another way (by an
+//! earlier version, or before a column was added) costs a comparison and
+//! a `rehash`, never a wrong update. Two different rows with the same
+//! 64-bit hash would be missed as unchanged: one chance in 2^64 for each
+//! changed row.
+
+use duckdb::arrow::array::AsArray;
+use duckdb::arrow::datatypes::UInt64Type;
+use polars::prelude::{DataFrame, DataType, Series};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{Store, StoreError, ident};
+use crate::schema::prefetch;
+
+/// The column a row's hash goes in, in the hand-off and the stored table.
+pub const ROW_HASH: &str = "_row_hash";
+
+/// The hash of each row of `frame`: of its columns' values, in order.
+///
+/// Made of each value's own hash (its text's xxh3, its number's bits), so
+/// it stays the same across versions of this program and its libraries as
+/// long as the values and the order of the columns do. Two rows that differ
+/// in one value always hash apart: each fold is one-to-one in the hash so
+/// far and in the value.
+pub fn row_hashes(frame: &DataFrame) -> Vec<u64> {
+    let mut hashes = vec![SEED; frame.height()];
+    for (n, column) in frame.columns().iter().enumerate() {
+        fold_column(&mut hashes, column.as_materialized_series(), n as u64);
+    }
+    hashes
+}
+
+const SEED: u64 = 0x243f_6a88_85a3_08d3;
+/// Odd, so multiplying by it is one-to-one.
+const STEP: u64 = 0x9e37_79b9_7f4a_7c15;
+/// What an empty value (null) folds in.
+const EMPTY_VALUE: u64 = 0x1319_8a2e_0370_7344;
+
+/// A one-to-one mix of 64 bits (MurmurHash3's finalizer).
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// Folds the values of column `n` into `hashes`, one a row.
+fn fold_column(hashes: &mut [u64], series: &Series, n: u64) {
+    let salt = mix(n.wrapping_add(1).wrapping_mul(STEP));
+    let fold = |hashes: &mut [u64], values: &mut dyn Iterator<Item = Option<u64>>| {
+        for (hash, value) in hashes.iter_mut().zip(values) {
+            let word = value.map_or(EMPTY_VALUE, |v| mix(v ^ salt));
+            *hash = mix(hash.wrapping_mul(STEP) ^ word);
+        }
+    };
+    let physical = series.to_physical_repr();
+    let typed = match physical.dtype() {
+        DataType::String => {
+            let text = physical.str().expect("a text column");
+            return fold(
+                hashes,
+                &mut text.iter().map(|v| v.map(|s| xxh3_64(s.as_bytes()))),
+            );
+        }
+        DataType::Boolean => {
+            let flags = physical.bool().expect("a boolean column");
+            return fold(hashes, &mut flags.iter().map(|v| v.map(u64::from)));
+        }
+        DataType::Float32 | DataType::Float64 => physical.cast(&DataType::Float64).map(|s| {
+            let floats = s.f64().expect("a float column").clone();
+            fold(hashes, &mut floats.iter().map(|v| v.map(f64::to_bits)));
+        }),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+            physical.cast(&DataType::Int64).map(|s| {
+                let ints = s.i64().expect("an integer column").clone();
+                fold(hashes, &mut ints.iter().map(|v| v.map(|v| v as u64)));
+            })
+        }
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+            physical.cast(&DataType::UInt64).map(|s| {
+                let ints = s.u64().expect("an integer column").clone();
+                fold(hashes, &mut ints.iter());
+            })
+        }
+        DataType::Null => {
+            fold(hashes, &mut std::iter::repeat_n(None, physical.len()));
+            Ok(())
+        }
+        // Anything else, by its text.
+        _ => physical.cast(&DataType::String).map(|s| {
+            let text = s.str().expect("a text column").clone();
+            fold(
+                hashes,
+                &mut text.iter().map(|v| v.map(|s| xxh3_64(s.as_bytes()))),
+            );
+        }),
+    };
+    if typed.is_err() {
+        // A column that cannot be read as its type hashes as empty: its
+        // rows are then compared value by value.
+        fold(hashes, &mut std::iter::repeat_n(None, physical.len()));
+    }
+}
+
+/// The hashes of the rows an integration holds, each marked once a row of
+/// the file matches it. Open addressing, a hash a slot (0 when empty), so
+/// ten million hashes take 107 MB.
+pub struct StoredHashes {
+    slots: Vec<u64>,
+    /// A bit a slot: matched by a row of the file.
+    matched: Vec<u64>,
+}
+
+/// Stands in for a hash of 0, which marks an empty slot.
+const ZERO_STANDIN: u64 = 0x2545_f491_4f6c_dd1d;
+
+/// How many hashes ahead of the one looked up `match_rows` fetches.
+const AHEAD: usize = 16;
+
+impl StoredHashes {
+    fn with_hashes(hashes: impl ExactSizeIterator<Item = u64>) -> StoredHashes {
+        let capacity = (hashes.len() + hashes.len() / 3).max(16);
+        let mut table = StoredHashes {
+            slots: vec![0; capacity],
+            matched: vec![0; capacity.div_ceil(64)],
+        };
+        for hash in hashes {
+            let hash = stored_form(hash);
+            let index = table.probe(hash);
+            table.slots[index] = hash;
+        }
+        table
+    }
+
+    /// The hashes of the rows `integration` holds in `table`; `None` when
+    /// the table does not exist yet or holds none of them.
+    pub fn load(
+        store: &Store,
+        table: &str,
+        integration: &str,
+    ) -> Result<Option<StoredHashes>, StoreError> {
+        let Some(conn) = store.db().duck() else {
+            return Ok(None);
+        };
+        if !store.table_exists(table)? {
+            return Ok(None);
+        }
+        let context = "reading the stored rows' hashes";
+        let has_hashes: i64 = store
+            .db()
+            .value(
+                "SELECT count(*) FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = ? AND column_name = '_row_hash'",
+                &[&table],
+            )
+            .map_err(store.query_error(context))?;
+        if has_hashes == 0 {
+            return Ok(None);
+        }
+        let mut hashes: Vec<u64> = Vec::new();
+        let mut statement = conn
+            .prepare(&format!(
+                "SELECT _row_hash FROM {} WHERE _integration = ? AND _row_hash IS NOT NULL",
+                ident(table)
+            ))
+            .map_err(store.query_error(context))?;
+        let batches = statement
+            .query_arrow([integration])
+            .map_err(store.query_error(context))?;
+        for batch in batches {
+            let column = batch.column(0).as_primitive::<UInt64Type>();
+            hashes.extend(column.values().iter().copied().take(column.len()));
+        }
+        if hashes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(StoredHashes::with_hashes(hashes.into_iter())))
+    }
+
+    /// Where `hash` starts looking: its bits scaled to the table's size.
+    fn home(&self, hash: u64) -> usize {
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The slot holding `hash`, or the empty slot where it would go.
+    fn probe(&self, hash: u64) -> usize {
+        let mut index = self.home(hash);
+        loop {
+            let slot = self.slots[index];
+            if slot == hash || slot == 0 {
+                return index;
+            }
+            index += 1;
+            if index == self.slots.len() {
+                index = 0;
+            }
+        }
+    }
+
+    /// For each of `hashes` (a chunk's rows), whether a stored row has it;
+    /// each stored row found is marked matched.
+    pub fn match_rows(&mut self, hashes: &[u64]) -> Vec<bool> {
+        let mut found = Vec::with_capacity(hashes.len());
+        for (row, &hash) in hashes.iter().enumerate() {
+            if let Some(&ahead) = hashes.get(row + AHEAD) {
+                prefetch(&self.slots[self.home(stored_form(ahead))]);
+            }
+            let hash = stored_form(hash);
+            let index = self.probe(hash);
+            let held = self.slots[index] == hash;
+            if held {
+                self.matched[index / 64] |= 1 << (index % 64);
+            }
+            found.push(held);
+        }
+        found
+    }
+
+    /// The hashes no row of the file matched: stored rows changed or gone.
+    pub fn unmatched(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|&(index, &slot)| {
+                slot != 0 && self.matched[index / 64] & (1 << (index % 64)) == 0
+            })
+            .map(|(_, &slot)| if slot == ZERO_STANDIN { 0 } else { slot })
+            .collect()
+    }
+}
+
+fn stored_form(hash: u64) -> u64 {
+    if hash == 0 { ZERO_STANDIN } else { hash }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::prelude::*;
+
+    /// A row's hash depends on each of its values and their order, not on
+    /// the frame it is in: one changed value, a value moved to another
+    /// column, or an empty value for an empty text all hash apart.
+    #[test]
+    fn a_row_hash_changes_with_any_value() {
+        let frame = df!(
+            "id" => ["A1", "A2", "A3", "A4", "A5", "A1"],
+            "name" => [Some("x"), Some("y"), Some(""), None, Some("A5"), Some("x")],
+            "seats" => [Some(1i64), Some(1), Some(1), Some(1), None, Some(1)],
+            "score" => [Some(0.5f64), Some(0.5), Some(0.5), Some(0.5), Some(0.5), Some(0.5)],
+        )
+        .unwrap();
+        let hashes = row_hashes(&frame);
+        assert_eq!(hashes[0], hashes[5], "the same values hash the same");
+        let distinct: std::collections::HashSet<u64> = hashes[..5].iter().copied().collect();
+        assert_eq!(distinct.len(), 5, "{hashes:?}");
+        // The same row alone in a frame of its own.
+        let alone = frame.slice(1, 1);
+        assert_eq!(row_hashes(&alone), vec![hashes[1]]);
+        // Swapped values of two text columns.
+        let swapped =
+            df!("id" => ["x"], "name" => ["A1"], "seats" => [1i64], "score" => [0.5f64]).unwrap();
+        assert_ne!(row_hashes(&swapped)[0], hashes[0]);
+        // Known values, so a change to the hash (which would make every
+        // stored row be compared once) is seen.
+        let one = df!("id" => ["A1"], "seats" => [7i64]).unwrap();
+        assert_eq!(row_hashes(&one), vec![0x0c50_921c_45d5_d886]);
+    }
+
+    /// The table finds what it holds (through wrap-around and shared home
+    /// slots), marks what it found, and gives back the rest.
+    #[test]
+    fn stored_hashes_find_and_mark() {
+        let top = u64::MAX;
+        let held: Vec<u64> = (0..2000u64)
+            .map(|i| top - i)
+            .chain((0..2000u64).map(|i| i.wrapping_mul(STEP)))
+            .collect();
+        let mut table = StoredHashes::with_hashes(held.iter().copied());
+        let asked: Vec<u64> = held
+            .iter()
+            .step_by(3)
+            .copied()
+            .chain([12_345, top - 5000])
+            .collect();
+        let found = table.match_rows(&asked);
+        assert!(found[..found.len() - 2].iter().all(|&f| f));
+        assert_eq!(&found[found.len() - 2..], &[false, false]);
+        let mut expected: Vec<u64> = held
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| n % 3 != 0)
+            .map(|(_, &h)| h)
+            .collect();
+        let mut unmatched = table.unmatched();
+        expected.sort_unstable();
+        unmatched.sort_unstable();
+        assert_eq!(unmatched, expected);
+    }
+}
