@@ -18,6 +18,7 @@
 use duckdb::arrow::array::AsArray;
 use duckdb::arrow::datatypes::UInt64Type;
 use polars::prelude::{DataFrame, DataType, Series};
+use polars_arrow::array::Array;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{Store, StoreError, ident};
@@ -59,58 +60,58 @@ fn mix(mut x: u64) -> u64 {
 /// Folds the values of column `n` into `hashes`, one a row.
 fn fold_column(hashes: &mut [u64], series: &Series, n: u64) {
     let salt = mix(n.wrapping_add(1).wrapping_mul(STEP));
-    let fold = |hashes: &mut [u64], values: &mut dyn Iterator<Item = Option<u64>>| {
-        for (hash, value) in hashes.iter_mut().zip(values) {
-            let word = value.map_or(EMPTY_VALUE, |v| mix(v ^ salt));
-            *hash = mix(hash.wrapping_mul(STEP) ^ word);
-        }
-    };
+    let fold = |hash: &mut u64, word: u64| *hash = mix(hash.wrapping_mul(STEP) ^ mix(word ^ salt));
+    let empty = |hash: &mut u64| *hash = mix(hash.wrapping_mul(STEP) ^ EMPTY_VALUE);
+    // Each of a column's arrays, its values by their place in the frame,
+    // without looking at validity where an array has no empty value.
+    macro_rules! fold_arrays {
+        ($arrays:expr, $word:expr) => {{
+            let mut at = 0;
+            for array in $arrays {
+                let rows = &mut hashes[at..at + array.len()];
+                at += array.len();
+                if array.null_count() == 0 {
+                    for (hash, value) in rows.iter_mut().zip(array.values_iter()) {
+                        fold(hash, $word(value));
+                    }
+                } else {
+                    for (hash, value) in rows.iter_mut().zip(array.iter()) {
+                        match value {
+                            Some(value) => fold(hash, $word(value)),
+                            None => empty(hash),
+                        }
+                    }
+                }
+            }
+        }};
+    }
     let physical = series.to_physical_repr();
-    let typed = match physical.dtype() {
-        DataType::String => {
-            let text = physical.str().expect("a text column");
-            return fold(
-                hashes,
-                &mut text.iter().map(|v| v.map(|s| xxh3_64(s.as_bytes()))),
-            );
-        }
+    let text = |value: &str| xxh3_64(value.as_bytes());
+    match physical.dtype() {
+        DataType::String => fold_arrays!(physical.str().expect("text").downcast_iter(), text),
         DataType::Boolean => {
-            let flags = physical.bool().expect("a boolean column");
-            return fold(hashes, &mut flags.iter().map(|v| v.map(u64::from)));
+            fold_arrays!(physical.bool().expect("flags").downcast_iter(), u64::from)
         }
-        DataType::Float32 | DataType::Float64 => physical.cast(&DataType::Float64).map(|s| {
-            let floats = s.f64().expect("a float column").clone();
-            fold(hashes, &mut floats.iter().map(|v| v.map(f64::to_bits)));
-        }),
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
-            physical.cast(&DataType::Int64).map(|s| {
-                let ints = s.i64().expect("an integer column").clone();
-                fold(hashes, &mut ints.iter().map(|v| v.map(|v| v as u64)));
-            })
-        }
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-            physical.cast(&DataType::UInt64).map(|s| {
-                let ints = s.u64().expect("an integer column").clone();
-                fold(hashes, &mut ints.iter());
-            })
-        }
-        DataType::Null => {
-            fold(hashes, &mut std::iter::repeat_n(None, physical.len()));
-            Ok(())
-        }
-        // Anything else, by its text.
-        _ => physical.cast(&DataType::String).map(|s| {
-            let text = s.str().expect("a text column").clone();
-            fold(
-                hashes,
-                &mut text.iter().map(|v| v.map(|s| xxh3_64(s.as_bytes()))),
-            );
-        }),
-    };
-    if typed.is_err() {
-        // A column that cannot be read as its type hashes as empty: its
-        // rows are then compared value by value.
-        fold(hashes, &mut std::iter::repeat_n(None, physical.len()));
+        DataType::Int32 => fold_arrays!(
+            physical.i32().expect("integers").downcast_iter(),
+            |v: &i32| i64::from(*v) as u64
+        ),
+        DataType::Int64 => fold_arrays!(
+            physical.i64().expect("integers").downcast_iter(),
+            |v: &i64| *v as u64
+        ),
+        DataType::Float64 => fold_arrays!(
+            physical.f64().expect("numbers").downcast_iter(),
+            |v: &f64| v.to_bits()
+        ),
+        DataType::Null => hashes.iter_mut().for_each(empty),
+        // Anything else (narrower numbers, unsigned ones), by its text.
+        _ => match physical.cast(&DataType::String) {
+            Ok(cast) => fold_arrays!(cast.str().expect("text").downcast_iter(), text),
+            // A column that cannot be read as text hashes as empty: its
+            // rows are then compared value by value.
+            Err(_) => hashes.iter_mut().for_each(empty),
+        },
     }
 }
 
@@ -130,13 +131,16 @@ const ZERO_STANDIN: u64 = 0x2545_f491_4f6c_dd1d;
 const AHEAD: usize = 16;
 
 impl StoredHashes {
-    fn with_hashes(hashes: impl ExactSizeIterator<Item = u64>) -> StoredHashes {
+    fn with_hashes(hashes: &[u64]) -> StoredHashes {
         let capacity = (hashes.len() + hashes.len() / 3).max(16);
         let mut table = StoredHashes {
-            slots: vec![0; capacity],
+            slots: zeroed_in_large_pages(capacity),
             matched: vec![0; capacity.div_ceil(64)],
         };
-        for hash in hashes {
+        for (n, &hash) in hashes.iter().enumerate() {
+            if let Some(&ahead) = hashes.get(n + AHEAD) {
+                prefetch(&table.slots[table.home(stored_form(ahead))]);
+            }
             let hash = stored_form(hash);
             let index = table.probe(hash);
             table.slots[index] = hash;
@@ -169,6 +173,7 @@ impl StoredHashes {
         if has_hashes == 0 {
             return Ok(None);
         }
+        let started = std::time::Instant::now();
         let mut hashes: Vec<u64> = Vec::new();
         let mut statement = conn
             .prepare(&format!(
@@ -186,7 +191,20 @@ impl StoredHashes {
         if hashes.is_empty() {
             return Ok(None);
         }
-        Ok(Some(StoredHashes::with_hashes(hashes.into_iter())))
+        let read = started.elapsed();
+        let table = StoredHashes::with_hashes(&hashes);
+        tracing::debug!(
+            rows = table.held(),
+            read_ms = read.as_millis() as u64,
+            ms = started.elapsed().as_millis() as u64,
+            "stored rows' hashes loaded"
+        );
+        Ok(Some(table))
+    }
+
+    /// How many hashes it holds.
+    fn held(&self) -> usize {
+        self.slots.iter().filter(|&&slot| slot != 0).count()
     }
 
     /// Where `hash` starts looking: its bits scaled to the table's size.
@@ -241,6 +259,31 @@ impl StoredHashes {
     }
 }
 
+/// `len` zeros, in 2 MB pages where the system gives them on request:
+/// each lookup lands on a random slot, and with 4 KB pages most of them
+/// missed the TLB too (a quarter of the table's time at 10M hashes).
+fn zeroed_in_large_pages(len: usize) -> Vec<u64> {
+    const LARGE_PAGE: usize = 2 << 20;
+    let mut slots: Vec<u64> = Vec::with_capacity(len);
+    let start = slots.as_mut_ptr() as usize;
+    let end = start + len * std::mem::size_of::<u64>();
+    let aligned = start.next_multiple_of(LARGE_PAGE);
+    if end > aligned + LARGE_PAGE {
+        // SAFETY: the range lies within the vector's own allocation; the
+        // advice changes how its pages are backed, never their contents.
+        // Refused advice (no such pages) leaves small pages.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                (end - aligned) / LARGE_PAGE * LARGE_PAGE,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+    slots.resize(len, 0);
+    slots
+}
+
 fn stored_form(hash: u64) -> u64 {
     if hash == 0 { ZERO_STANDIN } else { hash }
 }
@@ -288,7 +331,7 @@ mod tests {
             .map(|i| top - i)
             .chain((0..2000u64).map(|i| i.wrapping_mul(STEP)))
             .collect();
-        let mut table = StoredHashes::with_hashes(held.iter().copied());
+        let mut table = StoredHashes::with_hashes(&held);
         let asked: Vec<u64> = held
             .iter()
             .step_by(3)
