@@ -29,11 +29,12 @@ pub const ROW_HASH: &str = "_row_hash";
 
 /// The hash of each row of `frame`: of its columns' values, in order.
 ///
-/// Made of each value's own hash (its text's xxh3, its number's bits), so
+/// Made of each value's own word (its text's xxh3, its number's bits), so
 /// it stays the same across versions of this program and its libraries as
-/// long as the values and the order of the columns do. Two rows that differ
-/// in one value always hash apart: each fold is one-to-one in the hash so
-/// far and in the value.
+/// long as the values and the order of the columns do. Each fold is
+/// one-to-one in the hash so far and in the value's word: two rows that
+/// differ in one number always hash apart, and in one text unless the two
+/// texts' xxh3 collide.
 pub fn row_hashes(frame: &DataFrame) -> Vec<u64> {
     let mut hashes = vec![SEED; frame.height()];
     for (n, column) in frame.columns().iter().enumerate() {
@@ -194,17 +195,12 @@ impl StoredHashes {
         let read = started.elapsed();
         let table = StoredHashes::with_hashes(&hashes);
         tracing::debug!(
-            rows = table.held(),
+            rows = hashes.len(),
             read_ms = read.as_millis() as u64,
             ms = started.elapsed().as_millis() as u64,
             "stored rows' hashes loaded"
         );
         Ok(Some(table))
-    }
-
-    /// How many hashes it holds.
-    fn held(&self) -> usize {
-        self.slots.iter().filter(|&&slot| slot != 0).count()
     }
 
     /// Where `hash` starts looking: its bits scaled to the table's size.
