@@ -362,3 +362,49 @@ fn a_delta_confirms_a_resent_record_whose_stored_hash_cannot_be_trusted() {
         1
     );
 }
+
+/// Two integrations of one dataset share its table. A snapshot sync looks
+/// its file's rows up among its own integration's stored rows only: a row
+/// the other integration holds with the same values is still new to it.
+fn a_row_another_integration_holds_alike_is_still_new(kind: StoreKind) {
+    let two = "[integrations.crm_us]\n\
+               dataset = \"accounts\"\n\
+               source = { type = \"folder\", path = \"drops\" }\n\
+               pattern = \"us_{date:%Y%m%d}.csv\"\n\
+               [integrations.crm_eu]\n\
+               dataset = \"accounts\"\n\
+               source = { type = \"folder\", path = \"drops\" }\n\
+               pattern = \"eu_{date:%Y%m%d}.csv\"\n";
+    let ws = workspace_on(kind, two);
+    let row = |i: usize| format!("A{i},,Account {i},parent,pro,{},2020-01-0{i}\n", i * 10);
+    ws.drop_file("us_20260101.csv", six_accounts());
+    ws.drop_file("eu_20260101.csv", format!("{ACCOUNTS_HEADER}{}", row(1)));
+    ws.dropsync(&["run"]).code(0);
+    // The EU export adds A2, which the US integration holds with the same values.
+    ws.drop_file(
+        "eu_20260102.csv",
+        format!("{ACCOUNTS_HEADER}{}{}", row(1), row(2)),
+    );
+    ws.dropsync(&["run"]).code(0);
+    let db = ws.db();
+    let run = db.last_run();
+    assert_eq!(run.integration, "crm_eu");
+    assert_eq!(
+        (run.inserted, run.updated, run.deleted, run.unchanged),
+        (1, 0, 0, 1)
+    );
+    assert_eq!(
+        db.rows(
+            r#"SELECT _integration, count(*), string_agg("AccountID", ',' ORDER BY "AccountID")
+               FROM accounts GROUP BY _integration ORDER BY _integration"#
+        ),
+        table(&[
+            ["crm_eu", "2", "A1,A2"],
+            ["crm_us", "6", "A1,A2,A3,A4,A5,A6"]
+        ])
+    );
+}
+
+on_both_stores! {
+    a_row_another_integration_holds_alike_is_still_new => a_row_another_integration_holds_alike_is_still_new;
+}
