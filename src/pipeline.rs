@@ -731,6 +731,9 @@ fn read_whole(
     })
 }
 
+/// How many validated chunks may wait for the writer (see `read_in_chunks`).
+const VALIDATED_QUEUED: usize = 4;
+
 /// One chunk of a file as handed off: where it lies in the file, and which
 /// of its records are in its hand-off part.
 struct HandedChunk {
@@ -813,10 +816,14 @@ fn read_in_chunks(
     // The next chunk is parsed while this one is validated and the one
     // before it is written out: three stages at once keep both cores busy
     // where one stage alone leaves one idle, and none waits for the slowest
-    // of the other two. The channels hold no chunk, so at most three are in
-    // memory.
+    // of the other two. The parsed chunk is handed over, never queued; up to
+    // `VALIDATED_QUEUED` validated ones may wait for the writer, which is
+    // the fastest stage but starts late on a snapshot sync (it reads the
+    // stored rows' hashes first): meanwhile validation goes on, not the
+    // reading of hashes alone. So at most seven chunks are in memory,
+    // three once the writer keeps up.
     let (parsed, next_parsed) = std::sync::mpsc::sync_channel(0);
-    let (validated, next_validated) = std::sync::mpsc::sync_channel::<DataFrame>(0);
+    let (validated, next_validated) = std::sync::mpsc::sync_channel::<DataFrame>(VALIDATED_QUEUED);
     let writing = &mut *parts;
     // A snapshot sync leaves out the rows it finds unchanged among the
     // stored ones: the writer reads their hashes, on a connection of its
