@@ -1245,12 +1245,13 @@ impl HandoffParts {
             let kept: Vec<u32> = (0..found.len() as u32)
                 .filter(|&row| !found[row as usize])
                 .collect();
-            if kept.len() < found.len() {
+            let left_out = kept.len() < found.len();
+            if left_out {
                 let keep: BooleanChunked = found.iter().map(|&f| !f).collect();
                 left = Some(frame.filter(&keep).map_err(encode)?);
                 hashes = kept.iter().map(|&row| hashes[row as usize]).collect();
             }
-            self.kept.push(Some(kept));
+            self.kept.push(left_out.then_some(kept));
         } else {
             self.kept.push(None);
         }

@@ -26,8 +26,9 @@ const EMPTY: Slot = Slot {
     },
 };
 
-/// How many keys ahead of the one handled `prefetch_ahead` fetches.
-const AHEAD: usize = 16;
+/// How many hashes ahead of the one handled a table's slot is fetched
+/// (`KeyTable::prefetch_ahead`, and the stored rows' hashes).
+pub(crate) const PREFETCH_AHEAD: usize = 16;
 
 /// Asks for the memory of `value` to be fetched into the cache: a hint
 /// that reads nothing and cannot fault.
@@ -105,10 +106,10 @@ impl KeyTable {
     }
 
     /// While the hash of row `row` of `hashes` is handled, asks for the
-    /// slot of the one `AHEAD` rows on.
+    /// slot of the one `PREFETCH_AHEAD` rows on.
     #[inline]
     pub fn prefetch_ahead(&self, hashes: &[Option<u128>], row: usize) {
-        if let Some(Some(ahead)) = hashes.get(row + AHEAD) {
+        if let Some(Some(ahead)) = hashes.get(row + PREFETCH_AHEAD) {
             self.prefetch(*ahead);
         }
     }

@@ -11,7 +11,7 @@ pub mod computed;
 mod conformance;
 pub mod formats;
 mod key_table;
-pub(crate) use key_table::prefetch;
+pub(crate) use key_table::{PREFETCH_AHEAD, prefetch};
 mod parse;
 pub mod results;
 pub mod validate;

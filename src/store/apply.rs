@@ -613,8 +613,8 @@ impl Store {
             backend.row_in("SELECT _rowid FROM changes WHERE _kind IN ('update', 'delete')");
         // Confirmed rows get their new date; on DuckDB, in the same pass,
         // confirmed and `rehash`ed rows get the hash of their values.
-        let (hash_col, confirm_rows) = match hashed {
-            true => (
+        let (hash_col, confirm_rows) = if hashed {
+            (
                 ", _row_hash",
                 format!(
                     "UPDATE {table} SET _row_hash = c._row_hash,
@@ -623,14 +623,15 @@ impl Store {
                      FROM changes c
                      WHERE {table}.rowid = c._rowid AND c._kind IN ('confirm', 'rehash')"
                 ),
-            ),
-            false => (
+            )
+        } else {
+            (
                 "",
                 format!(
                     "UPDATE {table} SET _business_date = {business_date} WHERE {}",
                     backend.row_in("SELECT _rowid FROM changes WHERE _kind = 'confirm'")
                 ),
-            ),
+            )
         };
         db.batch(&format!(
             "DELETE FROM {table} WHERE {replaced};

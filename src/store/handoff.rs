@@ -38,7 +38,9 @@ impl Handoff {
 const MEMORY_LIMIT: &str = "1GB";
 
 /// What DuckDB may hold while it joins the file's keys with the stored
-/// ones (a sync against stored rows: `Store::joining_keys`). That join
+/// ones (a two-step sync against stored rows, such as a delta or a file
+/// read whole: `Store::joining_keys`; a snapshot read in chunks compares
+/// only the rows its lookups left). That join
 /// holds a key, a hash and a place for every stored row: at 10 million
 /// rows it no longer fit under 1 GB, and spilling it cost 1.2 to 1.9 s of
 /// a 5.2 to 5.8 s classify. It runs when nothing else is held: the file's checks are

@@ -22,7 +22,7 @@ use polars_arrow::array::Array;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{Store, StoreError, ident};
-use crate::schema::prefetch;
+use crate::schema::{PREFETCH_AHEAD, prefetch};
 
 /// The column a row's hash goes in, in the hand-off and the stored table.
 pub const ROW_HASH: &str = "_row_hash";
@@ -128,9 +128,6 @@ pub struct StoredHashes {
 /// Stands in for a hash of 0, which marks an empty slot.
 const ZERO_STANDIN: u64 = 0x2545_f491_4f6c_dd1d;
 
-/// How many hashes ahead of the one looked up `match_rows` fetches.
-const AHEAD: usize = 16;
-
 impl StoredHashes {
     fn with_hashes(hashes: &[u64]) -> StoredHashes {
         let capacity = (hashes.len() + hashes.len() / 3).max(16);
@@ -139,9 +136,7 @@ impl StoredHashes {
             matched: vec![0; capacity.div_ceil(64)],
         };
         for (n, &hash) in hashes.iter().enumerate() {
-            if let Some(&ahead) = hashes.get(n + AHEAD) {
-                prefetch(&table.slots[table.home(stored_form(ahead))]);
-            }
+            table.prefetch_ahead(hashes, n);
             let hash = stored_form(hash);
             let index = table.probe(hash);
             table.slots[index] = hash;
@@ -159,10 +154,9 @@ impl StoredHashes {
         let Some(conn) = store.db().duck() else {
             return Ok(None);
         };
-        if !store.table_exists(table)? {
-            return Ok(None);
-        }
         let context = "reading the stored rows' hashes";
+        // No such column: no such table yet, or one made before rows kept
+        // a hash.
         let has_hashes: i64 = store
             .db()
             .value(
@@ -208,6 +202,15 @@ impl StoredHashes {
         ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
+    /// While hash `n` of `hashes` is handled, asks for the first slot of
+    /// the one `PREFETCH_AHEAD` on.
+    #[inline]
+    fn prefetch_ahead(&self, hashes: &[u64], n: usize) {
+        if let Some(&ahead) = hashes.get(n + PREFETCH_AHEAD) {
+            prefetch(&self.slots[self.home(stored_form(ahead))]);
+        }
+    }
+
     /// The slot holding `hash`, or the empty slot where it would go.
     fn probe(&self, hash: u64) -> usize {
         let mut index = self.home(hash);
@@ -228,9 +231,7 @@ impl StoredHashes {
     pub fn match_rows(&mut self, hashes: &[u64]) -> Vec<bool> {
         let mut found = Vec::with_capacity(hashes.len());
         for (row, &hash) in hashes.iter().enumerate() {
-            if let Some(&ahead) = hashes.get(row + AHEAD) {
-                prefetch(&self.slots[self.home(stored_form(ahead))]);
-            }
+            self.prefetch_ahead(hashes, row);
             let hash = stored_form(hash);
             let index = self.probe(hash);
             let held = self.slots[index] == hash;
