@@ -336,11 +336,13 @@ pub fn sync_file(
         return Ok(Some(report(run, None, Vec::new(), Vec::new())));
     }
 
-    if !opts.dry_run {
+    let writeback = if opts.dry_run {
+        None
+    } else {
         store.insert_run(&run)?;
-        crate::source::start_writeback(file);
-    }
-    let result = validate_and_apply(store, config, integration, file, opts, &mut run);
+        Some(crate::source::start_writeback(file))
+    };
+    let result = validate_and_apply(store, config, integration, file, writeback, opts, &mut run);
     match result {
         Ok((changes, errors, ignored)) => Ok(Some(report(run, changes, errors, ignored))),
         Err(e) => {
@@ -447,6 +449,7 @@ fn validate_and_apply(
     config: &Config,
     integration: &Integration,
     file: &StagedFile,
+    writeback: Option<crate::source::Writeback>,
     opts: RunOptions,
     run: &mut RunRecord,
 ) -> Result<Applied, PipelineError> {
@@ -567,8 +570,8 @@ fn validate_and_apply(
             None => note,
         });
     }
-    if !opts.dry_run
-        && let Err(e) = crate::source::make_durable(file)
+    if let Some(writeback) = writeback
+        && let Err(e) = writeback.wait(file)
     {
         // The disk failed, not the file: a later run may succeed.
         return fail(run, FailureKind::Transient, e.to_string(), Vec::new());

@@ -401,47 +401,61 @@ pub(crate) fn stage_reader(
     })
 }
 
-/// Starts writing a staged copy to disk, without waiting: the copy goes to
-/// disk while its file is parsed, and `make_durable` later finds little
-/// left to wait for. Called once the run's first record is committed: on
-/// ext4 a commit waits for the data of files whose writeback has started,
-/// so started earlier, the copy would be written before the run could
-/// begin. Only a head start: an error is left to `make_durable` to report.
-/// On a thread of its own: queueing a large file's pages for writing can
-/// itself wait for the disk (280 ms for 780 MB).
-pub fn start_writeback(file: &StagedFile) {
-    use std::os::fd::AsRawFd;
-    let Ok(copy) = std::fs::File::open(&file.path) else {
-        return;
-    };
-    std::thread::spawn(move || {
-        // SAFETY: the descriptor is open for the whole call (the thread
-        // owns it); the call only schedules writeback of the file's own pages.
-        unsafe {
-            libc::sync_file_range(copy.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+/// Starts making a staged copy durable, without waiting: the copy and its
+/// name go to disk on a thread of their own while the file is parsed, and
+/// `Writeback::wait` later finds little or nothing left to wait for. Called
+/// once the run's first record is committed: on ext4 a commit waits for the
+/// data of files whose writeback has started, so started earlier, the copy
+/// would be written before the run could begin.
+pub fn start_writeback(file: &StagedFile) -> Writeback {
+    let path = file.path.clone();
+    Writeback {
+        syncing: Some(std::thread::spawn(move || sync_copy(&path))),
+    }
+}
+
+/// A staged copy being made durable (`start_writeback`).
+pub struct Writeback {
+    syncing: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Writeback {
+    /// Waits until the copy is on disk, as `make_durable` does, and says
+    /// what the sync met. A failed sync is not tried again: after a failed
+    /// fsync Linux may report the next one as clean though the data is lost.
+    pub fn wait(mut self, file: &StagedFile) -> Result<(), SourceError> {
+        match self.syncing.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(synced)) => synced.map_err(|source| SourceError::Unsynced {
+                path: file.path.clone(),
+                source,
+            }),
+            // The thread could not report (it never should): sync here.
+            _ => make_durable(file),
         }
-    });
+    }
+}
+
+/// Syncs a staged copy and then its directory, so both its content and its
+/// name survive a power loss (file systems that cannot sync a directory
+/// say EINVAL).
+fn sync_copy(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match std::fs::File::open(dir).and_then(|dir| dir.sync_all()) {
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Waits until a staged copy's content is on disk. Called before the batch
 /// that records the copy commits, so a committed run never names a copy a
-/// power loss could take; the write itself started (`start_writeback`) while
-/// the file was read, so by then this rarely waits.
+/// power loss could take. A run that read the file started this while it
+/// read (`start_writeback`).
 pub fn make_durable(file: &StagedFile) -> Result<(), SourceError> {
-    let unsynced = |source| SourceError::Unsynced {
+    sync_copy(&file.path).map_err(|source| SourceError::Unsynced {
         path: file.path.clone(),
         source,
-    };
-    std::fs::File::open(&file.path)
-        .and_then(|copy| copy.sync_all())
-        .map_err(unsynced)?;
-    // Its name is durable once the directory is synced (file systems that
-    // cannot sync a directory say EINVAL).
-    let dir = file.path.parent().unwrap_or(Path::new("."));
-    match std::fs::File::open(dir).and_then(|dir| dir.sync_all()) {
-        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(unsynced(e)),
-        _ => Ok(()),
-    }
+    })
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
