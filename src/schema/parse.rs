@@ -1063,11 +1063,8 @@ fn parse_chunk(
         key_fields,
         width,
     } = *shape;
-    // Room for every record at once: about one a line. Grown step by step,
-    // each column's values would be copied again at every step.
-    let expected = memchr::memchr_iter(b'\n', &text[start..end]).count() + 1;
     let mut attributes =
-        (!extras.is_empty()).then(|| StringChunkedBuilder::new(ATTRIBUTES.into(), expected));
+        (!extras.is_empty()).then(|| StringChunkedBuilder::new(ATTRIBUTES.into(), 1024));
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -1078,10 +1075,10 @@ fn parse_chunk(
     let mut builders: Vec<StringChunkedBuilder> = schema
         .fields
         .iter()
-        .map(|f| StringChunkedBuilder::new(f.name.as_str().into(), expected))
+        .map(|f| StringChunkedBuilder::new(f.name.as_str().into(), 1024))
         .collect();
-    let mut lines = Vec::with_capacity(expected);
-    let mut spans = Vec::with_capacity(expected);
+    let mut lines = Vec::new();
+    let mut spans = Vec::new();
     let mut errors = Vec::new();
     let mut records = 0u64;
     // Lines and bytes the csv reader counts within this stretch -> in the file.
