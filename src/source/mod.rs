@@ -410,28 +410,27 @@ pub(crate) fn stage_reader(
 pub fn start_writeback(file: &StagedFile) -> Writeback {
     let path = file.path.clone();
     Writeback {
-        syncing: Some(std::thread::spawn(move || sync_copy(&path))),
+        syncing: std::thread::spawn(move || sync_copy(&path)),
     }
 }
 
 /// A staged copy being made durable (`start_writeback`).
 pub struct Writeback {
-    syncing: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    syncing: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl Writeback {
     /// Waits until the copy is on disk, as `make_durable` does, and says
     /// what the sync met. A failed sync is not tried again: after a failed
     /// fsync Linux may report the next one as clean though the data is lost.
-    pub fn wait(mut self, file: &StagedFile) -> Result<(), SourceError> {
-        match self.syncing.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(synced)) => synced.map_err(|source| SourceError::Unsynced {
+    pub fn wait(self, file: &StagedFile) -> Result<(), SourceError> {
+        self.syncing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .map_err(|source| SourceError::Unsynced {
                 path: file.path.clone(),
                 source,
-            }),
-            // The thread could not report (it never should): sync here.
-            _ => make_durable(file),
-        }
+            })
     }
 }
 
