@@ -427,10 +427,15 @@ impl Writeback {
         self.syncing
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            .map_err(|source| SourceError::Unsynced {
-                path: file.path.clone(),
-                source,
-            })
+            .map_err(unsynced(file))
+    }
+}
+
+/// The error of a staged copy that could not be synced.
+fn unsynced(file: &StagedFile) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
+    |source| SourceError::Unsynced {
+        path: file.path.clone(),
+        source,
     }
 }
 
@@ -451,10 +456,7 @@ fn sync_copy(path: &Path) -> std::io::Result<()> {
 /// power loss could take. A run that read the file started this while it
 /// read (`start_writeback`).
 pub fn make_durable(file: &StagedFile) -> Result<(), SourceError> {
-    sync_copy(&file.path).map_err(|source| SourceError::Unsynced {
-        path: file.path.clone(),
-        source,
-    })
+    sync_copy(&file.path).map_err(unsynced(file))
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
