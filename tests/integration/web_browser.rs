@@ -111,15 +111,20 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
 /// The text of the first element matching `css`, waiting for it to appear
 /// (a page a click navigated to may still be loading on a busy machine).
 async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(60))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    text_when(client, css, |_| true).await
+}
+
+/// The text of the first element matching `css` once `ready` finds it the
+/// one wanted. Until a click's navigation completes, the page before it
+/// still answers, and an element found there goes stale before its text
+/// is read: both are waited out.
+async fn text_when(client: &Client, css: &str, ready: impl Fn(&str) -> bool) -> String {
+    eventually(css, async || {
+        let element = client.find(Locator::Css(css)).await.ok()?;
+        let text = element.text().await.ok()?;
+        ready(&text).then_some(text)
+    })
+    .await
 }
 
 /// A snapshot of the six accounts with A1's seats set.
@@ -278,7 +283,7 @@ fn the_console_works_in_headless_chromium() {
             .click()
             .await
             .unwrap();
-        let preview = text_of(&client, "main").await;
+        let preview = text_when(&client, "main", |t| t.contains("Confirm re-run")).await;
         assert!(preview.contains("Re-run 2026-01-01"), "{preview}");
         assert!(preview.contains("Confirm re-run"), "{preview}");
         let changes = text_of(&client, "table.changes").await;
