@@ -15,13 +15,14 @@ use polars::prelude::{
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
 use crate::progress::{self, Event, Stage};
+use crate::schema::raw_rows::RawIndex;
 use crate::schema::{
     self, ComputedFields, Dataset, MetricsSpec, RowError, StoredColumn, ValidRows,
 };
 use crate::source::StagedFile;
 use crate::store::{
-    ApplyRequest, ChangeSet, FailureKind, Outcome, Prefiltered, ROW_HASH, RunRecord, RunStatus,
-    Store, StoreError, StoredHashes, TargetTable,
+    ApplyRequest, ChangeSet, FailureKind, Outcome, Prefiltered, RAW_HASH, ROW_HASH, RunRecord,
+    RunStatus, Store, StoreError, StoredHashes, TargetTable,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -336,13 +337,23 @@ pub fn sync_file(
         return Ok(Some(report(run, None, Vec::new(), Vec::new())));
     }
 
+    // Read while the run is recorded and the file opened.
+    let stored_rows = StoredRows::start(store, integration, file)?;
     let writeback = if opts.dry_run {
         None
     } else {
         store.insert_run(&run)?;
         Some(crate::source::start_writeback(file))
     };
-    let result = validate_and_apply(store, config, integration, file, writeback, opts, &mut run);
+    let result = validate_and_apply(
+        store,
+        config,
+        integration,
+        file,
+        (writeback, stored_rows),
+        opts,
+        &mut run,
+    );
     match result {
         Ok((changes, errors, ignored)) => Ok(Some(report(run, changes, errors, ignored))),
         Err(e) => {
@@ -449,7 +460,7 @@ fn validate_and_apply(
     config: &Config,
     integration: &Integration,
     file: &StagedFile,
-    writeback: Option<crate::source::Writeback>,
+    (writeback, stored_rows): (Option<crate::source::Writeback>, Option<StoredRows>),
     opts: RunOptions,
     run: &mut RunRecord,
 ) -> Result<Applied, PipelineError> {
@@ -480,6 +491,7 @@ fn validate_and_apply(
         &run.execution_id,
         store.db().duck().is_some(),
     );
+    parts.stored_rows = stored_rows;
     let reading = schema::formats::DropReading::of(&integration.config);
     let read =
         if integration.metrics.is_none() && schema::formats::is_plain_csv(&file.name, &reading) {
@@ -709,7 +721,7 @@ fn read_whole(
     drop(raw);
     stage_done("validate", started);
     let started = std::time::Instant::now();
-    parts.write(&mut valid.frame)?;
+    parts.write(&mut valid.frame, None, &[])?;
     stage_done("hand-off", started);
     let ValidRows {
         frame,
@@ -764,10 +776,103 @@ fn read_in_chunks(
     reading: &schema::formats::DropReading<'_>,
     parts: &mut HandoffParts,
 ) -> Result<Validated, ReadFailure> {
+    let hash_records = parts.hashed && reads_raw_rows(integration);
+    if let Some(valid) = read_chunks(
+        store,
+        config,
+        integration,
+        file,
+        reading,
+        parts,
+        RawReading {
+            hash_records,
+            leave_out_unchanged: hash_records,
+        },
+    )? {
+        return Ok(valid);
+    }
+    // A record left out as unchanged shares its key with another: the
+    // file is read again with every record kept, so that each copy is
+    // told as the rules say.
+    tracing::debug!(file = %file.name, "a key of a record found unchanged repeats: reading the file again");
+    parts.start_over()?;
+    let valid = read_chunks(
+        store,
+        config,
+        integration,
+        file,
+        reading,
+        parts,
+        RawReading {
+            hash_records,
+            leave_out_unchanged: false,
+        },
+    )?;
+    Ok(valid.expect("a file read with every record kept is read through"))
+}
+
+/// Whether a snapshot sync of `integration` may leave out records by their
+/// raw hash (`schema::raw_rows`): when a record's row, once read, depends
+/// on its bytes alone, and the rules across rows need no more of it than
+/// its key and its references to other rows' keys, as written. References
+/// to other datasets (their rows change), unique keys (compared by
+/// value), calculated fields, and keys or references compared by their
+/// typed spelling (`01` is `1`) need every record read.
+fn reads_raw_rows(integration: &Integration) -> bool {
+    let schema = &integration.file_schema;
+    let key = schema.primary_key();
+    let text = |names: &[String]| {
+        names
+            .iter()
+            .all(|name| schema.field(name).is_some_and(|field| field.kind.is_text()))
+    };
+    integration.mode == Mode::Snapshot
+        && integration.computed.is_none()
+        && schema.unique_keys.is_empty()
+        && !key.is_empty()
+        && text(&key)
+        && schema.foreign_keys.iter().all(|fk| {
+            fk.reference.resource.is_empty()
+                && fk.reference.fields.to_vec() == key
+                && text(&fk.fields.to_vec())
+        })
+}
+
+/// How `read_chunks` reads records by their raw hash.
+#[derive(Clone, Copy)]
+struct RawReading {
+    /// Hash each record, for the row to keep.
+    hash_records: bool,
+    /// Leave out, as unchanged, records whose hash a stored row has.
+    leave_out_unchanged: bool,
+}
+
+/// A chunk's valid rows, as the writer gets them.
+struct ValidChunk {
+    frame: DataFrame,
+    /// The raw hash of each row of `frame`, when records are hashed.
+    raw_hashes: Option<Vec<u64>>,
+    /// The row hashes of the stored rows the chunk's records left out as
+    /// unchanged matched.
+    unchanged: Vec<u64>,
+}
+
+/// `read_in_chunks`, reading records by their raw hash as `raw` says.
+/// `None` when a record left out as unchanged turned out to share its key
+/// with another record: the file must be read again, every record kept.
+fn read_chunks(
+    store: &Store,
+    config: &Config,
+    integration: &Integration,
+    file: &StagedFile,
+    reading: &schema::formats::DropReading<'_>,
+    parts: &mut HandoffParts,
+    raw: RawReading,
+) -> Result<Option<Validated>, ReadFailure> {
     let schema = &integration.file_schema;
     let policy = &integration.config.on_error;
     let drop_error = |e: schema::ParseError| ReadFailure::Drop(e.into());
-    let chunks = schema::CsvChunks::open(
+    let mut chunks = schema::CsvChunks::open(
         &file.path,
         &file.name,
         reading.csv,
@@ -776,6 +881,12 @@ fn read_in_chunks(
         chunk_bytes(),
     )
     .map_err(drop_error)?;
+    if raw.hash_records {
+        chunks.hash_records(
+            &format!("{:?}", integration.mode),
+            schema::validate::compared_field_indexes(schema),
+        );
+    }
     // How many rows validation describes depends on how many the file has,
     // known only at its end: the count of its line ends bounds it (records
     // hold at least one each, quoted fields may hold more).
@@ -826,7 +937,11 @@ fn read_in_chunks(
     // reading of hashes alone. So at most seven chunks are in memory,
     // three once the writer keeps up.
     let (parsed, next_parsed) = std::sync::mpsc::sync_channel(0);
-    let (validated, next_validated) = std::sync::mpsc::sync_channel::<DataFrame>(VALIDATED_QUEUED);
+    let (validated, next_validated) = std::sync::mpsc::sync_channel::<ValidChunk>(VALIDATED_QUEUED);
+    // The stored rows' raw hashes, from the writer to the parser, which
+    // waits for them before its first chunk when it leaves records out.
+    let (raw_index, next_raw_index) = std::sync::mpsc::sync_channel(1);
+    let leave_out = raw.leave_out_unchanged;
     let writing = &mut *parts;
     // A snapshot sync leaves out the rows it finds unchanged among the
     // stored ones: the writer reads their hashes, on a connection of its
@@ -835,20 +950,36 @@ fn read_in_chunks(
         .then(|| store.reader())
         .transpose()?;
     let (consumed, written, chunks) = std::thread::scope(|scope| {
+        let preloaded = writing.stored_rows.take().filter(|_| leave_out);
         let writer = scope.spawn(move || -> Result<(), ReadFailure> {
             if let Some(reader) = stored_rows {
-                writing.stored =
-                    StoredHashes::load(&reader, &integration.target.name, &integration.name)?;
+                let stored = match preloaded {
+                    Some(preloaded) => preloaded.wait(),
+                    None => StoredHashes::load(
+                        &reader,
+                        &integration.target.name,
+                        &integration.name,
+                        leave_out,
+                    ),
+                };
+                // The parser goes on (leaving nothing out) if this failed.
+                let (stored, index) = stored?.unzip();
+                let _ = raw_index.send(index.flatten().map(std::sync::Arc::new));
+                writing.stored = stored;
             }
-            for (index, mut frame) in next_validated.into_iter().enumerate() {
+            drop(raw_index);
+            for (index, mut chunk) in next_validated.into_iter().enumerate() {
                 let started = std::time::Instant::now();
-                writing.write(&mut frame)?;
+                writing.write(&mut chunk.frame, chunk.raw_hashes, &chunk.unchanged)?;
                 chunk_done("hand-off", index, started);
             }
             Ok(())
         });
         let parser = scope.spawn(move || {
             let mut chunks = chunks;
+            if leave_out && let Ok(Some(index)) = next_raw_index.recv() {
+                chunks.leave_out_unchanged(index);
+            }
             for index in 0.. {
                 let started = std::time::Instant::now();
                 let next = chunks.next_chunk();
@@ -881,10 +1012,11 @@ fn read_in_chunks(
                     valid = computed.add_to(valid, &chunk.table, &scratch, describe)?;
                 }
                 chunk_done("validate", handed.len(), started);
+                let unchanged = &chunk.table.unchanged;
                 out.input_rows += valid.input_rows;
                 out.error_rows += valid.error_rows;
                 out.skipped_rows += valid.skipped_rows;
-                out.handed_off += valid.frame.height() as u64;
+                out.handed_off += (valid.frame.height() + unchanged.len()) as u64;
                 out.errors.append(&mut valid.errors);
                 if out.error_rows > tolerated_at_most && out.errors.len() > refused_sample {
                     out.errors.truncate(refused_sample);
@@ -892,8 +1024,16 @@ fn read_in_chunks(
                 let room = describe.saturating_sub(out.rejected_keys.len());
                 out.rejected_keys
                     .extend(valid.rejected_keys.drain(..).take(room));
+                let hashes = &chunk.table.raw_hashes;
+                let raw_hashes = (raw.hash_records && hashes.len() == chunk.table.lines.len())
+                    .then(|| valid.rows.iter().map(|&row| hashes[row as usize]).collect());
+                let handed_chunk = ValidChunk {
+                    frame: valid.frame,
+                    raw_hashes,
+                    unchanged: unchanged.stored.clone(),
+                };
                 // The writer stopped: it failed, and says why once joined.
-                if validated.send(valid.frame).is_err() {
+                if validated.send(handed_chunk).is_err() {
                     return Ok(());
                 }
                 handed.push(HandedChunk {
@@ -929,9 +1069,15 @@ fn read_in_chunks(
     });
     written?;
     consumed?;
+    if checks.unchanged_repeated() {
+        return Ok(None);
+    }
     let late = checks.finish();
+    if late.iter().any(|issue| issue.at.left_out()) {
+        return Ok(None);
+    }
     if late.is_empty() {
-        return Ok(out);
+        return Ok(Some(out));
     }
     // Rows the whole file rejects after their chunk was handed off.
     let refused = |out: &Validated| out.error_rows > tolerated_at_most;
@@ -995,7 +1141,7 @@ fn read_in_chunks(
         at = end;
     }
     schema::sort_errors(&mut out.errors, schema);
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// How many line ends the file at `path` has.
@@ -1189,6 +1335,45 @@ struct HandoffParts {
     /// For each part, the rows of its frame it holds, when some were left
     /// out as unchanged.
     kept: Vec<Option<Vec<u32>>>,
+    /// The stored rows' hashes, being read since before the file was.
+    stored_rows: Option<StoredRows>,
+}
+
+/// The hashes of the rows a snapshot sync compares the file with (and
+/// their raw hashes), read on a thread of their own from before the run is
+/// recorded, so that the file's first chunk does not wait for them.
+struct StoredRows(std::thread::JoinHandle<StoredRowsLoad>);
+
+type StoredRowsLoad = Result<Option<(StoredHashes, Option<RawIndex>)>, crate::store::StoreError>;
+
+impl StoredRows {
+    /// Starts reading them, when `file` is read in chunks by a snapshot
+    /// sync that may leave out records as unchanged, on a DuckDB store.
+    fn start(
+        store: &Store,
+        integration: &Integration,
+        file: &StagedFile,
+    ) -> Result<Option<StoredRows>, PipelineError> {
+        let reading = schema::formats::DropReading::of(&integration.config);
+        if store.db().duck().is_none()
+            || !reads_raw_rows(integration)
+            || integration.metrics.is_some()
+            || !schema::formats::is_plain_csv(&file.name, &reading)
+        {
+            return Ok(None);
+        }
+        let reader = store.reader()?;
+        let (table, name) = (integration.target.name.clone(), integration.name.clone());
+        Ok(Some(StoredRows(std::thread::spawn(move || {
+            StoredHashes::load(&reader, &table, &name, true)
+        }))))
+    }
+
+    fn wait(self) -> StoredRowsLoad {
+        self.0
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
 }
 
 impl HandoffParts {
@@ -1200,6 +1385,7 @@ impl HandoffParts {
             hashed,
             stored: None,
             kept: Vec::new(),
+            stored_rows: None,
         }
     }
 
@@ -1216,8 +1402,36 @@ impl HandoffParts {
         }
     }
 
-    /// Writes `frame` as the next part.
-    fn write(&mut self, frame: &mut DataFrame) -> Result<(), HandoffError> {
+    /// Removes the parts written so far, to write them all again.
+    fn start_over(&mut self) -> Result<(), HandoffError> {
+        for path in self.parts.drain(..) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(source) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(HandoffError::Io {
+                        operation: "remove",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        self.kept.clear();
+        self.stored = None;
+        Ok(())
+    }
+
+    /// Writes `frame` as the next part, each row with its raw hash when
+    /// records were hashed (`raw_hashes`, one a row of `frame`). The stored
+    /// rows of `unchanged` (row hashes) are matched by records of the chunk
+    /// left out as unchanged.
+    fn write(
+        &mut self,
+        frame: &mut DataFrame,
+        raw_hashes: Option<Vec<u64>>,
+        unchanged: &[u64],
+    ) -> Result<(), HandoffError> {
         // The first part keeps the name a batch's single file always had.
         let path = match self.parts.len() {
             0 => self.dir.join(format!("{}.parquet", self.execution_id)),
@@ -1242,8 +1456,10 @@ impl HandoffParts {
             message: e.to_string(),
         };
         let mut hashes = crate::store::row_hashes(frame);
+        let mut raw_hashes = raw_hashes;
         let mut left = None;
         if let Some(stored) = &mut self.stored {
+            stored.mark(unchanged);
             let found = stored.match_rows(&hashes);
             let kept: Vec<u32> = (0..found.len() as u32)
                 .filter(|&row| !found[row as usize])
@@ -1253,14 +1469,27 @@ impl HandoffParts {
                 let keep: BooleanChunked = found.iter().map(|&f| !f).collect();
                 left = Some(frame.filter(&keep).map_err(encode)?);
                 hashes = kept.iter().map(|&row| hashes[row as usize]).collect();
+                raw_hashes =
+                    raw_hashes.map(|raw| kept.iter().map(|&row| raw[row as usize]).collect());
             }
             self.kept.push(left_out.then_some(kept));
         } else {
             self.kept.push(None);
         }
         let frame = left.as_mut().unwrap_or(frame);
+        let raw_hashes = match raw_hashes {
+            Some(raw) => UInt64Chunked::from_vec(RAW_HASH.into(), raw),
+            None => {
+                let mut empty: UInt64Chunked = hashes.iter().map(|_| None::<u64>).collect();
+                empty.rename(RAW_HASH.into());
+                empty
+            }
+        };
         frame
             .with_column(UInt64Chunked::from_vec(ROW_HASH.into(), hashes).into_column())
+            .map_err(encode)?;
+        frame
+            .with_column(raw_hashes.into_column())
             .map_err(encode)?;
         write_parquet(&path, frame)
     }

@@ -13,6 +13,7 @@ pub mod formats;
 mod key_table;
 pub(crate) use key_table::{PREFETCH_AHEAD, prefetch};
 mod parse;
+pub mod raw_rows;
 pub mod results;
 pub mod validate;
 

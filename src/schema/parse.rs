@@ -16,6 +16,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 
+use super::raw_rows::{RawIndex, RawRows, UnchangedRows, raw_hash};
 use super::validate::RowError;
 use super::{FieldsMatch, TableSchema};
 use crate::config::{CsvDialect, Encoding};
@@ -87,6 +88,11 @@ pub struct RawTable {
     pub renamed_columns: Vec<(String, String)>,
     /// The file's text (already decoded into UTF-8), for raw rows.
     pub text: Vec<u8>,
+    /// The raw hash of each kept record, when the file's records are
+    /// hashed (`RawRows`); else empty.
+    pub raw_hashes: Vec<u64>,
+    /// Records left out as unchanged (not kept, but counted in `records`).
+    pub unchanged: UnchangedRows,
 }
 
 impl RawTable {
@@ -190,7 +196,7 @@ fn parse_in_stretches(
     }
     let (header, body_start, first_line) = read_header(&text, file, dialect, mapping, schema)?;
     parse_body(
-        text, body_start, first_line, &header, file, dialect, schema, stretches,
+        text, body_start, first_line, &header, file, dialect, schema, stretches, None,
     )
 }
 
@@ -319,6 +325,7 @@ fn parse_body(
     dialect: &CsvDialect,
     schema: &TableSchema,
     stretches: Option<usize>,
+    raw: Option<&RawRows>,
 ) -> Result<RawTable, ParseError> {
     let shape = RecordShape {
         file,
@@ -328,6 +335,7 @@ fn parse_body(
         extras: &header.extras,
         key_fields: &header.key_fields,
         width: header.width,
+        raw,
     };
     let pieces = stretches.unwrap_or_else(|| stretches_for(text.len() - body_start));
     let chunks = split_body(&text, body_start, first_line, dialect, pieces);
@@ -347,6 +355,7 @@ fn parse_body(
     let mut columns: Option<Vec<StringChunked>> = None;
     let mut attributes: Option<StringChunked> = None;
     let (mut lines, mut spans, mut errors, mut records) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let (mut raw_hashes, mut unchanged) = (Vec::new(), UnchangedRows::default());
     for chunk in parsed {
         let chunk = chunk?;
         match (attributes.as_mut(), chunk.attributes) {
@@ -370,6 +379,8 @@ fn parse_body(
         spans.extend(chunk.spans);
         errors.extend(chunk.errors);
         records += chunk.records;
+        raw_hashes.extend(chunk.raw_hashes);
+        unchanged.append(chunk.unchanged);
     }
     let columns = columns.unwrap_or_else(|| empty_columns(schema));
     Ok(RawTable {
@@ -383,6 +394,8 @@ fn parse_body(
         ignored_columns: header.ignored_columns.clone(),
         renamed_columns: header.renamed_columns.clone(),
         text,
+        raw_hashes,
+        unchanged,
     })
 }
 
@@ -409,6 +422,8 @@ pub struct CsvChunks<'a> {
     /// Whether a chunk was handed out: a file of only a header still gives
     /// one, with no records.
     yielded: bool,
+    /// How records are hashed, when they are.
+    raw: Option<RawRows>,
 }
 
 /// One run of whole records of a file.
@@ -459,6 +474,7 @@ impl<'a> CsvChunks<'a> {
             line: 1,
             eof: false,
             yielded: false,
+            raw: None,
         };
         // Read until the file shows something besides white space (or ends),
         // and its first record is whole: the header must be read entire.
@@ -498,6 +514,36 @@ impl<'a> CsvChunks<'a> {
     /// The header as read: names the schema does not know, names matched loosely.
     pub fn header(&self) -> &CsvHeader {
         &self.header
+    }
+
+    /// Hashes each record read from now on (`RawTable::raw_hashes`), with
+    /// the seed of this file's reading: the schema, the dialect, which
+    /// column feeds which field, and `context` (what else the caller's
+    /// reading depends on).
+    pub fn hash_records(&mut self, context: &str, fields: Vec<usize>) {
+        let extras: Vec<(usize, &str)> = self
+            .header
+            .extras
+            .iter()
+            .map(|key| (key.column, key.header.as_str()))
+            .collect();
+        let reading = format!(
+            "{context}|{:?}|{:?}|{:?}|{:?}|{}",
+            self.schema, self.dialect, self.header.layout, extras, self.header.width
+        );
+        self.raw = Some(RawRows {
+            seed: super::raw_rows::seed(&reading),
+            index: None,
+            fields,
+        });
+    }
+
+    /// From now on leaves out the records whose hash `index` holds, as
+    /// unchanged (`RawTable::unchanged`); records must be hashed.
+    pub fn leave_out_unchanged(&mut self, index: std::sync::Arc<RawIndex>) {
+        if let Some(raw) = self.raw.as_mut() {
+            raw.index = Some(index);
+        }
     }
 
     /// The next run of records; `None` past the end of the file.
@@ -552,6 +598,7 @@ impl<'a> CsvChunks<'a> {
             self.dialect,
             self.schema,
             None,
+            self.raw.as_ref(),
         )?;
         Ok(Some(CsvChunk {
             table,
@@ -582,6 +629,7 @@ impl<'a> CsvChunks<'a> {
             self.dialect,
             self.schema,
             None,
+            self.raw.as_ref(),
         )
     }
 
@@ -636,6 +684,23 @@ struct RecordShape<'a> {
     key_fields: &'a [usize],
     /// Fields a record must have.
     width: usize,
+    /// How records are hashed, and which are left out as unchanged.
+    raw: Option<&'a RawRows>,
+}
+
+/// How many records `parse_chunk` reads ahead of the one it handles.
+const READ_AHEAD: usize = 16;
+
+/// A record read: where it lies (its first line and bytes, and the line
+/// after it) and its raw hash, when records are hashed.
+#[derive(Default)]
+struct ReadRecord {
+    record: csv::ByteRecord,
+    line: u64,
+    start: u64,
+    end: u64,
+    next_line: u64,
+    raw_hash: Option<u64>,
 }
 
 /// The records of one stretch of a file.
@@ -646,6 +711,8 @@ struct Chunk {
     spans: Vec<(u64, u64)>,
     errors: Vec<RowError>,
     records: u64,
+    raw_hashes: Vec<u64>,
+    unchanged: UnchangedRows,
 }
 
 /// The column that keeps, as a JSON object, the values of a file's columns
@@ -1062,6 +1129,7 @@ fn parse_chunk(
         extras,
         key_fields,
         width,
+        raw,
     } = *shape;
     let mut attributes =
         (!extras.is_empty()).then(|| StringChunkedBuilder::new(ATTRIBUTES.into(), 1024));
@@ -1071,7 +1139,6 @@ fn parse_chunk(
         .delimiter(dialect.delimiter as u8)
         .quote(dialect.quote as u8)
         .from_reader(&text[start..end]);
-    let mut record = csv::ByteRecord::new();
     let mut builders: Vec<StringChunkedBuilder> = schema
         .fields
         .iter()
@@ -1081,114 +1148,237 @@ fn parse_chunk(
     let mut spans = Vec::new();
     let mut errors = Vec::new();
     let mut records = 0u64;
+    let (mut raw_hashes, mut unchanged) = (Vec::new(), UnchangedRows::default());
+    let index = raw.and_then(|raw| raw.index.as_deref());
     // Lines and bytes the csv reader counts within this stretch -> in the file.
     let line_of = |l: u64| first_line + l - 1;
     let byte_of = |b: u64| start as u64 + b;
     let mut last_line = first_line;
     let mut json = String::new();
-    loop {
-        let more = reader
-            .read_byte_record(&mut record)
-            .map_err(|e| ParseError::Csv {
-                file: file.to_string(),
-                line: last_line,
-                message: e.to_string(),
-            })?;
-        if !more {
+    // Records are read a few at a time: each one's raw hash is asked of
+    // the index ahead of its turn, so that the index is not waited on
+    // record by record.
+    let mut reads: Vec<ReadRecord> = (0..READ_AHEAD).map(|_| ReadRecord::default()).collect();
+    let mut failure = None;
+    while failure.is_none() {
+        let mut n = 0;
+        while n < READ_AHEAD {
+            let read = &mut reads[n];
+            match reader.read_byte_record(&mut read.record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            let pos = read
+                .record
+                .position()
+                .cloned()
+                .unwrap_or_else(csv::Position::new);
+            (read.line, read.start) = (line_of(pos.line()), byte_of(pos.byte()));
+            read.end = byte_of(reader.position().byte());
+            read.next_line = line_of(reader.position().line());
+            read.raw_hash = raw
+                .filter(|_| read.record.len() == width)
+                .map(|raw| raw_hash(raw.seed, &text[read.start as usize..read.end as usize]));
+            if let (Some(hash), Some(index)) = (read.raw_hash, index) {
+                index.prefetch(hash);
+            }
+            n += 1;
+        }
+        if n == 0 && failure.is_none() {
             break;
         }
-        records += 1;
-        let pos = record
-            .position()
-            .cloned()
-            .unwrap_or_else(csv::Position::new);
-        let (line, record_start) = (line_of(pos.line()), byte_of(pos.byte()));
-        let record_end = byte_of(reader.position().byte());
-        let next_line = line_of(reader.position().line());
-        last_line = line;
-        let key = |record: &csv::ByteRecord| -> Option<String> {
-            let parts: Vec<String> = key_fields
-                .iter()
-                .filter_map(|&f| layout[f].and_then(|c| record.get(c)))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .collect();
-            (!parts.is_empty()).then(|| parts.join("|"))
-        };
-        let reject = |record: &csv::ByteRecord, field: Option<&str>, message: String| RowError {
-            line,
-            key: key(record),
-            field: field.map(str::to_string),
-            message,
-            raw: raw_text(text, record_start, record_end),
-        };
-        if record.len() != width && next_line > line + 1 {
-            // A quoted field that runs over several lines and leaves the
-            // record ragged is an unbalanced quote: the records it swallowed
-            // cannot be told apart, so none of the file can be trusted.
-            return Err(ParseError::Csv {
-                file: file.to_string(),
-                line,
-                message: format!(
-                    "a quoted field opened in this record runs on to line {} and leaves it with {} fields instead of {width}: an unbalanced quote? Nothing was applied",
-                    next_line.saturating_sub(1),
-                    record.len()
-                ),
-            });
-        }
-        if record.len() != width {
-            errors.push(reject(
-                &record,
-                None,
-                format!(
-                    "expected {width} fields, found {} (a stray delimiter, or an unbalanced quote?)",
-                    record.len()
-                ),
-            ));
-            continue;
-        }
-        // The common record: no field over the size limit and all of it
-        // text. One UTF-8 check for the whole record (SIMD, which matters
-        // once names are not ASCII) and no per-record allocation; each
-        // field is then a slice of that text, cut where a character ends.
-        // Any other record is looked at field by field below, to say which
-        // field.
-        let max_field_bytes = dialect.max_field_bytes.get();
-        let fits = layout
-            .iter()
-            .flatten()
-            .all(|&c| record.get(c).map_or(0, <[u8]>::len) as u64 <= max_field_bytes);
-        let text = fits
-            .then(|| simdutf8::basic::from_utf8(record.as_slice()).ok())
-            .flatten()
-            .filter(|text| {
-                // Fields cut mid-character would each be invalid though
-                // their bytes together are not.
-                (0..record.len()).all(|c| {
-                    record.range(c).is_some_and(|r| {
-                        text.is_char_boundary(r.start) && text.is_char_boundary(r.end)
-                    })
-                })
-            });
-        if let Some(text) = text {
-            let has_attributes = match attributes.is_some() {
-                true => attributes_json(&record, extras, max_field_bytes as usize, &mut json),
-                false => Ok(false),
+        for read in &reads[..n] {
+            records += 1;
+            let record = &read.record;
+            let (line, record_start, record_end, next_line) =
+                (read.line, read.start, read.end, read.next_line);
+            last_line = line;
+            let key = |record: &csv::ByteRecord| -> Option<String> {
+                let parts: Vec<String> = key_fields
+                    .iter()
+                    .filter_map(|&f| layout[f].and_then(|c| record.get(c)))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                (!parts.is_empty()).then(|| parts.join("|"))
             };
-            let has_attributes = match has_attributes {
-                Ok(has) => has,
-                Err((field, message)) => {
-                    errors.push(reject(&record, field.as_deref(), message));
+            let reject =
+                |record: &csv::ByteRecord, field: Option<&str>, message: String| RowError {
+                    line,
+                    key: key(record),
+                    field: field.map(str::to_string),
+                    message,
+                    raw: raw_text(text, record_start, record_end),
+                };
+            if record.len() != width && next_line > line + 1 {
+                // A quoted field that runs over several lines and leaves the
+                // record ragged is an unbalanced quote: the records it swallowed
+                // cannot be told apart, so none of the file can be trusted.
+                return Err(ParseError::Csv {
+                    file: file.to_string(),
+                    line,
+                    message: format!(
+                        "a quoted field opened in this record runs on to line {} and leaves it with {} fields instead of {width}: an unbalanced quote? Nothing was applied",
+                        next_line.saturating_sub(1),
+                        record.len()
+                    ),
+                });
+            }
+            if record.len() != width {
+                errors.push(reject(
+                    record,
+                    None,
+                    format!(
+                        "expected {width} fields, found {} (a stray delimiter, or an unbalanced quote?)",
+                        record.len()
+                    ),
+                ));
+                continue;
+            }
+            // A record whose bytes a stored row was read from is that row,
+            // unchanged: only its key is kept, for the checks across rows.
+            let raw_hash = read.raw_hash;
+            if let (Some(hash), Some(index), Some(raw)) = (raw_hash, index, raw)
+                && let Some(stored) = index.get(hash)
+                && unchanged.has_room(record.as_slice().len())
+            {
+                let value = |f: &usize| layout[*f].and_then(|c| record.get(c));
+                if raw
+                    .fields
+                    .iter()
+                    .filter_map(value)
+                    .all(|v| std::str::from_utf8(v).is_ok())
+                {
+                    unchanged.push(
+                        raw.fields
+                            .iter()
+                            .map(|f| value(f).map(|v| std::str::from_utf8(v).unwrap_or_default())),
+                        line,
+                        stored,
+                    );
                     continue;
                 }
+            }
+            // The common record: no field over the size limit and all of it
+            // text. One UTF-8 check for the whole record (SIMD, which matters
+            // once names are not ASCII) and no per-record allocation; each
+            // field is then a slice of that text, cut where a character ends.
+            // Any other record is looked at field by field below, to say which
+            // field.
+            let max_field_bytes = dialect.max_field_bytes.get();
+            let fits = layout
+                .iter()
+                .flatten()
+                .all(|&c| record.get(c).map_or(0, <[u8]>::len) as u64 <= max_field_bytes);
+            let text = fits
+                .then(|| simdutf8::basic::from_utf8(record.as_slice()).ok())
+                .flatten()
+                .filter(|text| {
+                    // Fields cut mid-character would each be invalid though
+                    // their bytes together are not.
+                    (0..record.len()).all(|c| {
+                        record.range(c).is_some_and(|r| {
+                            text.is_char_boundary(r.start) && text.is_char_boundary(r.end)
+                        })
+                    })
+                });
+            if let Some(text) = text {
+                let has_attributes = match attributes.is_some() {
+                    true => attributes_json(record, extras, max_field_bytes as usize, &mut json),
+                    false => Ok(false),
+                };
+                let has_attributes = match has_attributes {
+                    Ok(has) => has,
+                    Err((field, message)) => {
+                        errors.push(reject(record, field.as_deref(), message));
+                        continue;
+                    }
+                };
+                for (builder, column) in builders.iter_mut().zip(layout) {
+                    match column {
+                        Some(c) => builder.append_value(
+                            record
+                                .range(*c)
+                                .and_then(|r| text.get(r))
+                                .unwrap_or_default(),
+                        ),
+                        None => builder.append_null(),
+                    }
+                }
+                if let Some(builder) = attributes.as_mut() {
+                    if has_attributes {
+                        builder.append_value(&json);
+                    } else {
+                        builder.append_null();
+                    }
+                }
+                raw_hashes.extend(raw_hash);
+                lines.push(line);
+                spans.push((record_start, record_end));
+                continue;
+            }
+            let mut values: Vec<Option<&str>> = Vec::with_capacity(layout.len());
+            let mut bad = false;
+            for (field_index, column) in layout.iter().enumerate() {
+                let Some(column) = *column else {
+                    values.push(None);
+                    continue;
+                };
+                let raw = record.get(column).unwrap_or_default();
+                let name = &schema.fields[field_index].name;
+                if raw.len() as u64 > dialect.max_field_bytes.get() {
+                    errors.push(reject(
+                    record,
+                        Some(name),
+                        format!(
+                            "value is {} bytes, more than csv.max_field_bytes ({}); an unbalanced quote?",
+                            raw.len(),
+                            dialect.max_field_bytes
+                        ),
+                    ));
+                    bad = true;
+                    continue;
+                }
+                match std::str::from_utf8(raw) {
+                    Ok(v) => values.push(Some(v)),
+                    Err(e) => {
+                        errors.push(reject(
+                    record,
+                            Some(name),
+                            format!(
+                                "not valid UTF-8 (byte {} of the value); if the file is Latin-1, set csv.encoding = \"latin-1\"",
+                                e.valid_up_to() + 1
+                            ),
+                        ));
+                        bad = true;
+                    }
+                }
+            }
+            if bad {
+                continue;
+            }
+            let has_attributes = if attributes.is_some() {
+                match attributes_json(
+                    record,
+                    extras,
+                    dialect.max_field_bytes.get() as usize,
+                    &mut json,
+                ) {
+                    Ok(has) => has,
+                    Err((field, message)) => {
+                        errors.push(reject(record, field.as_deref(), message));
+                        continue;
+                    }
+                }
+            } else {
+                false
             };
-            for (builder, column) in builders.iter_mut().zip(layout) {
-                match column {
-                    Some(c) => builder.append_value(
-                        record
-                            .range(*c)
-                            .and_then(|r| text.get(r))
-                            .unwrap_or_default(),
-                    ),
+            for (builder, value) in builders.iter_mut().zip(&values) {
+                match value {
+                    Some(v) => builder.append_value(v),
                     None => builder.append_null(),
                 }
             }
@@ -1199,81 +1389,17 @@ fn parse_chunk(
                     builder.append_null();
                 }
             }
+            raw_hashes.extend(raw_hash);
             lines.push(line);
             spans.push((record_start, record_end));
-            continue;
         }
-        let mut values: Vec<Option<&str>> = Vec::with_capacity(layout.len());
-        let mut bad = false;
-        for (field_index, column) in layout.iter().enumerate() {
-            let Some(column) = *column else {
-                values.push(None);
-                continue;
-            };
-            let raw = record.get(column).unwrap_or_default();
-            let name = &schema.fields[field_index].name;
-            if raw.len() as u64 > dialect.max_field_bytes.get() {
-                errors.push(reject(
-                &record,
-                    Some(name),
-                    format!(
-                        "value is {} bytes, more than csv.max_field_bytes ({}); an unbalanced quote?",
-                        raw.len(),
-                        dialect.max_field_bytes
-                    ),
-                ));
-                bad = true;
-                continue;
-            }
-            match std::str::from_utf8(raw) {
-                Ok(v) => values.push(Some(v)),
-                Err(e) => {
-                    errors.push(reject(
-                &record,
-                        Some(name),
-                        format!(
-                            "not valid UTF-8 (byte {} of the value); if the file is Latin-1, set csv.encoding = \"latin-1\"",
-                            e.valid_up_to() + 1
-                        ),
-                    ));
-                    bad = true;
-                }
-            }
-        }
-        if bad {
-            continue;
-        }
-        let has_attributes = if attributes.is_some() {
-            match attributes_json(
-                &record,
-                extras,
-                dialect.max_field_bytes.get() as usize,
-                &mut json,
-            ) {
-                Ok(has) => has,
-                Err((field, message)) => {
-                    errors.push(reject(&record, field.as_deref(), message));
-                    continue;
-                }
-            }
-        } else {
-            false
-        };
-        for (builder, value) in builders.iter_mut().zip(&values) {
-            match value {
-                Some(v) => builder.append_value(v),
-                None => builder.append_null(),
-            }
-        }
-        if let Some(builder) = attributes.as_mut() {
-            if has_attributes {
-                builder.append_value(&json);
-            } else {
-                builder.append_null();
-            }
-        }
-        lines.push(line);
-        spans.push((record_start, record_end));
+    }
+    if let Some(e) = failure {
+        return Err(ParseError::Csv {
+            file: file.to_string(),
+            line: last_line,
+            message: e.to_string(),
+        });
     }
     Ok(Chunk {
         columns: builders.into_iter().map(|b| b.finish()).collect(),
@@ -1282,6 +1408,8 @@ fn parse_chunk(
         spans,
         errors,
         records,
+        raw_hashes,
+        unchanged,
     })
 }
 

@@ -14,6 +14,7 @@ use polars::prelude::*;
 use regex::Regex;
 
 use super::key_table::KeyTable;
+use super::raw_rows::UnchangedRows;
 use super::{Field, FieldType, RawTable, TableSchema};
 
 /// A row that was not applied, and why.
@@ -96,6 +97,7 @@ pub fn validate_chunk(
     ctx: &Context,
     across: &mut FileChecks,
 ) -> (ValidRows, Vec<u32>) {
+    across.note_unchanged(&raw.unchanged, schema);
     let valid = validate_rows(raw, schema, ctx, Some(across));
     across.chunk += 1;
     valid
@@ -1460,6 +1462,15 @@ impl Comparable<'_> {
     }
 }
 
+/// The fields `compared_fields` marks, in schema order.
+pub fn compared_field_indexes(schema: &TableSchema) -> Vec<usize> {
+    compared_fields(schema)
+        .iter()
+        .enumerate()
+        .filter_map(|(f, &compared)| compared.then_some(f))
+        .collect()
+}
+
 /// Which fields the rules across rows compare: keys, references, unique
 /// keys, and the conditions of `requiredWhen`.
 fn compared_fields(schema: &TableSchema) -> Vec<bool> {
@@ -1750,6 +1761,13 @@ pub struct RecordAt {
     pub row: u32,
 }
 
+impl RecordAt {
+    /// Whether the record was left out as unchanged (it is no kept record).
+    pub fn left_out(&self) -> bool {
+        self.row == UNCHANGED_ROW
+    }
+}
+
 /// What the rules across rows remember of a file's chunks already
 /// validated, so that they see the whole file while only one chunk is in
 /// memory. Values are remembered as a 128-bit hash of their canonical
@@ -1773,7 +1791,13 @@ pub struct FileChecks {
     targets: Vec<Option<FastSet<u128>>>,
     /// References to values no chunk so far has: (foreign key, value, row).
     pending: Vec<(u32, u128, RecordAt)>,
+    /// Whether a record left out as unchanged shares its key with another
+    /// record of the file (`note_unchanged`).
+    unchanged_repeated: bool,
 }
+
+/// The `row` of a record left out as unchanged: it is no kept record.
+const UNCHANGED_ROW: u32 = u32::MAX;
 
 /// A problem with a row that only the whole file shows, found after the
 /// row's chunk was validated (and perhaps handed on).
@@ -1823,7 +1847,98 @@ impl FileChecks {
             unique: schema.unique_keys.iter().map(|_| FastMap::new()).collect(),
             targets,
             pending: Vec::new(),
+            unchanged_repeated: false,
         }
+    }
+
+    /// Notes the records of the next chunk left out as unchanged: their
+    /// keys, and their references within the file (values of the fields of
+    /// `compared_field_indexes`, as written). Such a record can be told no
+    /// error (it is not kept), so one whose key another record has too is
+    /// only noted (`unchanged_repeated`), and one whose reference no record
+    /// answers comes out of `finish` as a `LateIssue` that is `left_out`:
+    /// either way the file must be read again, every record kept.
+    pub fn note_unchanged(&mut self, rows: &UnchangedRows, schema: &TableSchema) {
+        if rows.is_empty() {
+            return;
+        }
+        let fields = compared_field_indexes(schema);
+        let index = |name: &String| schema.fields.iter().position(|f| &f.name == name);
+        // Field -> its place among a record's values.
+        let place = |name: &String| index(name).and_then(|f| fields.iter().position(|&c| c == f));
+        let key: Vec<Option<usize>> = schema.primary_key().iter().map(place).collect();
+        let references: Vec<(usize, Vec<Option<usize>>)> = schema
+            .foreign_keys
+            .iter()
+            .enumerate()
+            .filter(|(_, fk)| fk.reference.resource.is_empty())
+            .map(|(number, fk)| (number, fk.fields.to_vec().iter().map(place).collect()))
+            .collect();
+        let missing: Vec<&[String]> = fields
+            .iter()
+            .map(|&f| schema.fields[f].missing_values(schema))
+            .collect();
+        // The hash of the values at `places` as the checks compare them
+        // (joined with `|`); `None` when one is missing.
+        let hash_of = |values: &[Option<&str>], places: &[Option<usize>]| -> Option<u128> {
+            let value = |place: &Option<usize>| {
+                let at = (*place)?;
+                values[at].filter(|v| !missing[at].iter().any(|m| m == v))
+            };
+            match places {
+                [one] => value(one).map(|v| self.hash(v)),
+                _ => {
+                    let parts: Option<Vec<&str>> = places.iter().map(value).collect();
+                    parts.map(|parts| self.hash(&parts.join("|")))
+                }
+            }
+        };
+        // Hashed first, so that each key's slot can be fetched ahead.
+        let mut values = Vec::with_capacity(fields.len());
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut refs: Vec<Vec<Option<u128>>> =
+            vec![Vec::with_capacity(rows.len()); references.len()];
+        for row in 0..rows.len() {
+            rows.values(row, &mut values);
+            keys.push(hash_of(&values, &key));
+            for ((_, places), hashes) in references.iter().zip(&mut refs) {
+                hashes.push(hash_of(&values, places));
+            }
+        }
+        self.keys.reserve_total(self.keys.len() + rows.len());
+        let chunk = self.chunk;
+        let at = |row: usize| RecordAt {
+            line: rows.lines[row],
+            chunk,
+            row: UNCHANGED_ROW,
+        };
+        for (row, hash) in keys.iter().enumerate() {
+            self.keys.prefetch_ahead(&keys, row);
+            let Some(hash) = *hash else {
+                // A stored row always has its key: read again to be sure.
+                self.unchanged_repeated = true;
+                continue;
+            };
+            if self.keys.insert(hash, at(row)).is_err() {
+                self.unchanged_repeated = true;
+            }
+        }
+        for ((number, _), hashes) in references.iter().zip(&refs) {
+            for (row, hash) in hashes.iter().enumerate() {
+                self.keys.prefetch_ahead(hashes, row);
+                if let Some(hash) = *hash
+                    && !self.knows(*number, hash)
+                {
+                    self.pending.push((*number as u32, hash, at(row)));
+                }
+            }
+        }
+    }
+
+    /// Whether a record left out as unchanged shares its key with another
+    /// record: what the checks say is then incomplete.
+    pub fn unchanged_repeated(&self) -> bool {
+        self.unchanged_repeated
     }
 
     /// Makes room for the keys of `rows` rows in all, at once: growing a
@@ -1886,6 +2001,10 @@ impl FileChecks {
             let Err(first) = self.keys.insert(hash, here) else {
                 continue;
             };
+            if first.row == UNCHANGED_ROW {
+                self.unchanged_repeated = true;
+                continue;
+            }
             if ctx.repeats_are_duplicates {
                 skipped.insert(row as u32);
                 continue;

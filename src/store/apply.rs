@@ -615,9 +615,9 @@ impl Store {
         // confirmed and `rehash`ed rows get the hash of their values.
         let (hash_col, confirm_rows) = if hashed {
             (
-                ", _row_hash",
+                ", _row_hash, _raw_hash",
                 format!(
-                    "UPDATE {table} SET _row_hash = c._row_hash,
+                    "UPDATE {table} SET _row_hash = c._row_hash, _raw_hash = c._raw_hash,
                         _business_date = CASE WHEN c._kind = 'confirm' THEN {business_date}
                                               ELSE {table}._business_date END
                      FROM changes c
@@ -725,6 +725,7 @@ impl Store {
         ]);
         if backend == Backend::DuckDb {
             columns.push("_row_hash UBIGINT".to_string());
+            columns.push("_raw_hash UBIGINT".to_string());
         }
         let index = format!("{}_integration", target.name);
         match self.table_state(target, &index)? {
@@ -776,6 +777,12 @@ impl Store {
             // the first time a sync compares it (a `rehash`).
             db.batch(&format!("ALTER TABLE {table} ADD COLUMN _row_hash UBIGINT"))
                 .map_err(self.query_error(format!("adding column _row_hash to {}", target.name)))?;
+        }
+        if backend == Backend::DuckDb && !existing.iter().any(|c| c == "_raw_hash") {
+            // A table made before rows kept the hash of their record: each
+            // row gets one when a sync writes it.
+            db.batch(&format!("ALTER TABLE {table} ADD COLUMN _raw_hash UBIGINT"))
+                .map_err(self.query_error(format!("adding column _raw_hash to {}", target.name)))?;
         }
         for c in &target.columns {
             if !existing.contains(&c.name) {

@@ -220,7 +220,7 @@ impl Store {
             .query(
                 "SELECT column_name, data_type FROM information_schema.columns
                  WHERE table_schema = current_schema() AND table_name = ?
-                   AND column_name NOT IN ('_execution_id', '_business_date', '_updated_at', '_row_hash')
+                   AND column_name NOT IN ('_execution_id', '_business_date', '_updated_at', '_row_hash', '_raw_hash')
                  ORDER BY ordinal_position",
                 &[&table],
             )

@@ -22,10 +22,15 @@ use polars_arrow::array::Array;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{Store, StoreError, ident};
+use crate::schema::raw_rows::RawIndex;
 use crate::schema::{PREFETCH_AHEAD, prefetch};
 
 /// The column a row's hash goes in, in the hand-off and the stored table.
 pub const ROW_HASH: &str = "_row_hash";
+
+/// The column the hash of the record a row was read from goes in
+/// (`crate::schema::raw_rows`), in the hand-off and the stored table.
+pub const RAW_HASH: &str = "_raw_hash";
 
 /// The hash of each row of `frame`: of its columns' values, in order.
 ///
@@ -129,28 +134,38 @@ pub struct StoredHashes {
 const ZERO_STANDIN: u64 = 0x2545_f491_4f6c_dd1d;
 
 impl StoredHashes {
-    fn with_hashes(hashes: &[u64]) -> StoredHashes {
+    /// The table of `hashes`, and those held by more than one row (none,
+    /// unless hashes were made another way or altered).
+    fn with_hashes(hashes: &[u64]) -> (StoredHashes, foldhash::HashSet<u64>) {
         let capacity = (hashes.len() + hashes.len() / 3).max(16);
         let mut table = StoredHashes {
             slots: zeroed_in_large_pages(capacity),
             matched: vec![0; capacity.div_ceil(64)],
         };
+        let mut shared = foldhash::HashSet::default();
         for (n, &hash) in hashes.iter().enumerate() {
             table.prefetch_ahead(hashes, n);
             let hash = stored_form(hash);
             let index = table.probe(hash);
+            if table.slots[index] == hash {
+                shared.insert(hash);
+            }
             table.slots[index] = hash;
         }
-        table
+        (table, shared)
     }
 
     /// The hashes of the rows `integration` holds in `table`; `None` when
-    /// the table does not exist yet or holds none of them.
+    /// the table does not exist yet or holds none of them. With `raw`, also
+    /// the index of the rows' raw hashes, when they have any: of the rows
+    /// whose hash no other row has, so that a record found there stands
+    /// for one stored row.
     pub fn load(
         store: &Store,
         table: &str,
         integration: &str,
-    ) -> Result<Option<StoredHashes>, StoreError> {
+        raw: bool,
+    ) -> Result<Option<(StoredHashes, Option<RawIndex>)>, StoreError> {
         let Some(conn) = store.db().duck() else {
             return Ok(None);
         };
@@ -168,11 +183,25 @@ impl StoredHashes {
         if has_hashes == 0 {
             return Ok(None);
         }
+        let raw = raw
+            && {
+                let has_raw: i64 = store
+                .db()
+                .value(
+                    "SELECT count(*) FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = ? AND column_name = '_raw_hash'",
+                    &[&table],
+                )
+                .map_err(store.query_error(context))?;
+                has_raw > 0
+            };
         let started = std::time::Instant::now();
         let mut hashes: Vec<u64> = Vec::new();
+        let mut pairs: Vec<(u64, u64)> = Vec::new();
         let mut statement = conn
             .prepare(&format!(
-                "SELECT _row_hash FROM {} WHERE _integration = ? AND _row_hash IS NOT NULL",
+                "SELECT _row_hash{} FROM {} WHERE _integration = ? AND _row_hash IS NOT NULL",
+                if raw { ", _raw_hash" } else { "" },
                 ident(table)
             ))
             .map_err(store.query_error(context))?;
@@ -181,20 +210,51 @@ impl StoredHashes {
             .map_err(store.query_error(context))?;
         for batch in batches {
             let column = batch.column(0).as_primitive::<UInt64Type>();
-            hashes.extend(column.values().iter().copied().take(column.len()));
+            let rows = column.values().iter().copied().take(column.len());
+            if raw {
+                let raws = batch.column(1).as_primitive::<UInt64Type>();
+                pairs.extend(
+                    raws.iter()
+                        .zip(rows.clone())
+                        .filter_map(|(raw, row)| Some((raw?, row))),
+                );
+            }
+            hashes.extend(rows);
         }
         if hashes.is_empty() {
             return Ok(None);
         }
         let read = started.elapsed();
-        let table = StoredHashes::with_hashes(&hashes);
+        let (table, shared) = StoredHashes::with_hashes(&hashes);
+        let rows = hashes.len();
+        drop(hashes);
+        let index = (!pairs.is_empty()).then(|| {
+            if !shared.is_empty() {
+                pairs.retain(|(_, row)| !shared.contains(&stored_form(*row)));
+            }
+            RawIndex::new(&pairs)
+        });
         tracing::debug!(
-            rows = hashes.len(),
+            rows,
+            raw = pairs.len(),
             read_ms = read.as_millis() as u64,
             ms = started.elapsed().as_millis() as u64,
             "stored rows' hashes loaded"
         );
-        Ok(Some(table))
+        Ok(Some((table, index)))
+    }
+
+    /// Marks the stored rows of `hashes` matched: rows of the file found
+    /// unchanged by their raw hash (`RawIndex::get` gives these).
+    pub fn mark(&mut self, hashes: &[u64]) {
+        for (row, &hash) in hashes.iter().enumerate() {
+            self.prefetch_ahead(hashes, row);
+            let hash = stored_form(hash);
+            let index = self.probe(hash);
+            if self.slots[index] == hash {
+                self.matched[index / 64] |= 1 << (index % 64);
+            }
+        }
     }
 
     /// Where `hash` starts looking: its bits scaled to the table's size.
@@ -328,7 +388,8 @@ mod tests {
             .map(|i| top - i)
             .chain((0..2000u64).map(|i| i.wrapping_mul(STEP)))
             .collect();
-        let mut table = StoredHashes::with_hashes(&held);
+        let (mut table, shared) = StoredHashes::with_hashes(&held);
+        assert!(shared.is_empty());
         let asked: Vec<u64> = held
             .iter()
             .step_by(3)

@@ -75,7 +75,18 @@ fn same_in_chunks_as_whole(
     day1: Option<&str>,
     day2: &str,
 ) -> (Ending, Output) {
-    let (chunked, out) = sync(kind, extra, day1, day2, Some(TINY));
+    same_in_chunks_of_as_whole(kind, TINY, extra, day1, day2)
+}
+
+/// `same_in_chunks_as_whole`, in chunks of `chunk` bytes.
+fn same_in_chunks_of_as_whole(
+    kind: StoreKind,
+    chunk: &str,
+    extra: &str,
+    day1: Option<&str>,
+    day2: &str,
+) -> (Ending, Output) {
+    let (chunked, out) = sync(kind, extra, day1, day2, Some(chunk));
     let (whole, whole_out) = sync(kind, extra, day1, day2, None);
     assert_eq!(chunked, whole, "chunked:\n{out}\nwhole:\n{whole_out}");
     assert_eq!(chunked.handoff_left, 0, "hand-off files left: {out}");
@@ -139,6 +150,46 @@ fn a_key_repeated_in_later_chunks_rejects_every_copy(kind: StoreKind) {
         ]),
         "{:?}",
         ending.table
+    );
+}
+
+fn a_key_repeated_by_new_rows_is_told_from_chunks_whose_stored_rows_were_left_out(kind: StoreKind) {
+    // Every P row is as day 1 stored it (on a DuckDB store, left out
+    // unread); N1 is new, on lines 10 and 35, chunks of several rows apart.
+    // Each copy is described from its chunk read again, with its own line
+    // and text.
+    let day1 = file(40, &[]);
+    let day2 = file(40, &[(10, row("N1", "", 100)), (35, row("N1", "", 101))]);
+    let (ending, out) = same_in_chunks_of_as_whole(
+        kind,
+        "400",
+        "on_error = { max_ratio = 0.2 }",
+        Some(&day1),
+        &day2,
+    );
+    assert_eq!(ending.code, 3, "{out}");
+    assert_eq!((ending.run.input_rows, ending.run.error_rows), (42, 2));
+    assert_eq!((ending.run.inserted, ending.run.unchanged), (0, 40));
+    let message = "duplicate key `N1` (lines 10, 35)";
+    let dup: Vec<(i64, &str, Option<&str>)> = ending
+        .errors
+        .iter()
+        .map(|e| (e.line, e.message.as_str(), e.raw.as_deref()))
+        .collect();
+    assert_eq!(
+        dup,
+        [
+            (
+                10,
+                message,
+                Some("N1,,Account N1,parent,pro,100,2020-01-01")
+            ),
+            (
+                35,
+                message,
+                Some("N1,,Account N1,parent,pro,101,2020-01-01")
+            )
+        ]
     );
 }
 
@@ -346,6 +397,7 @@ fn sync_day1_table() -> Vec<Vec<String>> {
 
 crate::on_both_stores! {
     a_key_repeated_in_later_chunks_rejects_every_copy => a_key_repeated_in_later_chunks_rejects_every_copy;
+    a_key_repeated_by_new_rows_is_told_from_chunks_whose_stored_rows_were_left_out => a_key_repeated_by_new_rows_is_told_from_chunks_whose_stored_rows_were_left_out;
     a_reference_to_a_row_in_another_chunk_holds_and_one_to_no_row_is_rejected => a_reference_to_a_row_in_another_chunk_holds_and_one_to_no_row_is_rejected;
     a_bad_row_in_the_last_chunk_names_its_line => a_bad_row_in_the_last_chunk_names_its_line;
     the_error_policy_counts_bad_rows_across_chunks => the_error_policy_counts_bad_rows_across_chunks;

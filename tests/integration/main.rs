@@ -41,6 +41,7 @@ mod store_cost;
 mod store_parity;
 mod subscribers;
 mod unattended;
+mod unchanged_records;
 mod web_actions;
 mod web_api;
 mod web_auth;

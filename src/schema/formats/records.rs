@@ -216,6 +216,8 @@ impl<'a> TableBuilder<'a> {
             ignored_columns: self.extra_headers,
             renamed_columns: self.renamed,
             text: self.text,
+            raw_hashes: Vec::new(),
+            unchanged: Default::default(),
         }
     }
 }

@@ -1,0 +1,235 @@
+//! Records a snapshot sync knows unchanged from their text alone.
+//!
+//! A stored row keeps, beside the hash of its values (`_row_hash`), the
+//! hash of the record it was read from (`_raw_hash`): the record's bytes as
+//! they stand in the file, hashed with a seed made of everything that
+//! decides how a record becomes a row (the schema, the CSV dialect, which
+//! file column feeds which field, this build's reading of values). Bytes
+//! and seed the same, reading them gives the same row, valid: a record of
+//! today's file whose hash a stored row has is that row, unchanged. It is
+//! then neither converted nor validated nor handed off; only its key is
+//! kept, for the checks across rows, and the stored row it matched.
+//!
+//! Any other record (new, changed, or only spelled another way: `51,750`
+//! for `51750`, CRLF for LF) is read in full, and the hash of its values
+//! decides as before. A raw hash never says "changed", only "unchanged".
+
+use std::sync::Arc;
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use super::{PREFETCH_AHEAD, prefetch};
+
+/// Part of every seed: a change to how this program reads a value into a
+/// row (a format it accepts, a canonical spelling) must change it, so that
+/// no record is taken for a row read another way.
+const READING_VERSION: &str = "dropsync raw rows 1";
+
+/// The seed of the raw hashes of a file read as `reading` describes (the
+/// schema, dialect, header layout and mode, spelled out by the caller).
+pub fn seed(reading: &str) -> u64 {
+    xxh3_64(format!("{READING_VERSION}|{}|{reading}", env!("CARGO_PKG_VERSION")).as_bytes())
+}
+
+/// The raw hash of a record's bytes.
+#[inline]
+pub fn raw_hash(seed: u64, record: &[u8]) -> u64 {
+    stored_form(xxh3_64_with_seed(record, seed))
+}
+
+/// Stands in for a hash of 0, which marks an empty slot.
+const ZERO_STANDIN: u64 = 0x6a09_e667_f3bc_c909;
+
+fn stored_form(hash: u64) -> u64 {
+    if hash == 0 { ZERO_STANDIN } else { hash }
+}
+
+/// The stored rows' raw hashes, each with the hash of the row's values:
+/// open addressing, a pair a slot (0 when empty).
+pub struct RawIndex {
+    slots: Vec<(u64, u64)>,
+}
+
+impl RawIndex {
+    /// An index of `pairs` (raw hash, row hash).
+    pub fn new(pairs: &[(u64, u64)]) -> RawIndex {
+        let capacity = (pairs.len() + pairs.len() / 3).max(16);
+        let mut index = RawIndex {
+            slots: vec![(0, 0); capacity],
+        };
+        for (n, &(raw, row)) in pairs.iter().enumerate() {
+            if let Some(&(ahead, _)) = pairs.get(n + PREFETCH_AHEAD) {
+                prefetch(&index.slots[index.home(stored_form(ahead))]);
+            }
+            let raw = stored_form(raw);
+            let at = index.probe(raw);
+            index.slots[at] = (raw, row);
+        }
+        index
+    }
+
+    fn home(&self, hash: u64) -> usize {
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    fn probe(&self, hash: u64) -> usize {
+        let mut at = self.home(hash);
+        loop {
+            let slot = self.slots[at].0;
+            if slot == hash || slot == 0 {
+                return at;
+            }
+            at += 1;
+            if at == self.slots.len() {
+                at = 0;
+            }
+        }
+    }
+
+    /// Asks for the slot where `raw` would be, ahead of `get`.
+    #[inline]
+    pub fn prefetch(&self, raw: u64) {
+        prefetch(&self.slots[self.home(raw)]);
+    }
+
+    /// The row hash of the stored row read from a record of raw hash `raw`
+    /// (as `raw_hash` gives it).
+    #[inline]
+    pub fn get(&self, raw: u64) -> Option<u64> {
+        let (held, row) = self.slots[self.probe(raw)];
+        (held == raw).then_some(row)
+    }
+}
+
+/// How a file's records are hashed as they are read, and, once the stored
+/// rows' hashes are known, which of them are left out as unchanged.
+#[derive(Clone)]
+pub struct RawRows {
+    pub seed: u64,
+    pub index: Option<Arc<RawIndex>>,
+    /// The schema fields whose values a record left out keeps, as written
+    /// (the key, and the references the checks across rows follow).
+    pub fields: Vec<usize>,
+}
+
+/// The records of a chunk left out as unchanged: each one's values of
+/// `RawRows::fields` as written (`None` where the file has no such
+/// column), line, and the row hash of the stored row it matched.
+#[derive(Debug, Default)]
+pub struct UnchangedRows {
+    text: String,
+    /// Per record, a range of `text` a field (in `RawRows::fields` order).
+    values: Vec<Option<(u32, u32)>>,
+    pub lines: Vec<u64>,
+    pub stored: Vec<u64>,
+}
+
+impl UnchangedRows {
+    /// Notes a record left out: its values, line and stored row.
+    pub fn push<'a>(
+        &mut self,
+        values: impl IntoIterator<Item = Option<&'a str>>,
+        line: u64,
+        stored: u64,
+    ) {
+        for value in values {
+            self.values.push(value.map(|v| {
+                let start = self.text.len() as u32;
+                self.text.push_str(v);
+                (start, self.text.len() as u32)
+            }));
+        }
+        self.lines.push(line);
+        self.stored.push(stored);
+    }
+
+    /// Whether `more` bytes of values fit besides those held.
+    pub fn has_room(&self, more: usize) -> bool {
+        self.text.len().saturating_add(more) < u32::MAX as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// The values of record `row` (as pushed), into `out`.
+    pub fn values<'a>(&'a self, row: usize, out: &mut Vec<Option<&'a str>>) {
+        let width = self.values.len() / self.lines.len().max(1);
+        out.clear();
+        out.extend(
+            self.values[row * width..(row + 1) * width]
+                .iter()
+                .map(|v| v.map(|(start, end)| &self.text[start as usize..end as usize])),
+        );
+    }
+
+    /// Adds `more`, the records after these.
+    pub fn append(&mut self, more: UnchangedRows) {
+        let base = self.text.len() as u32;
+        self.text.push_str(&more.text);
+        self.values.extend(
+            more.values
+                .into_iter()
+                .map(|v| v.map(|(start, end)| (base + start, base + end))),
+        );
+        self.lines.extend(more.lines);
+        self.stored.extend(more.stored);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_finds_what_it_holds() {
+        let seed = seed("a reading");
+        let pairs: Vec<(u64, u64)> = (0..5000u64)
+            .map(|n| (raw_hash(seed, format!("A{n},x,{n}\n").as_bytes()), n + 1))
+            .chain([(0, 9999)])
+            .collect();
+        let index = RawIndex::new(&pairs);
+        for (n, &(raw, row)) in pairs.iter().enumerate().take(5000) {
+            assert_eq!(index.get(raw), Some(row), "pair {n}");
+        }
+        assert_eq!(index.get(stored_form(0)), Some(9999));
+        assert_eq!(index.get(raw_hash(seed, b"A1,x,2\n")), None);
+        // Another reading of the same bytes is another hash.
+        assert_ne!(
+            raw_hash(seed, b"A1,x,1\n"),
+            raw_hash(super::seed("another reading"), b"A1,x,1\n")
+        );
+    }
+
+    #[test]
+    fn unchanged_rows_keep_values_and_lines_across_appends() {
+        let mut a = UnchangedRows::default();
+        a.push([Some("A1"), None], 2, 10);
+        a.push([Some("A2"), Some("x")], 3, 11);
+        let mut b = UnchangedRows::default();
+        b.push([Some("A3"), Some("")], 9, 12);
+        a.append(b);
+        let mut values = Vec::new();
+        let rows: Vec<Vec<Option<&str>>> = (0..a.len())
+            .map(|row| {
+                a.values(row, &mut values);
+                values.clone()
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec![Some("A1"), None],
+                vec![Some("A2"), Some("x")],
+                vec![Some("A3"), Some("")]
+            ]
+        );
+        assert_eq!(a.lines, vec![2, 3, 9]);
+        assert_eq!(a.stored, vec![10, 11, 12]);
+        assert_eq!(a.len(), 3);
+    }
+}
