@@ -258,6 +258,19 @@ pub fn sync_file(
     file: &StagedFile,
     opts: RunOptions,
 ) -> Result<Option<RunReport>, PipelineError> {
+    sync_file_with(store, config, integration, file, opts, None)
+}
+
+/// `sync_file`, with the stored rows' hashes already being read
+/// (`StoredRows::start`, called before the file was fetched).
+pub fn sync_file_with(
+    store: &Store,
+    config: &Config,
+    integration: &Integration,
+    file: &StagedFile,
+    opts: RunOptions,
+    stored_rows: Option<StoredRows>,
+) -> Result<Option<RunReport>, PipelineError> {
     let mut run = RunRecord::new(
         &integration.name,
         &integration.dataset.name,
@@ -337,8 +350,12 @@ pub fn sync_file(
         return Ok(Some(report(run, None, Vec::new(), Vec::new())));
     }
 
-    // Read while the run is recorded and the file opened.
-    let stored_rows = StoredRows::start(store, integration, file)?;
+    // Read while the run is recorded and the file opened, unless they
+    // have been since before the file was fetched.
+    let stored_rows = match stored_rows {
+        Some(stored_rows) => Some(stored_rows),
+        None => StoredRows::start(store, integration, &file.name)?,
+    };
     let writeback = if opts.dry_run {
         None
     } else {
@@ -959,7 +976,7 @@ fn read_chunks(
                         &reader,
                         &integration.target.name,
                         &integration.name,
-                        leave_out,
+                        leave_out.then_some(&Default::default()),
                     ),
                 };
                 // The parser goes on (leaving nothing out) if this failed.
@@ -1340,39 +1357,61 @@ struct HandoffParts {
 }
 
 /// The hashes of the rows a snapshot sync compares the file with (and
-/// their raw hashes), read on a thread of their own from before the run is
-/// recorded, so that the file's first chunk does not wait for them.
-struct StoredRows(std::thread::JoinHandle<StoredRowsLoad>);
+/// their raw hashes), read on a thread of their own from before the file
+/// is fetched (or the run recorded), so that the file's first chunk does
+/// not wait for them. Dropped unused (the file is a repeat), the read
+/// stops at its next batch of rows, and is waited for.
+pub struct StoredRows {
+    load: Option<std::thread::JoinHandle<StoredRowsLoad>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 
 type StoredRowsLoad = Result<Option<(StoredHashes, Option<RawIndex>)>, crate::store::StoreError>;
 
 impl StoredRows {
-    /// Starts reading them, when `file` is read in chunks by a snapshot
-    /// sync that may leave out records as unchanged, on a DuckDB store.
-    fn start(
+    /// Starts reading them, when the file `name` is read in chunks by a
+    /// snapshot sync that may leave out records as unchanged, on a DuckDB
+    /// store.
+    pub fn start(
         store: &Store,
         integration: &Integration,
-        file: &StagedFile,
+        name: &str,
     ) -> Result<Option<StoredRows>, PipelineError> {
         let reading = schema::formats::DropReading::of(&integration.config);
         if store.db().duck().is_none()
             || !reads_raw_rows(integration)
             || integration.metrics.is_some()
-            || !schema::formats::is_plain_csv(&file.name, &reading)
+            || !schema::formats::is_plain_csv(name, &reading)
         {
             return Ok(None);
         }
         let reader = store.reader()?;
         let (table, name) = (integration.target.name.clone(), integration.name.clone());
-        Ok(Some(StoredRows(std::thread::spawn(move || {
-            StoredHashes::load(&reader, &table, &name, true)
-        }))))
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        Ok(Some(StoredRows {
+            load: Some(std::thread::spawn(move || {
+                StoredHashes::load(&reader, &table, &name, Some(&stopped))
+            })),
+            stop,
+        }))
     }
 
-    fn wait(self) -> StoredRowsLoad {
-        self.0
+    fn wait(mut self) -> StoredRowsLoad {
+        self.load
+            .take()
+            .expect("waited for once")
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for StoredRows {
+    fn drop(&mut self) {
+        if let Some(load) = self.load.take() {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = load.join();
+        }
     }
 }
 

@@ -422,6 +422,11 @@ fn sync_one(
     let started = std::time::Instant::now();
     let _in_flight = progress::file(&candidate.name, Some(candidate.size));
     progress::report(progress::Event::Stage(progress::Stage::Fetching));
+    // The stored rows' hashes are read while the file is fetched.
+    let stored_rows = match pipeline::StoredRows::start(store, integration, &candidate.name) {
+        Ok(stored_rows) => stored_rows,
+        Err(e) => return error(e.to_string()),
+    };
     let staged = match source.fetch(candidate, &staging) {
         Ok(staged) => staged,
         Err(e) => {
@@ -448,7 +453,7 @@ fn sync_one(
     {
         return error(e);
     }
-    match pipeline::sync_file(store, config, integration, &staged, opts) {
+    match pipeline::sync_file_with(store, config, integration, &staged, opts, stored_rows) {
         Ok(Some(report)) => Synced::Outcome(FileOutcome::Ran(Box::new(report))),
         Ok(None) => Synced::Repeat {
             content_hash: staged.content_hash,
@@ -552,6 +557,8 @@ fn ingest_with(
     });
     let _in_flight = progress::file(&shown_name, None);
     progress::report(progress::Event::Stage(progress::Stage::Fetching));
+    // The stored rows' hashes are read while the file is staged.
+    let stored_rows = pipeline::StoredRows::start(store, &integration, &shown_name)?;
     let staged = pattern.and_then(|p| stage(&p, &config.store.staging.join(&integration.name)));
     let staged = match staged {
         Ok(s) => s,
@@ -569,7 +576,7 @@ fn ingest_with(
         ..opts
     };
     Ok(
-        match pipeline::sync_file(store, config, &integration, &staged, opts)? {
+        match pipeline::sync_file_with(store, config, &integration, &staged, opts, stored_rows)? {
             Some(report) => FileOutcome::Ran(Box::new(report)),
             // Explicit runs always report; say so plainly if one ever does not.
             None => FileOutcome::Error {

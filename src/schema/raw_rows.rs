@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::{PREFETCH_AHEAD, prefetch};
+use super::{PREFETCH_AHEAD, filled_in_large_pages, prefetch};
 
 /// Part of every seed: a change to how this program reads a value into a
 /// row (a format it accepts, a canonical spelling) must change it, so that
@@ -55,7 +55,7 @@ impl RawIndex {
     pub fn new(pairs: &[(u64, u64)]) -> RawIndex {
         let capacity = (pairs.len() + pairs.len() / 3).max(16);
         let mut index = RawIndex {
-            slots: vec![(0, 0); capacity],
+            slots: filled_in_large_pages(capacity, (0, 0)),
         };
         for (n, &(raw, row)) in pairs.iter().enumerate() {
             if let Some(&(ahead, _)) = pairs.get(n + PREFETCH_AHEAD) {

@@ -23,7 +23,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::{Store, StoreError, ident};
 use crate::schema::raw_rows::RawIndex;
-use crate::schema::{PREFETCH_AHEAD, prefetch};
+use crate::schema::{PREFETCH_AHEAD, filled_in_large_pages, prefetch};
 
 /// The column a row's hash goes in, in the hand-off and the stored table.
 pub const ROW_HASH: &str = "_row_hash";
@@ -139,7 +139,7 @@ impl StoredHashes {
     fn with_hashes(hashes: &[u64]) -> (StoredHashes, foldhash::HashSet<u64>) {
         let capacity = (hashes.len() + hashes.len() / 3).max(16);
         let mut table = StoredHashes {
-            slots: zeroed_in_large_pages(capacity),
+            slots: filled_in_large_pages(capacity, 0),
             matched: vec![0; capacity.div_ceil(64)],
         };
         let mut shared = foldhash::HashSet::default();
@@ -159,13 +159,16 @@ impl StoredHashes {
     /// the table does not exist yet or holds none of them. With `raw`, also
     /// the index of the rows' raw hashes, when they have any: of the rows
     /// whose hash no other row has, so that a record found there stands
-    /// for one stored row.
+    /// for one stored row. `None` too once `raw` is set (read between
+    /// batches of rows): they are no longer wanted.
     pub fn load(
         store: &Store,
         table: &str,
         integration: &str,
-        raw: bool,
+        raw: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<Option<(StoredHashes, Option<RawIndex>)>, StoreError> {
+        let stop = raw;
+        let stopped = || stop.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed));
         let Some(conn) = store.db().duck() else {
             return Ok(None);
         };
@@ -183,7 +186,7 @@ impl StoredHashes {
         if has_hashes == 0 {
             return Ok(None);
         }
-        let raw = raw
+        let raw = raw.is_some()
             && {
                 let has_raw: i64 = store
                 .db()
@@ -209,6 +212,9 @@ impl StoredHashes {
             .query_arrow([integration])
             .map_err(store.query_error(context))?;
         for batch in batches {
+            if stopped() {
+                return Ok(None);
+            }
             let column = batch.column(0).as_primitive::<UInt64Type>();
             let rows = column.values().iter().copied().take(column.len());
             if raw {
@@ -314,31 +320,6 @@ impl StoredHashes {
             .map(|(_, &slot)| if slot == ZERO_STANDIN { 0 } else { slot })
             .collect()
     }
-}
-
-/// `len` zeros, in 2 MB pages where the system gives them on request:
-/// each lookup lands on a random slot, and with 4 KB pages most of them
-/// missed the TLB too (a quarter of the table's time at 10M hashes).
-fn zeroed_in_large_pages(len: usize) -> Vec<u64> {
-    const LARGE_PAGE: usize = 2 << 20;
-    let mut slots: Vec<u64> = Vec::with_capacity(len);
-    let start = slots.as_mut_ptr() as usize;
-    let end = start + len * std::mem::size_of::<u64>();
-    let aligned = start.next_multiple_of(LARGE_PAGE);
-    if end > aligned + LARGE_PAGE {
-        // SAFETY: the range lies within the vector's own allocation; the
-        // advice changes how its pages are backed, never their contents.
-        // Refused advice (no such pages) leaves small pages.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                (end - aligned) / LARGE_PAGE * LARGE_PAGE,
-                libc::MADV_HUGEPAGE,
-            );
-        }
-    }
-    slots.resize(len, 0);
-    slots
 }
 
 fn stored_form(hash: u64) -> u64 {
