@@ -16,7 +16,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use super::raw_rows::{RawIndex, RawRows, UnchangedRows, raw_hash};
+use super::raw_rows::{RawIndex, RawRows, UnchangedRows, raw_hash, record_text};
 use super::validate::RowError;
 use super::{FieldsMatch, TableSchema};
 use crate::config::{CsvDialect, Encoding};
@@ -688,19 +688,109 @@ struct RecordShape<'a> {
     raw: Option<&'a RawRows>,
 }
 
-/// How many records `parse_chunk` reads ahead of the one it handles.
+/// How many line ends `parse_chunk` hashes ahead of the record it reads.
 const READ_AHEAD: usize = 16;
 
-/// A record read: where it lies (its first line and bytes, and the line
-/// after it) and its raw hash, when records are hashed.
-#[derive(Default)]
-struct ReadRecord {
-    record: csv::ByteRecord,
-    line: u64,
-    start: u64,
-    end: u64,
-    next_line: u64,
-    raw_hash: Option<u64>,
+/// The first fields of a record, read as the csv reader reads them. The
+/// plain cases (an unquoted field, a quoted one with no quote inside) are
+/// cut where they end; anything else (a doubled quote, text after a
+/// closing quote) is left to the csv reader's own engine, with the same
+/// dialect, reading the whole record.
+struct LeadingFields {
+    core: csv_core::Reader,
+    delimiter: u8,
+    quote: u8,
+    out: Vec<u8>,
+    /// Where each field read ends in `out`.
+    ends: Vec<usize>,
+}
+
+impl LeadingFields {
+    fn new(dialect: &CsvDialect) -> LeadingFields {
+        LeadingFields {
+            core: csv_core::ReaderBuilder::new()
+                .delimiter(dialect.delimiter as u8)
+                .quote(dialect.quote as u8)
+                .build(),
+            delimiter: dialect.delimiter as u8,
+            quote: dialect.quote as u8,
+            out: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// Reads the first `count` fields of `record` (one whole record, line
+    /// ends left out); false when it has fewer.
+    fn read(&mut self, record: &[u8], count: usize) -> bool {
+        self.ends.clear();
+        self.out.clear();
+        let mut at = 0;
+        while self.ends.len() < count {
+            let (value, next) = if record.get(at) == Some(&self.quote) {
+                let body = at + 1;
+                let Some(close) = memchr::memchr(self.quote, &record[body..]).map(|n| body + n)
+                else {
+                    return self.read_whole(record, count);
+                };
+                match record.get(close + 1) {
+                    None => (&record[body..close], None),
+                    Some(&b) if b == self.delimiter => (&record[body..close], Some(close + 2)),
+                    // A doubled quote, or text after the closing one.
+                    Some(_) => return self.read_whole(record, count),
+                }
+            } else {
+                match memchr::memchr(self.delimiter, &record[at..]) {
+                    Some(n) => (&record[at..at + n], Some(at + n + 1)),
+                    None => (&record[at..], None),
+                }
+            };
+            self.out.extend_from_slice(value);
+            self.ends.push(self.out.len());
+            match next {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        self.ends.len() >= count
+    }
+
+    /// `read`, by the csv reader's engine over the whole record.
+    fn read_whole(&mut self, record: &[u8], count: usize) -> bool {
+        use csv_core::ReadRecordResult;
+        self.core.reset();
+        self.out.clear();
+        self.out.resize(record.len(), 0);
+        self.ends.clear();
+        self.ends.resize(record.len() + 1, 0);
+        let (mut input, mut wrote, mut fields) = (record, 0, 0);
+        loop {
+            let (result, read, more, ended) =
+                self.core
+                    .read_record(input, &mut self.out[wrote..], &mut self.ends[fields..]);
+            input = &input[read..];
+            wrote += more;
+            // The engine counts each record's ends from its start.
+            fields += ended;
+            match result {
+                ReadRecordResult::InputEmpty => continue,
+                ReadRecordResult::Record | ReadRecordResult::End => break,
+                ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => return false,
+            }
+        }
+        self.ends.truncate(fields);
+        fields >= count
+    }
+
+    /// Field `column` as read, when it is text.
+    fn field(&self, column: usize) -> Option<&str> {
+        let end = *self.ends.get(column)?;
+        let start = if column == 0 {
+            0
+        } else {
+            self.ends[column - 1]
+        };
+        std::str::from_utf8(&self.out[start..end]).ok()
+    }
 }
 
 /// The records of one stretch of a file.
@@ -1133,12 +1223,6 @@ fn parse_chunk(
     } = *shape;
     let mut attributes =
         (!extras.is_empty()).then(|| StringChunkedBuilder::new(ATTRIBUTES.into(), 1024));
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(dialect.delimiter as u8)
-        .quote(dialect.quote as u8)
-        .from_reader(&text[start..end]);
     let mut builders: Vec<StringChunkedBuilder> = schema
         .fields
         .iter()
@@ -1155,230 +1239,240 @@ fn parse_chunk(
     let byte_of = |b: u64| start as u64 + b;
     let mut last_line = first_line;
     let mut json = String::new();
-    // Records are read a few at a time: each one's raw hash is asked of
-    // the index ahead of its turn, so that the index is not waited on
-    // record by record.
-    let mut reads: Vec<ReadRecord> = (0..READ_AHEAD).map(|_| ReadRecord::default()).collect();
-    let mut failure = None;
-    while failure.is_none() {
-        let mut n = 0;
-        while n < READ_AHEAD {
-            let read = &mut reads[n];
-            match reader.read_byte_record(&mut read.record) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+    // With the stored rows' raw hashes at hand, a record is first looked
+    // for by the bytes up to the next line end, hashed before the csv
+    // reader reads them: found, it is the stored row's record (parsing the
+    // same bytes from a record's start ends the record at the same byte),
+    // and only the fields the checks across rows need are read
+    // (`LeadingFields`). The hashes of the next few line ends are asked of
+    // the index ahead. Any other record (new, changed, or running over
+    // several lines) is read by the csv reader, moved past the records
+    // found since it last read.
+    let fast = raw.zip(index);
+    let needed = raw.map_or(0, |raw| {
+        raw.fields
+            .iter()
+            .filter_map(|&f| layout[f])
+            .max()
+            .map_or(0, |c| c + 1)
+    });
+    let mut leading = LeadingFields::new(dialect);
+    // (start, where its text starts past line ends, end, hash)
+    let mut ahead: std::collections::VecDeque<(usize, usize, usize, u64)> = Default::default();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(dialect.delimiter as u8)
+        .quote(dialect.quote as u8)
+        .buffer_capacity(if fast.is_some() { 4 << 10 } else { 8 << 10 })
+        .from_reader(std::io::Cursor::new(&text[start..end]));
+    let mut record = csv::ByteRecord::new();
+    let mut moved = false;
+    // Where the next record starts, and its line.
+    let (mut next, mut next_line_at) = (start, first_line);
+    while next < end {
+        if let Some((raw, index)) = fast {
+            if ahead.front().is_some_and(|&(at, _, _, _)| at != next) {
+                ahead.clear();
             }
-            let pos = read
-                .record
-                .position()
-                .cloned()
-                .unwrap_or_else(csv::Position::new);
-            (read.line, read.start) = (line_of(pos.line()), byte_of(pos.byte()));
-            read.end = byte_of(reader.position().byte());
-            read.next_line = line_of(reader.position().line());
-            read.raw_hash = raw
-                .filter(|_| read.record.len() == width)
-                .map(|raw| raw_hash(raw.seed, &text[read.start as usize..read.end as usize]));
-            if let (Some(hash), Some(index)) = (read.raw_hash, index) {
-                index.prefetch(hash);
-            }
-            n += 1;
-        }
-        if n == 0 && failure.is_none() {
-            break;
-        }
-        for read in &reads[..n] {
-            records += 1;
-            let record = &read.record;
-            let (line, record_start, record_end, next_line) =
-                (read.line, read.start, read.end, read.next_line);
-            last_line = line;
-            let key = |record: &csv::ByteRecord| -> Option<String> {
-                let parts: Vec<String> = key_fields
+            let mut scan = ahead.back().map_or(next, |&(_, _, stop, _)| stop);
+            while ahead.len() < READ_AHEAD && scan < end {
+                // Line ends first (the LF of a CRLF, empty lines), then
+                // the bytes through the next LF.
+                let from = text[scan..end]
                     .iter()
-                    .filter_map(|&f| layout[f].and_then(|c| record.get(c)))
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .collect();
-                (!parts.is_empty()).then(|| parts.join("|"))
-            };
-            let reject =
-                |record: &csv::ByteRecord, field: Option<&str>, message: String| RowError {
-                    line,
-                    key: key(record),
-                    field: field.map(str::to_string),
-                    message,
-                    raw: raw_text(text, record_start, record_end),
-                };
-            if record.len() != width && next_line > line + 1 {
-                // A quoted field that runs over several lines and leaves the
-                // record ragged is an unbalanced quote: the records it swallowed
-                // cannot be told apart, so none of the file can be trusted.
-                return Err(ParseError::Csv {
-                    file: file.to_string(),
-                    line,
-                    message: format!(
-                        "a quoted field opened in this record runs on to line {} and leaves it with {} fields instead of {width}: an unbalanced quote? Nothing was applied",
-                        next_line.saturating_sub(1),
-                        record.len()
-                    ),
-                });
+                    .position(|b| !matches!(b, b'\r' | b'\n'))
+                    .map_or(end, |n| scan + n);
+                let mut stop =
+                    memchr::memchr(b'\n', &text[from..end]).map_or(end, |n| from + n + 1);
+                // The csv reader ends a CRLF record at its CR: the LF
+                // starts the next one.
+                if stop - from >= 2 && text[stop - 1] == b'\n' && text[stop - 2] == b'\r' {
+                    stop -= 1;
+                }
+                let hash = raw_hash(raw.seed, &text[scan..stop]);
+                index.prefetch(hash);
+                ahead.push_back((scan, from, stop, hash));
+                scan = stop;
             }
-            if record.len() != width {
-                errors.push(reject(
-                    record,
-                    None,
-                    format!(
-                        "expected {width} fields, found {} (a stray delimiter, or an unbalanced quote?)",
-                        record.len()
-                    ),
-                ));
-                continue;
-            }
-            // A record whose bytes a stored row was read from is that row,
-            // unchanged: only its key is kept, for the checks across rows.
-            let raw_hash = read.raw_hash;
-            if let (Some(hash), Some(index), Some(raw)) = (raw_hash, index, raw)
+            if let Some((at, from, stop, hash)) = ahead.pop_front()
                 && let Some(stored) = index.get(hash)
-                && unchanged.has_room(record.as_slice().len())
-            {
-                let value = |f: &usize| layout[*f].and_then(|c| record.get(c));
-                if raw
+                && unchanged.has_room(stop - at)
+                && leading.read(record_text(&text[at..stop]), needed)
+                && raw
                     .fields
                     .iter()
-                    .filter_map(value)
-                    .all(|v| std::str::from_utf8(v).is_ok())
-                {
-                    unchanged.push(
-                        raw.fields
-                            .iter()
-                            .map(|f| value(f).map(|v| std::str::from_utf8(v).unwrap_or_default())),
-                        line,
-                        stored,
-                    );
-                    continue;
-                }
+                    .all(|&f| layout[f].is_none_or(|c| leading.field(c).is_some()))
+            {
+                // Its line, and the next record's, as the csv reader
+                // counts them: from where it starts reading.
+                records += 1;
+                last_line = next_line_at;
+                unchanged.push(
+                    raw.fields
+                        .iter()
+                        .map(|&f| layout[f].and_then(|c| leading.field(c))),
+                    next_line_at,
+                    stored,
+                );
+                next_line_at += text[at..from].iter().filter(|&&b| b == b'\n').count() as u64
+                    + u64::from(text[stop - 1] == b'\n');
+                next = stop;
+                continue;
             }
-            // The common record: no field over the size limit and all of it
-            // text. One UTF-8 check for the whole record (SIMD, which matters
-            // once names are not ASCII) and no per-record allocation; each
-            // field is then a slice of that text, cut where a character ends.
-            // Any other record is looked at field by field below, to say which
-            // field.
-            let max_field_bytes = dialect.max_field_bytes.get();
-            let fits = layout
-                .iter()
-                .flatten()
-                .all(|&c| record.get(c).map_or(0, <[u8]>::len) as u64 <= max_field_bytes);
-            let text = fits
-                .then(|| simdutf8::basic::from_utf8(record.as_slice()).ok())
-                .flatten()
-                .filter(|text| {
-                    // Fields cut mid-character would each be invalid though
-                    // their bytes together are not.
-                    (0..record.len()).all(|c| {
-                        record.range(c).is_some_and(|r| {
-                            text.is_char_boundary(r.start) && text.is_char_boundary(r.end)
-                        })
-                    })
+        }
+        // The csv reader, moved here if records were found since it read.
+        let here = (next - start) as u64;
+        if reader.position().byte() != here {
+            if !moved {
+                // Else the first move reads a record to make the header of.
+                reader.set_byte_headers(csv::ByteRecord::new());
+                moved = true;
+            }
+            let mut position = csv::Position::new();
+            position
+                .set_byte(here)
+                .set_line(next_line_at - first_line + 1)
+                .set_record(records);
+            reader
+                .seek_raw(std::io::SeekFrom::Start(here), position)
+                .map_err(|e| ParseError::Csv {
+                    file: file.to_string(),
+                    line: next_line_at,
+                    message: e.to_string(),
+                })?;
+        }
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                return Err(ParseError::Csv {
+                    file: file.to_string(),
+                    line: last_line,
+                    message: e.to_string(),
                 });
-            if let Some(text) = text {
-                let has_attributes = match attributes.is_some() {
-                    true => attributes_json(record, extras, max_field_bytes as usize, &mut json),
-                    false => Ok(false),
-                };
-                let has_attributes = match has_attributes {
-                    Ok(has) => has,
-                    Err((field, message)) => {
-                        errors.push(reject(record, field.as_deref(), message));
-                        continue;
-                    }
-                };
-                for (builder, column) in builders.iter_mut().zip(layout) {
-                    match column {
-                        Some(c) => builder.append_value(
-                            record
-                                .range(*c)
-                                .and_then(|r| text.get(r))
-                                .unwrap_or_default(),
-                        ),
-                        None => builder.append_null(),
-                    }
-                }
-                if let Some(builder) = attributes.as_mut() {
-                    if has_attributes {
-                        builder.append_value(&json);
-                    } else {
-                        builder.append_null();
-                    }
-                }
-                raw_hashes.extend(raw_hash);
-                lines.push(line);
-                spans.push((record_start, record_end));
+            }
+        }
+        records += 1;
+        let pos = record
+            .position()
+            .cloned()
+            .unwrap_or_else(csv::Position::new);
+        let (line, record_start) = (line_of(pos.line()), byte_of(pos.byte()));
+        let record_end = byte_of(reader.position().byte());
+        let next_line = line_of(reader.position().line());
+        (next, next_line_at) = (record_end as usize, next_line);
+        last_line = line;
+        let record = &record;
+        let key = |record: &csv::ByteRecord| -> Option<String> {
+            let parts: Vec<String> = key_fields
+                .iter()
+                .filter_map(|&f| layout[f].and_then(|c| record.get(c)))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            (!parts.is_empty()).then(|| parts.join("|"))
+        };
+        let reject = |record: &csv::ByteRecord, field: Option<&str>, message: String| RowError {
+            line,
+            key: key(record),
+            field: field.map(str::to_string),
+            message,
+            raw: raw_text(text, record_start, record_end),
+        };
+        if record.len() != width && next_line > line + 1 {
+            // A quoted field that runs over several lines and leaves the
+            // record ragged is an unbalanced quote: the records it swallowed
+            // cannot be told apart, so none of the file can be trusted.
+            return Err(ParseError::Csv {
+                file: file.to_string(),
+                line,
+                message: format!(
+                    "a quoted field opened in this record runs on to line {} and leaves it with {} fields instead of {width}: an unbalanced quote? Nothing was applied",
+                    next_line.saturating_sub(1),
+                    record.len()
+                ),
+            });
+        }
+        if record.len() != width {
+            errors.push(reject(
+                record,
+                None,
+                format!(
+                    "expected {width} fields, found {} (a stray delimiter, or an unbalanced quote?)",
+                    record.len()
+                ),
+            ));
+            continue;
+        }
+        // A record whose bytes a stored row was read from is that row,
+        // unchanged: only its key is kept, for the checks across rows.
+        let raw_hash = raw
+            .filter(|_| record.len() == width)
+            .map(|raw| raw_hash(raw.seed, &text[record_start as usize..record_end as usize]));
+        if let (Some(hash), Some(index), Some(raw)) = (raw_hash, index, raw)
+            && let Some(stored) = index.get(hash)
+            && unchanged.has_room(record.as_slice().len())
+        {
+            let value = |f: &usize| layout[*f].and_then(|c| record.get(c));
+            if raw
+                .fields
+                .iter()
+                .filter_map(value)
+                .all(|v| std::str::from_utf8(v).is_ok())
+            {
+                unchanged.push(
+                    raw.fields
+                        .iter()
+                        .map(|f| value(f).map(|v| std::str::from_utf8(v).unwrap_or_default())),
+                    line,
+                    stored,
+                );
                 continue;
             }
-            let mut values: Vec<Option<&str>> = Vec::with_capacity(layout.len());
-            let mut bad = false;
-            for (field_index, column) in layout.iter().enumerate() {
-                let Some(column) = *column else {
-                    values.push(None);
-                    continue;
-                };
-                let raw = record.get(column).unwrap_or_default();
-                let name = &schema.fields[field_index].name;
-                if raw.len() as u64 > dialect.max_field_bytes.get() {
-                    errors.push(reject(
-                    record,
-                        Some(name),
-                        format!(
-                            "value is {} bytes, more than csv.max_field_bytes ({}); an unbalanced quote?",
-                            raw.len(),
-                            dialect.max_field_bytes
-                        ),
-                    ));
-                    bad = true;
-                    continue;
-                }
-                match std::str::from_utf8(raw) {
-                    Ok(v) => values.push(Some(v)),
-                    Err(e) => {
-                        errors.push(reject(
-                    record,
-                            Some(name),
-                            format!(
-                                "not valid UTF-8 (byte {} of the value); if the file is Latin-1, set csv.encoding = \"latin-1\"",
-                                e.valid_up_to() + 1
-                            ),
-                        ));
-                        bad = true;
-                    }
-                }
-            }
-            if bad {
-                continue;
-            }
-            let has_attributes = if attributes.is_some() {
-                match attributes_json(
-                    record,
-                    extras,
-                    dialect.max_field_bytes.get() as usize,
-                    &mut json,
-                ) {
-                    Ok(has) => has,
-                    Err((field, message)) => {
-                        errors.push(reject(record, field.as_deref(), message));
-                        continue;
-                    }
-                }
-            } else {
-                false
+        }
+        // The common record: no field over the size limit and all of it
+        // text. One UTF-8 check for the whole record (SIMD, which matters
+        // once names are not ASCII) and no per-record allocation; each
+        // field is then a slice of that text, cut where a character ends.
+        // Any other record is looked at field by field below, to say which
+        // field.
+        let max_field_bytes = dialect.max_field_bytes.get();
+        let fits = layout
+            .iter()
+            .flatten()
+            .all(|&c| record.get(c).map_or(0, <[u8]>::len) as u64 <= max_field_bytes);
+        let text = fits
+            .then(|| simdutf8::basic::from_utf8(record.as_slice()).ok())
+            .flatten()
+            .filter(|text| {
+                // Fields cut mid-character would each be invalid though
+                // their bytes together are not.
+                (0..record.len()).all(|c| {
+                    record.range(c).is_some_and(|r| {
+                        text.is_char_boundary(r.start) && text.is_char_boundary(r.end)
+                    })
+                })
+            });
+        if let Some(text) = text {
+            let has_attributes = match attributes.is_some() {
+                true => attributes_json(record, extras, max_field_bytes as usize, &mut json),
+                false => Ok(false),
             };
-            for (builder, value) in builders.iter_mut().zip(&values) {
-                match value {
-                    Some(v) => builder.append_value(v),
+            let has_attributes = match has_attributes {
+                Ok(has) => has,
+                Err((field, message)) => {
+                    errors.push(reject(record, field.as_deref(), message));
+                    continue;
+                }
+            };
+            for (builder, column) in builders.iter_mut().zip(layout) {
+                match column {
+                    Some(c) => builder.append_value(
+                        record
+                            .range(*c)
+                            .and_then(|r| text.get(r))
+                            .unwrap_or_default(),
+                    ),
                     None => builder.append_null(),
                 }
             }
@@ -1392,14 +1486,80 @@ fn parse_chunk(
             raw_hashes.extend(raw_hash);
             lines.push(line);
             spans.push((record_start, record_end));
+            continue;
         }
-    }
-    if let Some(e) = failure {
-        return Err(ParseError::Csv {
-            file: file.to_string(),
-            line: last_line,
-            message: e.to_string(),
-        });
+        let mut values: Vec<Option<&str>> = Vec::with_capacity(layout.len());
+        let mut bad = false;
+        for (field_index, column) in layout.iter().enumerate() {
+            let Some(column) = *column else {
+                values.push(None);
+                continue;
+            };
+            let raw = record.get(column).unwrap_or_default();
+            let name = &schema.fields[field_index].name;
+            if raw.len() as u64 > dialect.max_field_bytes.get() {
+                errors.push(reject(
+                record,
+                    Some(name),
+                    format!(
+                        "value is {} bytes, more than csv.max_field_bytes ({}); an unbalanced quote?",
+                        raw.len(),
+                        dialect.max_field_bytes
+                    ),
+                ));
+                bad = true;
+                continue;
+            }
+            match std::str::from_utf8(raw) {
+                Ok(v) => values.push(Some(v)),
+                Err(e) => {
+                    errors.push(reject(
+                record,
+                        Some(name),
+                        format!(
+                            "not valid UTF-8 (byte {} of the value); if the file is Latin-1, set csv.encoding = \"latin-1\"",
+                            e.valid_up_to() + 1
+                        ),
+                    ));
+                    bad = true;
+                }
+            }
+        }
+        if bad {
+            continue;
+        }
+        let has_attributes = if attributes.is_some() {
+            match attributes_json(
+                record,
+                extras,
+                dialect.max_field_bytes.get() as usize,
+                &mut json,
+            ) {
+                Ok(has) => has,
+                Err((field, message)) => {
+                    errors.push(reject(record, field.as_deref(), message));
+                    continue;
+                }
+            }
+        } else {
+            false
+        };
+        for (builder, value) in builders.iter_mut().zip(&values) {
+            match value {
+                Some(v) => builder.append_value(v),
+                None => builder.append_null(),
+            }
+        }
+        if let Some(builder) = attributes.as_mut() {
+            if has_attributes {
+                builder.append_value(&json);
+            } else {
+                builder.append_null();
+            }
+        }
+        raw_hashes.extend(raw_hash);
+        lines.push(line);
+        spans.push((record_start, record_end));
     }
     Ok(Chunk {
         columns: builders.into_iter().map(|b| b.finish()).collect(),
@@ -2079,6 +2239,145 @@ mod tests {
             }
         }
         assert!(in_blocks >= 1500, "{in_blocks} cases were read in blocks");
+    }
+
+    /// `text`'s body read with records hashed, and each record whose hash
+    /// `stored` holds left out (its hash's place in `stored` plus one being
+    /// its row hash), in `stretches` stretches.
+    fn read_leaving_out(text: &[u8], stored: Option<&[u64]>, stretches: usize) -> Option<RawTable> {
+        let schema = Dataset::load("accounts", None).unwrap().schema;
+        let dialect = CsvDialect::default();
+        let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text).to_vec();
+        let (header, body_start, first_line) =
+            read_header(&text, "f.csv", &dialect, &Default::default(), &schema).ok()?;
+        let pairs: Vec<(u64, u64)> = stored
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(n, &hash)| (hash, n as u64 + 1))
+            .collect();
+        let raw = RawRows {
+            seed: super::super::raw_rows::seed("a test"),
+            index: stored.map(|_| std::sync::Arc::new(RawIndex::new(&pairs))),
+            fields: crate::schema::validate::compared_field_indexes(&schema),
+        };
+        parse_body(
+            text,
+            body_start,
+            first_line,
+            &header,
+            "f.csv",
+            &dialect,
+            &schema,
+            Some(stretches),
+            Some(&raw),
+        )
+        .ok()
+    }
+
+    /// Records found by their raw hash are exactly the records a full read
+    /// keeps with that hash, with the lines and key values it gives them;
+    /// the records kept around them keep their lines, bytes and values,
+    /// whatever the quoting and line ends, in one stretch or several.
+    #[test]
+    fn records_left_out_by_their_raw_hash_are_those_a_full_read_keeps() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet: &[&[u8]] = &[
+            b"a",
+            b"b",
+            b",",
+            b",",
+            b"\"",
+            b"\"",
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"x,y",
+            b"A4,,n,parent,pro,4,2024-01-01",
+            b"A1,,n,parent,pro,1,2024-01-01\n",
+            b"\"A2\",\"\",\"n, \"\"x\"\"\",\"parent\",\"pro\",\"2\",\"2024-01-01\"\r\n",
+            b"A3,A1,\"two\nlines\",product,pro,3,2024-01-01\n",
+        ];
+        let mut texts = vec![tricky_text(30)];
+        for _ in 0..300 {
+            let mut text = b"AccountID,ParentID,Name,Type,Plan,Seats,CreatedDate\n".to_vec();
+            // Mostly whole records, with stray bytes between some.
+            for _ in 0..20 + next() % 100 {
+                let pick = if next() % 4 == 0 {
+                    next() % alphabet.len() as u64
+                } else {
+                    alphabet.len() as u64 - 1 - next() % 3
+                };
+                text.extend_from_slice(alphabet[pick as usize]);
+            }
+            texts.push(text);
+        }
+        let schema = Dataset::load("accounts", None).unwrap().schema;
+        let compared = crate::schema::validate::compared_field_indexes(&schema);
+        let mut left_out_in_all = 0;
+        for text in &texts {
+            let Some(full) = read_leaving_out(text, None, 1) else {
+                continue;
+            };
+            assert_eq!(full.raw_hashes.len(), full.lines.len());
+            // Every other record's hash is stored.
+            let mut stored: Vec<u64> = Vec::new();
+            for &hash in full.raw_hashes.iter().step_by(2) {
+                if !stored.contains(&hash) {
+                    stored.push(hash);
+                }
+            }
+            let values = |table: &RawTable, row: usize| -> Vec<Option<String>> {
+                compared
+                    .iter()
+                    .map(|&f| table.columns[f].get(row).map(str::to_string))
+                    .collect()
+            };
+            let (mut kept, mut left) = (Vec::new(), Vec::new());
+            for row in 0..full.lines.len() {
+                let place = stored.iter().position(|&h| h == full.raw_hashes[row]);
+                match place {
+                    Some(place) => {
+                        left.push((full.lines[row], values(&full, row), place as u64 + 1))
+                    }
+                    None => kept.push((full.lines[row], full.spans[row], values(&full, row))),
+                }
+            }
+            for stretches in [1, 3] {
+                let read = read_leaving_out(text, Some(&stored), stretches)
+                    .unwrap_or_else(|| panic!("{stretches} stretches of {text:?}"));
+                let read_kept: Vec<_> = (0..read.lines.len())
+                    .map(|row| (read.lines[row], read.spans[row], values(&read, row)))
+                    .collect();
+                assert_eq!(read_kept, kept, "{stretches} stretches of {text:?}");
+                let mut buffer = Vec::new();
+                let read_left: Vec<_> = (0..read.unchanged.len())
+                    .map(|row| {
+                        read.unchanged.values(row, &mut buffer);
+                        let values = buffer.iter().map(|v| v.map(str::to_string)).collect();
+                        (
+                            read.unchanged.lines[row],
+                            values,
+                            read.unchanged.stored[row],
+                        )
+                    })
+                    .collect();
+                assert_eq!(read_left, left, "{stretches} stretches of {text:?}");
+                assert_eq!(read.records, full.records);
+                assert_eq!(
+                    read.errors, full.errors,
+                    "{stretches} stretches of {text:?}"
+                );
+            }
+            left_out_in_all += left.len();
+        }
+        assert!(left_out_in_all > 300, "{left_out_in_all}");
     }
 
     /// Random mixes of the bytes that matter (quotes, delimiters, CR, LF)

@@ -31,10 +31,26 @@ pub fn seed(reading: &str) -> u64 {
     xxh3_64(format!("{READING_VERSION}|{}|{reading}", env!("CARGO_PKG_VERSION")).as_bytes())
 }
 
-/// The raw hash of a record's bytes.
+/// The raw hash of a record's bytes, as the csv reader spans them (line
+/// ends before the record included, and its own line end, if it has one).
+/// Line ends are left out: the csv reader ends a record at a CR or an LF
+/// alike and passes over empty lines, so a CRLF record may be spanned
+/// from the LF before it to its CR, and a record is the same whichever
+/// line ends surround it.
 #[inline]
 pub fn raw_hash(seed: u64, record: &[u8]) -> u64 {
-    stored_form(xxh3_64_with_seed(record, seed))
+    stored_form(xxh3_64_with_seed(record_text(record), seed))
+}
+
+/// `record` without the line ends around it.
+pub fn record_text(record: &[u8]) -> &[u8] {
+    let start = record
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(record.len());
+    let record = &record[start..];
+    let record = record.strip_suffix(b"\n").unwrap_or(record);
+    record.strip_suffix(b"\r").unwrap_or(record)
 }
 
 /// Stands in for a hash of 0, which marks an empty slot.
