@@ -15,7 +15,6 @@ use polars::prelude::{
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
 use crate::progress::{self, Event, Stage};
-use crate::schema::raw_rows::RawIndex;
 use crate::schema::{
     self, ComputedFields, Dataset, MetricsSpec, RowError, StoredColumn, ValidRows,
 };
@@ -980,9 +979,11 @@ fn read_chunks(
                     ),
                 };
                 // The parser goes on (leaving nothing out) if this failed.
-                let (stored, index) = stored?.unzip();
-                let _ = raw_index.send(index.flatten().map(std::sync::Arc::new));
-                writing.stored = stored;
+                let mut stored = stored?;
+                let index = stored.as_mut().and_then(|stored| stored.index.take());
+                let _ = raw_index.send(index.map(std::sync::Arc::new));
+                // Built while the parser reads the first chunk.
+                writing.stored = stored.map(|stored| stored.table());
             }
             drop(raw_index);
             for (index, mut chunk) in next_validated.into_iter().enumerate() {
@@ -1086,7 +1087,7 @@ fn read_chunks(
     });
     written?;
     consumed?;
-    if checks.unchanged_repeated() {
+    if checks.unchanged_repeated() || parts.marks_shared {
         return Ok(None);
     }
     let late = checks.finish();
@@ -1354,6 +1355,9 @@ struct HandoffParts {
     kept: Vec<Option<Vec<u32>>>,
     /// The stored rows' hashes, being read since before the file was.
     stored_rows: Option<StoredRows>,
+    /// Whether a record left out as unchanged matched a hash several
+    /// stored rows have (`StoredHashes::mark`).
+    marks_shared: bool,
 }
 
 /// The hashes of the rows a snapshot sync compares the file with (and
@@ -1366,7 +1370,7 @@ pub struct StoredRows {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-type StoredRowsLoad = Result<Option<(StoredHashes, Option<RawIndex>)>, crate::store::StoreError>;
+type StoredRowsLoad = Result<Option<crate::store::LoadedHashes>, crate::store::StoreError>;
 
 impl StoredRows {
     /// Starts reading them, when the file `name` is read in chunks by a
@@ -1425,6 +1429,7 @@ impl HandoffParts {
             stored: None,
             kept: Vec::new(),
             stored_rows: None,
+            marks_shared: false,
         }
     }
 
@@ -1458,6 +1463,7 @@ impl HandoffParts {
         }
         self.kept.clear();
         self.stored = None;
+        self.marks_shared = false;
         Ok(())
     }
 
@@ -1498,7 +1504,9 @@ impl HandoffParts {
         let mut raw_hashes = raw_hashes;
         let mut left = None;
         if let Some(stored) = &mut self.stored {
-            stored.mark(unchanged);
+            if !stored.mark(unchanged) {
+                self.marks_shared = true;
+            }
             let found = stored.match_rows(&hashes);
             let kept: Vec<u32> = (0..found.len() as u32)
                 .filter(|&row| !found[row as usize])

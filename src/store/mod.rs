@@ -33,7 +33,7 @@ pub use history::{FailureKind, RunRecord, RunStatus};
 pub use outbox::{PendingDelivery, Undelivered};
 pub use overview::HistoryGlance;
 pub use postgres::{PasswordSource, PgConnect, PgConnectError, PgSettings, SslMode, mask_password};
-pub use unchanged::{RAW_HASH, ROW_HASH, StoredHashes, row_hashes};
+pub use unchanged::{LoadedHashes, RAW_HASH, ROW_HASH, StoredHashes, row_hashes};
 pub use unsubscribes::{FormulaCells, UnsubscribeColumns, UnsubscribeFilter, spreadsheet_safe};
 pub use workers::{Hold, SharedState, Taken, worker_id};
 

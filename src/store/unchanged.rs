@@ -128,6 +128,24 @@ pub struct StoredHashes {
     slots: Vec<u64>,
     /// A bit a slot: matched by a row of the file.
     matched: Vec<u64>,
+    /// Hashes more than one stored row has (none, unless hashes were made
+    /// another way or altered): marking one would mark them all.
+    shared: foldhash::HashSet<u64>,
+}
+
+/// The stored rows' hashes as read, before the table of them is built:
+/// the index of their raw hashes is built first, so that the file's
+/// records can be looked up while the table is built.
+pub struct LoadedHashes {
+    pub hashes: Vec<u64>,
+    pub index: Option<RawIndex>,
+}
+
+impl LoadedHashes {
+    /// The table of the hashes.
+    pub fn table(self) -> StoredHashes {
+        StoredHashes::with_hashes(&self.hashes)
+    }
 }
 
 /// Stands in for a hash of 0, which marks an empty slot.
@@ -136,11 +154,12 @@ const ZERO_STANDIN: u64 = 0x2545_f491_4f6c_dd1d;
 impl StoredHashes {
     /// The table of `hashes`, and those held by more than one row (none,
     /// unless hashes were made another way or altered).
-    fn with_hashes(hashes: &[u64]) -> (StoredHashes, foldhash::HashSet<u64>) {
+    fn with_hashes(hashes: &[u64]) -> StoredHashes {
         let capacity = (hashes.len() + hashes.len() / 3).max(16);
         let mut table = StoredHashes {
             slots: filled_in_large_pages(capacity, 0),
             matched: vec![0; capacity.div_ceil(64)],
+            shared: Default::default(),
         };
         let mut shared = foldhash::HashSet::default();
         for (n, &hash) in hashes.iter().enumerate() {
@@ -152,21 +171,21 @@ impl StoredHashes {
             }
             table.slots[index] = hash;
         }
-        (table, shared)
+        table.shared = shared;
+        table
     }
 
     /// The hashes of the rows `integration` holds in `table`; `None` when
     /// the table does not exist yet or holds none of them. With `raw`, also
-    /// the index of the rows' raw hashes, when they have any: of the rows
-    /// whose hash no other row has, so that a record found there stands
-    /// for one stored row. `None` too once `raw` is set (read between
-    /// batches of rows): they are no longer wanted.
+    /// the index of the rows' raw hashes, when they have any. `None` too
+    /// once `raw` is set (read between batches of rows): they are no
+    /// longer wanted.
     pub fn load(
         store: &Store,
         table: &str,
         integration: &str,
         raw: Option<&std::sync::atomic::AtomicBool>,
-    ) -> Result<Option<(StoredHashes, Option<RawIndex>)>, StoreError> {
+    ) -> Result<Option<LoadedHashes>, StoreError> {
         let stop = raw;
         let stopped = || stop.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed));
         let Some(conn) = store.db().duck() else {
@@ -231,28 +250,30 @@ impl StoredHashes {
             return Ok(None);
         }
         let read = started.elapsed();
-        let (table, shared) = StoredHashes::with_hashes(&hashes);
-        let rows = hashes.len();
-        drop(hashes);
-        let index = (!pairs.is_empty()).then(|| {
-            if !shared.is_empty() {
-                pairs.retain(|(_, row)| !shared.contains(&stored_form(*row)));
-            }
-            RawIndex::new(&pairs)
-        });
+        let index = (!pairs.is_empty()).then(|| RawIndex::new(&pairs));
         tracing::debug!(
-            rows,
+            rows = hashes.len(),
             raw = pairs.len(),
             read_ms = read.as_millis() as u64,
             ms = started.elapsed().as_millis() as u64,
             "stored rows' hashes loaded"
         );
-        Ok(Some((table, index)))
+        Ok(Some(LoadedHashes { hashes, index }))
     }
 
     /// Marks the stored rows of `hashes` matched: rows of the file found
-    /// unchanged by their raw hash (`RawIndex::get` gives these).
-    pub fn mark(&mut self, hashes: &[u64]) {
+    /// unchanged by their raw hash (`RawIndex::get` gives these). False
+    /// when one of them is a hash several stored rows have: the record
+    /// then stands for no one row, and the file must be read again with
+    /// every record kept.
+    pub fn mark(&mut self, hashes: &[u64]) -> bool {
+        if !self.shared.is_empty()
+            && hashes
+                .iter()
+                .any(|&hash| self.shared.contains(&stored_form(hash)))
+        {
+            return false;
+        }
         for (row, &hash) in hashes.iter().enumerate() {
             self.prefetch_ahead(hashes, row);
             let hash = stored_form(hash);
@@ -261,6 +282,7 @@ impl StoredHashes {
                 self.matched[index / 64] |= 1 << (index % 64);
             }
         }
+        true
     }
 
     /// Where `hash` starts looking: its bits scaled to the table's size.
@@ -369,8 +391,8 @@ mod tests {
             .map(|i| top - i)
             .chain((0..2000u64).map(|i| i.wrapping_mul(STEP)))
             .collect();
-        let (mut table, shared) = StoredHashes::with_hashes(&held);
-        assert!(shared.is_empty());
+        let mut table = StoredHashes::with_hashes(&held);
+        assert!(table.shared.is_empty());
         let asked: Vec<u64> = held
             .iter()
             .step_by(3)
