@@ -793,38 +793,25 @@ fn read_in_chunks(
     parts: &mut HandoffParts,
 ) -> Result<Validated, ReadFailure> {
     let hash_records = parts.hashed && reads_raw_rows(integration);
-    if let Some(valid) = read_chunks(
-        store,
-        config,
-        integration,
-        file,
-        reading,
-        parts,
-        RawReading {
+    for leave_out_unchanged in [hash_records, false] {
+        let raw = RawReading {
             hash_records,
-            leave_out_unchanged: hash_records,
-        },
-    )? {
-        return Ok(valid);
+            leave_out_unchanged,
+        };
+        if let Some(valid) = read_chunks(store, config, integration, file, reading, parts, raw)? {
+            return Ok(valid);
+        }
+        // A record left out as unchanged shares its key with another (or
+        // the like): the file is read again with every record kept, so
+        // that each copy is told as the rules say.
+        tracing::debug!(file = %file.name, "a record found unchanged cannot be left out: reading the file again");
+        parts.start_over()?;
     }
-    // A record left out as unchanged shares its key with another: the
-    // file is read again with every record kept, so that each copy is
-    // told as the rules say.
-    tracing::debug!(file = %file.name, "a key of a record found unchanged repeats: reading the file again");
-    parts.start_over()?;
-    let valid = read_chunks(
-        store,
-        config,
-        integration,
-        file,
-        reading,
-        parts,
-        RawReading {
-            hash_records,
-            leave_out_unchanged: false,
-        },
-    )?;
-    Ok(valid.expect("a file read with every record kept is read through"))
+    // A read that leaves nothing out always ends with its rows.
+    Err(ReadFailure::Content(format!(
+        "{}: the file could not be read with every record kept",
+        file.name
+    )))
 }
 
 /// Whether a snapshot sync of `integration` may leave out records by their

@@ -2241,6 +2241,16 @@ mod tests {
         assert!(in_blocks >= 1500, "{in_blocks} cases were read in blocks");
     }
 
+    /// A reproducible stream of random numbers from `seed` (not 0).
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     /// `text`'s body read with records hashed, and each record whose hash
     /// `stored` holds left out (its hash's place in `stored` plus one being
     /// its row hash), in `stretches` stretches.
@@ -2281,13 +2291,7 @@ mod tests {
     /// whatever the quoting and line ends, in one stretch or several.
     #[test]
     fn records_left_out_by_their_raw_hash_are_those_a_full_read_keeps() {
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         let alphabet: &[&[u8]] = &[
             b"a",
             b"b",
@@ -2309,7 +2313,7 @@ mod tests {
             let mut text = b"AccountID,ParentID,Name,Type,Plan,Seats,CreatedDate\n".to_vec();
             // Mostly whole records, with stray bytes between some.
             for _ in 0..20 + next() % 100 {
-                let pick = if next() % 4 == 0 {
+                let pick = if next().is_multiple_of(4) {
                     next() % alphabet.len() as u64
                 } else {
                     alphabet.len() as u64 - 1 - next() % 3
@@ -2385,13 +2389,7 @@ mod tests {
     /// where the reader from the start sees a record begin.
     #[test]
     fn random_quoting_parses_the_same_in_stretches() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         let alphabet: &[&[u8]] = &[
             b"a", b"b", b",", b",", b"\"", b"\"", b"\n", b"\r\n", b"\r", b"x,y",
         ];

@@ -192,31 +192,23 @@ impl StoredHashes {
             return Ok(None);
         };
         let context = "reading the stored rows' hashes";
-        // No such column: no such table yet, or one made before rows kept
-        // a hash.
-        let has_hashes: i64 = store
-            .db()
-            .value(
-                "SELECT count(*) FROM information_schema.columns
-                 WHERE table_schema = current_schema() AND table_name = ? AND column_name = '_row_hash'",
-                &[&table],
-            )
-            .map_err(store.query_error(context))?;
-        if has_hashes == 0 {
-            return Ok(None);
-        }
-        let raw = raw.is_some()
-            && {
-                let has_raw: i64 = store
+        let has_column = |column: &str| -> Result<bool, StoreError> {
+            let found: i64 = store
                 .db()
                 .value(
                     "SELECT count(*) FROM information_schema.columns
-                     WHERE table_schema = current_schema() AND table_name = ? AND column_name = '_raw_hash'",
-                    &[&table],
+                     WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?",
+                    &[&table, &column],
                 )
                 .map_err(store.query_error(context))?;
-                has_raw > 0
-            };
+            Ok(found > 0)
+        };
+        // No such column: no such table yet, or one made before rows kept
+        // a hash (or, for `_raw_hash`, the hash of their record).
+        if !has_column(ROW_HASH)? {
+            return Ok(None);
+        }
+        let raw = raw.is_some() && has_column(RAW_HASH)?;
         let started = std::time::Instant::now();
         let mut hashes: Vec<u64> = Vec::new();
         let mut pairs: Vec<(u64, u64)> = Vec::new();
