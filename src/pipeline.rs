@@ -895,7 +895,9 @@ fn read_chunks(
     // hold at least one each, quoted fields may hold more).
     let records_at_most = match policy.policy {
         OnError::Reject => 0,
-        OnError::Skip => line_ends(&file.path)
+        OnError::Skip => file
+            .line_ends
+            .map_or_else(|| line_ends(&file.path), Ok)
             .map_err(|source| {
                 drop_error(schema::ParseError::Io {
                     file: file.name.clone(),

@@ -103,6 +103,9 @@ pub struct StagedFile {
     pub content_hash: String,
     pub size: u64,
     pub business_date: NaiveDate,
+    /// How many line ends (LF) the content has, when counted as it was
+    /// staged: a read that needs it does not read the file once more.
+    pub line_ends: Option<u64>,
 }
 
 /// The source of one integration.
@@ -324,13 +327,16 @@ pub(crate) fn stage_reader(
     let (to_writer, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
     let (give_back, written) = std::sync::mpsc::channel::<Vec<u8>>();
     let copied = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> std::io::Result<()> {
+        // The writer also counts the copy's line ends.
+        let writer = scope.spawn(move || -> std::io::Result<u64> {
             let mut tmp = tmp;
+            let mut line_ends = 0u64;
             for block in blocks {
                 tmp.write_all(&block)?;
+                line_ends += memchr::memchr_iter(b'\n', &block).count() as u64;
                 let _ = give_back.send(block);
             }
-            Ok(())
+            Ok(line_ends)
         });
         let read = (|| -> Result<(String, u64), SourceError> {
             let to_writer = to_writer;
@@ -364,7 +370,7 @@ pub(crate) fn stage_reader(
             }
             Ok((hex(&hasher.finalize()), size))
         })();
-        writer
+        let line_ends = writer
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             .map_err(stage_err)?;
@@ -380,9 +386,9 @@ pub(crate) fn stage_reader(
                 transient: true,
             });
         }
-        Ok((content_hash, size))
+        Ok((content_hash, size, line_ends))
     });
-    let (content_hash, size) = match copied {
+    let (content_hash, size, line_ends) = match copied {
         Ok(done) => done,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp_path);
@@ -398,6 +404,7 @@ pub(crate) fn stage_reader(
         content_hash,
         size,
         business_date: candidate.business_date,
+        line_ends: Some(line_ends),
     })
 }
 

@@ -435,6 +435,7 @@ impl Store {
                             content_hash: r.get(2)?,
                             size: r.get::<Option<i64>>(3)?.unwrap_or(0) as u64,
                             business_date: r.get(4)?,
+                            line_ends: None,
                         })
                     })
                     .collect()
