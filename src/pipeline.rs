@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use polars::prelude::{
-    BooleanChunked, CompatLevel, DataFrame, IntoColumn, ParquetReader, PolarsError, SchemaExt,
-    SerReader, UInt64Chunked,
+    BooleanChunked, ChunkFullNull, CompatLevel, DataFrame, IntoColumn, ParquetReader, PolarsError,
+    SchemaExt, SerReader, UInt64Chunked,
 };
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
@@ -509,12 +509,11 @@ fn validate_and_apply(
     );
     parts.stored_rows = stored_rows;
     let reading = schema::formats::DropReading::of(&integration.config);
-    let read =
-        if integration.metrics.is_none() && schema::formats::is_plain_csv(&file.name, &reading) {
-            read_in_chunks(store, config, integration, file, &reading, &mut parts)
-        } else {
-            read_whole(store, config, integration, file, &reading, &mut parts)
-        };
+    let read = if reads_in_chunks(integration, &file.name, &reading) {
+        read_in_chunks(store, config, integration, file, &reading, &mut parts)
+    } else {
+        read_whole(store, config, integration, file, &reading, &mut parts)
+    };
     let mut valid = match read {
         Ok(valid) => valid,
         // A file that cannot be read may read next time; one that reads
@@ -814,6 +813,16 @@ fn read_in_chunks(
     )))
 }
 
+/// Whether the file `name` is read a chunk at a time (`read_in_chunks`),
+/// else whole (`read_whole`): plain UTF-8 CSV, not typed metrics.
+fn reads_in_chunks(
+    integration: &Integration,
+    name: &str,
+    reading: &schema::formats::DropReading<'_>,
+) -> bool {
+    integration.metrics.is_none() && schema::formats::is_plain_csv(name, reading)
+}
+
 /// Whether a snapshot sync of `integration` may leave out records by their
 /// raw hash (`schema::raw_rows`): when a record's row, once read, depends
 /// on its bytes alone, and the rules across rows need no more of it than
@@ -960,11 +969,12 @@ fn read_chunks(
             if let Some(reader) = stored_rows {
                 let stored = match preloaded {
                     Some(preloaded) => preloaded.wait(),
+                    // Read here only when no record is left out.
                     None => StoredHashes::load(
                         &reader,
                         &integration.target.name,
                         &integration.name,
-                        leave_out.then_some(&Default::default()),
+                        None,
                     ),
                 };
                 // The parser goes on (leaving nothing out) if this failed.
@@ -1001,7 +1011,7 @@ fn read_chunks(
         });
         let consumed = (|| -> Result<(), ReadFailure> {
             let next_parsed = next_parsed;
-            while let Some(chunk) = next_parsed
+            while let Some(mut chunk) = next_parsed
                 .recv()
                 .map_err(|_| ReadFailure::Content("the file's parser stopped".to_string()))?
                 .map_err(drop_error)?
@@ -1019,7 +1029,9 @@ fn read_chunks(
                     valid = computed.add_to(valid, &chunk.table, &scratch, describe)?;
                 }
                 chunk_done("validate", handed.len(), started);
-                let unchanged = &chunk.table.unchanged;
+                // Noted by the checks across rows: only their stored rows
+                // are still wanted, by the writer.
+                let unchanged = std::mem::take(&mut chunk.table.unchanged.stored);
                 out.input_rows += valid.input_rows;
                 out.error_rows += valid.error_rows;
                 out.skipped_rows += valid.skipped_rows;
@@ -1037,7 +1049,7 @@ fn read_chunks(
                 let handed_chunk = ValidChunk {
                     frame: valid.frame,
                     raw_hashes,
-                    unchanged: unchanged.stored.clone(),
+                    unchanged,
                 };
                 // The writer stopped: it failed, and says why once joined.
                 if validated.send(handed_chunk).is_err() {
@@ -1373,8 +1385,7 @@ impl StoredRows {
         let reading = schema::formats::DropReading::of(&integration.config);
         if store.db().duck().is_none()
             || !reads_raw_rows(integration)
-            || integration.metrics.is_some()
-            || !schema::formats::is_plain_csv(name, &reading)
+            || !reads_in_chunks(integration, name, &reading)
         {
             return Ok(None);
         }
@@ -1515,11 +1526,7 @@ impl HandoffParts {
         let frame = left.as_mut().unwrap_or(frame);
         let raw_hashes = match raw_hashes {
             Some(raw) => UInt64Chunked::from_vec(RAW_HASH.into(), raw),
-            None => {
-                let mut empty: UInt64Chunked = hashes.iter().map(|_| None::<u64>).collect();
-                empty.rename(RAW_HASH.into());
-                empty
-            }
+            None => UInt64Chunked::full_null(RAW_HASH.into(), hashes.len()),
         };
         frame
             .with_column(UInt64Chunked::from_vec(ROW_HASH.into(), hashes).into_column())

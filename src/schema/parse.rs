@@ -1290,7 +1290,7 @@ fn parse_chunk(
                 if stop - from >= 2 && text[stop - 1] == b'\n' && text[stop - 2] == b'\r' {
                     stop -= 1;
                 }
-                let hash = raw_hash(raw.seed, &text[scan..stop]);
+                let hash = raw_hash(raw.seed, &text[from..stop]);
                 index.prefetch(hash);
                 ahead.push_back((scan, from, stop, hash));
                 scan = stop;
@@ -1298,7 +1298,7 @@ fn parse_chunk(
             if let Some((at, from, stop, hash)) = ahead.pop_front()
                 && let Some(stored) = index.get(hash)
                 && unchanged.has_room(stop - at)
-                && leading.read(record_text(&text[at..stop]), needed)
+                && leading.read(record_text(&text[from..stop]), needed)
                 && raw
                     .fields
                     .iter()

@@ -176,18 +176,18 @@ impl StoredHashes {
     }
 
     /// The hashes of the rows `integration` holds in `table`; `None` when
-    /// the table does not exist yet or holds none of them. With `raw`, also
-    /// the index of the rows' raw hashes, when they have any. `None` too
-    /// once `raw` is set (read between batches of rows): they are no
-    /// longer wanted.
+    /// the table does not exist yet or holds none of them. With
+    /// `raw_until`, also the index of the rows' raw hashes, when they have
+    /// any, read until that flag is set (looked at between batches of
+    /// rows): then `None`, as they are no longer wanted.
     pub fn load(
         store: &Store,
         table: &str,
         integration: &str,
-        raw: Option<&std::sync::atomic::AtomicBool>,
+        raw_until: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<Option<LoadedHashes>, StoreError> {
-        let stop = raw;
-        let stopped = || stop.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed));
+        let stopped =
+            || raw_until.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed));
         let Some(conn) = store.db().duck() else {
             return Ok(None);
         };
@@ -208,7 +208,7 @@ impl StoredHashes {
         if !has_column(ROW_HASH)? {
             return Ok(None);
         }
-        let raw = raw.is_some() && has_column(RAW_HASH)?;
+        let raw = raw_until.is_some() && has_column(RAW_HASH)?;
         let started = std::time::Instant::now();
         let mut hashes: Vec<u64> = Vec::new();
         let mut pairs: Vec<(u64, u64)> = Vec::new();
