@@ -1032,6 +1032,7 @@ fn read_chunks(
                 // Noted by the checks across rows: only their stored rows
                 // are still wanted, by the writer.
                 let unchanged = std::mem::take(&mut chunk.table.unchanged.stored);
+                let handed_unchanged = unchanged.len();
                 out.input_rows += valid.input_rows;
                 out.error_rows += valid.error_rows;
                 out.skipped_rows += valid.skipped_rows;
@@ -1070,7 +1071,9 @@ fn read_chunks(
                     if records_at_most > 0 {
                         rows = rows.min(records_at_most);
                     }
-                    checks.expect_rows(rows as usize);
+                    // And most likely left out as often.
+                    let left_out = handed_unchanged as f64 / chunk.table.records.max(1) as f64;
+                    checks.expect_rows(rows as usize, (rows as f64 * left_out) as usize);
                 }
                 progress::report(Event::Bytes(chunk.end));
                 progress::report(Event::Rows(chunk.table.records));

@@ -4,27 +4,37 @@
 //! A general hash map keeps its control bytes apart from its entries, so a
 //! key new to a table of millions costs two cache misses, taken one key at
 //! a time: at 10M rows that was most of validation's time. This table keeps
-//! each hash in its slot (linear probing, 32 bytes a slot, two a cache
-//! line), and its users say which hashes they will ask about next, so the
-//! memory of the next slots is on its way while this one is handled.
+//! each hash in its slot (linear probing), with what it maps to: where the
+//! key's first record is (32 bytes a slot, two a cache line), or nothing
+//! for a set (16 bytes a slot). Its users say which hashes they will ask
+//! about next, so the memory of the next slots is on its way while this one
+//! is handled.
 
 use super::validate::RecordAt;
 
-/// One slot: a key's hash (0 when the slot is empty) and its first row.
+/// One slot: a key's hash (0 when the slot is empty) and what it maps to.
 #[derive(Clone, Copy)]
-struct Slot {
+struct Slot<V> {
     hash: u128,
-    at: RecordAt,
+    value: V,
 }
 
-const EMPTY: Slot = Slot {
-    hash: 0,
-    at: RecordAt {
+/// What a table maps a hash to: a value for its empty slots.
+pub trait SlotValue: Copy {
+    const NONE: Self;
+}
+
+impl SlotValue for RecordAt {
+    const NONE: RecordAt = RecordAt {
         line: 0,
         chunk: 0,
         row: 0,
-    },
-};
+    };
+}
+
+impl SlotValue for () {
+    const NONE: () = ();
+}
 
 /// How many hashes ahead of the one handled a table's slot is fetched
 /// (`KeyTable::prefetch_ahead`, and the stored rows' hashes).
@@ -77,13 +87,29 @@ pub(crate) fn filled_in_large_pages<T: Clone>(len: usize, value: T) -> Vec<T> {
 
 /// Hashes of keys (never 0: see `FileChecks::hash`), each with the first
 /// row that has it.
-#[derive(Default)]
-pub struct KeyTable {
-    slots: Vec<Slot>,
+pub struct KeyTable<V: SlotValue = RecordAt> {
+    slots: Vec<Slot<V>>,
     len: usize,
 }
 
-impl KeyTable {
+/// Hashes alone: whether a key was seen, not where.
+pub type KeySet = KeyTable<()>;
+
+impl<V: SlotValue> Default for KeyTable<V> {
+    fn default() -> Self {
+        KeyTable {
+            slots: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V: SlotValue> KeyTable<V> {
+    const EMPTY: Slot<V> = Slot {
+        hash: 0,
+        value: V::NONE,
+    };
+
     /// Makes room for `total` keys in all, at once: growing step by step
     /// would hold the old and the new table together at every step.
     pub fn reserve_total(&mut self, total: usize) {
@@ -93,7 +119,10 @@ impl KeyTable {
         }
         let wanted = total.saturating_add(total / 3).max(16);
         let capacity = wanted.max(self.slots.len().saturating_mul(2));
-        let old = std::mem::replace(&mut self.slots, filled_in_large_pages(capacity, EMPTY));
+        let old = std::mem::replace(
+            &mut self.slots,
+            filled_in_large_pages(capacity, Self::EMPTY),
+        );
         for slot in old.into_iter().filter(|s| s.hash != 0) {
             let index = self.probe(slot.hash);
             self.slots[index] = slot;
@@ -143,17 +172,17 @@ impl KeyTable {
         }
     }
 
-    /// Notes `hash` with its row. When the table has it already, it is
-    /// left as it was and the first row that had it is returned.
-    pub fn insert(&mut self, hash: u128, at: RecordAt) -> Result<(), RecordAt> {
+    /// Notes `hash` with its value. When the table has it already, it is
+    /// left as it was and the value it was first noted with is returned.
+    pub fn insert(&mut self, hash: u128, value: V) -> Result<(), V> {
         debug_assert_ne!(hash, 0, "0 marks an empty slot");
         self.reserve_total(self.len + 1);
         let index = self.probe(hash);
         let slot = &mut self.slots[index];
         if slot.hash == hash {
-            return Err(slot.at);
+            return Err(slot.value);
         }
-        *slot = Slot { hash, at };
+        *slot = Slot { hash, value };
         self.len += 1;
         Ok(())
     }
@@ -175,11 +204,12 @@ mod tests {
         }
     }
 
-    /// The table answers as a map would, through growth, wrap-around and
-    /// hashes that share a home slot.
+    /// The table answers as a map would, and the set as a set, through
+    /// growth, wrap-around and hashes that share a home slot.
     #[test]
     fn answers_as_a_map_does() {
         let mut table = KeyTable::default();
+        let mut set = KeySet::default();
         let mut map = std::collections::HashMap::new();
         // High halves near the top share the last home and probe on across
         // the table's end; small ones share the first; the rest spread.
@@ -198,13 +228,15 @@ mod tests {
             let expected = map.get(&hash).copied();
             let got = table.insert(hash, at(row as u32)).err();
             assert_eq!(got, expected, "hash {hash:x}");
+            assert_eq!(set.insert(hash, ()).is_err(), expected.is_some());
             map.entry(hash).or_insert(at(row as u32));
         }
         assert_eq!(table.len(), map.len());
+        assert_eq!(set.len(), map.len());
         for hash in hashes {
-            assert!(table.contains(hash));
+            assert!(table.contains(hash) && set.contains(hash));
         }
-        assert!(!table.contains(2));
-        assert!(!KeyTable::default().contains(2));
+        assert!(!table.contains(2) && !set.contains(2));
+        assert!(!KeySet::default().contains(2));
     }
 }

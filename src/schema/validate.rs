@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use polars::prelude::*;
 use regex::Regex;
 
-use super::key_table::KeyTable;
+use super::key_table::{KeySet, KeyTable};
 use super::raw_rows::UnchangedRows;
 use super::{Field, FieldType, RawTable, TableSchema};
 
@@ -1780,8 +1780,12 @@ pub struct FileChecks {
     hashers: [foldhash::quality::RandomState; 2],
     /// The chunk being validated.
     chunk: u32,
-    /// Primary key -> its first row.
+    /// Primary key -> its first row, of the records kept.
     keys: KeyTable,
+    /// The primary keys of the records left out as unchanged: most of a
+    /// nightly snapshot's, so in half the room, without where they are
+    /// (such a record can be told no error, only read again).
+    unchanged: KeySet,
     /// Keys seen more than once: every copy, in file order, and the key.
     repeated: FastMap<u128, (String, Vec<RecordAt>)>,
     /// Per unique key: value -> line of its first row.
@@ -1843,6 +1847,7 @@ impl FileChecks {
             hashers: Default::default(),
             chunk: 0,
             keys: KeyTable::default(),
+            unchanged: KeySet::default(),
             repeated: FastMap::new(),
             unique: schema.unique_keys.iter().map(|_| FastMap::new()).collect(),
             targets,
@@ -1905,7 +1910,8 @@ impl FileChecks {
                 hashes.push(hash_of(&values, places));
             }
         }
-        self.keys.reserve_total(self.keys.len() + rows.len());
+        self.unchanged
+            .reserve_total(self.unchanged.len() + rows.len());
         let chunk = self.chunk;
         let at = |row: usize| RecordAt {
             line: rows.lines[row],
@@ -1913,19 +1919,19 @@ impl FileChecks {
             row: UNCHANGED_ROW,
         };
         for (row, hash) in keys.iter().enumerate() {
-            self.keys.prefetch_ahead(&keys, row);
+            self.unchanged.prefetch_ahead(&keys, row);
             let Some(hash) = *hash else {
                 // A stored row always has its key: read again to be sure.
                 self.unchanged_repeated = true;
                 continue;
             };
-            if self.keys.insert(hash, at(row)).is_err() {
+            if self.unchanged.insert(hash, ()).is_err() || self.keys.contains(hash) {
                 self.unchanged_repeated = true;
             }
         }
         for ((number, _), hashes) in references.iter().zip(&refs) {
             for (row, hash) in hashes.iter().enumerate() {
-                self.keys.prefetch_ahead(hashes, row);
+                self.unchanged.prefetch_ahead(hashes, row);
                 if let Some(hash) = *hash
                     && !self.knows(*number, hash)
                 {
@@ -1941,11 +1947,13 @@ impl FileChecks {
         self.unchanged_repeated
     }
 
-    /// Makes room for the keys of `rows` rows in all, at once: growing a
-    /// table of millions of keys step by step holds the old and the new
-    /// table together at every step.
-    pub fn expect_rows(&mut self, rows: usize) {
-        self.keys.reserve_total(rows);
+    /// Makes room for the keys of `rows` rows in all, `left_out` of them
+    /// records left out as unchanged, at once: growing a table of millions
+    /// of keys step by step holds the old and the new table together at
+    /// every step.
+    pub fn expect_rows(&mut self, rows: usize, left_out: usize) {
+        self.keys.reserve_total(rows.saturating_sub(left_out));
+        self.unchanged.reserve_total(left_out);
     }
 
     /// A value's hash; never 0, which `KeyTable` keeps for an empty slot
@@ -1998,13 +2006,13 @@ impl FileChecks {
                 chunk,
                 row: row as u32,
             };
+            if self.unchanged.contains(hash) {
+                // A record left out has this key too.
+                self.unchanged_repeated = true;
+            }
             let Err(first) = self.keys.insert(hash, here) else {
                 continue;
             };
-            if first.row == UNCHANGED_ROW {
-                self.unchanged_repeated = true;
-                continue;
-            }
             if ctx.repeats_are_duplicates {
                 skipped.insert(row as u32);
                 continue;
@@ -2077,7 +2085,7 @@ impl FileChecks {
     fn knows(&self, fk: usize, hash: u128) -> bool {
         match &self.targets[fk] {
             Some(targets) => targets.contains(&hash),
-            None => self.keys.contains(hash),
+            None => self.keys.contains(hash) || self.unchanged.contains(hash),
         }
     }
 
@@ -2135,6 +2143,7 @@ impl FileChecks {
             }
         }
         drop(self.keys);
+        drop(self.unchanged);
         drop(self.targets);
         for (key, copies) in self.repeated.into_values() {
             let lines: Vec<String> = copies.iter().map(|c| c.line.to_string()).collect();

@@ -116,3 +116,24 @@ fn a_key_repeated_by_a_record_as_stored_rejects_both_copies() {
     ]);
     assert_eq!(accounts(&ws.db()), six_accounts_table());
 }
+
+/// The same when the new record comes first, in a chunk of its own: a
+/// record left out as unchanged is checked against the keys of the records
+/// kept in the chunks before it.
+#[test]
+fn a_key_repeated_before_a_record_as_stored_rejects_both_copies() {
+    let ws = with_six_accounts_on(StoreKind::DuckDb, "");
+    let stored = six_accounts();
+    let (header, rows) = stored.split_once('\n').expect("a header line");
+    let day_two = format!("{header}\nA3,,Account 3 again,parent,pro,31,2020-01-03\n{rows}");
+    ws.drop_file("accounts_20260102.csv", day_two);
+    let record_a_chunk = [("DROPSYNC_CHUNK_BYTES", "40")];
+    ws.dropsync_env(&["run"], &record_a_chunk)
+        .code(1)
+        .stdout_has(&[
+            "accounts  2026-01-02  accounts_20260102.csv  failed  rows 7 rejected 2",
+            "    line 2 [A3] AccountID: duplicate key `A3` (lines 2, 5)\n",
+            "    line 5 [A3] AccountID: duplicate key `A3` (lines 2, 5)\n",
+        ]);
+    assert_eq!(accounts(&ws.db()), six_accounts_table());
+}
