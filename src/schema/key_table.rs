@@ -56,33 +56,66 @@ pub(crate) fn prefetch<T>(value: &T) {
     let _ = value;
 }
 
-/// `len` copies of `value`, in 2 MB pages where the system gives them on
-/// request: each lookup in a hash table lands on a random slot, and with
-/// 4 KB pages most of them missed the TLB too (a quarter of the stored
-/// hashes' time at 10M rows). Every slot is written here, never left to
-/// the zeroed memory `vec![0; n]` asks for: a slot first read there and
-/// written later costs a second fault, which copies the page and flushes
-/// the TLB of every core.
-pub(crate) fn filled_in_large_pages<T: Clone>(len: usize, value: T) -> Vec<T> {
-    const LARGE_PAGE: usize = 2 << 20;
-    let mut slots: Vec<T> = Vec::with_capacity(len);
-    let start = slots.as_mut_ptr() as usize;
-    let end = start + len * std::mem::size_of::<T>();
-    let aligned = start.next_multiple_of(LARGE_PAGE);
-    if end > aligned + LARGE_PAGE {
-        // SAFETY: the range lies within the vector's own allocation; the
-        // advice changes how its pages are backed, never their contents.
-        // Refused advice (no such pages) leaves small pages.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                (end - aligned) / LARGE_PAGE * LARGE_PAGE,
-                libc::MADV_HUGEPAGE,
-            );
-        }
-    }
+/// `len` copies of `value`, every slot written here, never left to the
+/// zeroed memory `vec![0; n]` asks for: a slot first read there and written
+/// later costs a second fault, which copies the page and flushes the TLB of
+/// every core.
+///
+/// In small pages: asking for 2 MB pages (`MADV_HUGEPAGE`) spared lookups
+/// their TLB misses, but where the system's free memory is fragmented (a
+/// page cache full of staged files) it compacts memory to make each such
+/// page, in the faulting thread. A 10M-row day-2 sync spent over a second
+/// there, and was 0.3 s faster (of 4.8 s) in small pages.
+pub(crate) fn filled_in<T: Clone>(len: usize, value: T) -> Vec<T> {
+    // Not `vec![value; len]`, which asks for zeroed memory when `value` is
+    // zeros.
+    let mut slots = Vec::with_capacity(len);
     slots.resize(len, value);
     slots
+}
+
+/// Values gathered by the region of a hash table their home slot falls in:
+/// the top byte of their hash, as a table's home slot is its hash scaled to
+/// the table's size. Written region by region, a table of millions is
+/// filled a few hundred kilobytes at a time; written in the order its
+/// values came (a scan of the stored rows, at random as far as the table
+/// is concerned), each slot cost a cache miss and, with most of the table
+/// beyond the TLB's reach, a page walk.
+pub(crate) struct ByRegion<T> {
+    regions: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for ByRegion<T> {
+    fn default() -> Self {
+        ByRegion {
+            regions: (0..256).map(|_| Vec::new()).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> ByRegion<T> {
+    /// Notes `value`, whose table slot is found from `hash`.
+    #[inline]
+    pub(crate) fn push(&mut self, hash: u64, value: T) {
+        self.regions[(hash >> 56) as usize].push(value);
+        self.len += 1;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The values, region by region (in the order they came within one).
+    pub(crate) fn into_values(self) -> impl Iterator<Item = T> {
+        self.regions.into_iter().flatten()
+    }
+
+    /// The values of each region in turn.
+    pub(crate) fn into_regions(self) -> impl Iterator<Item = Vec<T>> {
+        self.regions.into_iter()
+    }
 }
 
 /// Hashes of keys (never 0: see `FileChecks::hash`), each with the first
@@ -119,10 +152,7 @@ impl<V: SlotValue> KeyTable<V> {
         }
         let wanted = total.saturating_add(total / 3).max(16);
         let capacity = wanted.max(self.slots.len().saturating_mul(2));
-        let old = std::mem::replace(
-            &mut self.slots,
-            filled_in_large_pages(capacity, Self::EMPTY),
-        );
+        let old = std::mem::replace(&mut self.slots, filled_in(capacity, Self::EMPTY));
         for slot in old.into_iter().filter(|s| s.hash != 0) {
             let index = self.probe(slot.hash);
             self.slots[index] = slot;
@@ -185,6 +215,18 @@ impl<V: SlotValue> KeyTable<V> {
         *slot = Slot { hash, value };
         self.len += 1;
         Ok(())
+    }
+
+    /// Empties the table, with room for `total` hashes.
+    pub fn clear_for(&mut self, total: usize) {
+        self.slots.fill(Self::EMPTY);
+        self.len = 0;
+        self.reserve_total(total);
+    }
+
+    /// The hashes the table holds.
+    pub fn hashes(&self) -> impl Iterator<Item = u128> + '_ {
+        self.slots.iter().map(|s| s.hash).filter(|&h| h != 0)
     }
 
     pub fn contains(&self, hash: u128) -> bool {

@@ -11,7 +11,7 @@ pub mod computed;
 mod conformance;
 pub mod formats;
 mod key_table;
-pub(crate) use key_table::{PREFETCH_AHEAD, filled_in_large_pages, prefetch};
+pub(crate) use key_table::{ByRegion, PREFETCH_AHEAD, filled_in, prefetch};
 mod parse;
 pub mod raw_rows;
 pub mod results;

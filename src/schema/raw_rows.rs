@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::{PREFETCH_AHEAD, filled_in_large_pages, prefetch};
+use super::{ByRegion, filled_in, prefetch};
 
 /// Part of every seed: a change to how this program reads a value into a
 /// row (a format it accepts, a canonical spelling) must change it, so that
@@ -69,19 +69,11 @@ pub struct RawIndex {
 impl RawIndex {
     /// An index of `pairs` (raw hash, row hash).
     pub fn new(pairs: &[(u64, u64)]) -> RawIndex {
-        let capacity = (pairs.len() + pairs.len() / 3).max(16);
-        let mut index = RawIndex {
-            slots: filled_in_large_pages(capacity, (0, 0)),
-        };
-        for (n, &(raw, row)) in pairs.iter().enumerate() {
-            if let Some(&(ahead, _)) = pairs.get(n + PREFETCH_AHEAD) {
-                prefetch(&index.slots[index.home(stored_form(ahead))]);
-            }
-            let raw = stored_form(raw);
-            let at = index.probe(raw);
-            index.slots[at] = (raw, row);
+        let mut gathered = RawPairs::default();
+        for &(raw, row) in pairs {
+            gathered.push(raw, row);
         }
-        index
+        gathered.index()
     }
 
     fn home(&self, hash: u64) -> usize {
@@ -114,6 +106,39 @@ impl RawIndex {
     pub fn get(&self, raw: u64) -> Option<u64> {
         let (held, row) = self.slots[self.probe(raw)];
         (held == raw).then_some(row)
+    }
+}
+
+/// Pairs (raw hash, row hash) gathered for an index, as they are read.
+#[derive(Default)]
+pub struct RawPairs(ByRegion<(u64, u64)>);
+
+impl RawPairs {
+    #[inline]
+    pub fn push(&mut self, raw: u64, row: u64) {
+        let raw = stored_form(raw);
+        self.0.push(raw, (raw, row));
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+
+    /// The index of the pairs; of two with one raw hash, the later.
+    pub fn index(self) -> RawIndex {
+        let len = self.len();
+        let mut index = RawIndex {
+            slots: filled_in((len + len / 3).max(16), (0, 0)),
+        };
+        for (raw, row) in self.0.into_values() {
+            let at = index.probe(raw);
+            index.slots[at] = (raw, row);
+        }
+        index
     }
 }
 

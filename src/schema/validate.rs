@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use polars::prelude::*;
 use regex::Regex;
 
-use super::key_table::{KeySet, KeyTable};
+use super::key_table::{ByRegion, KeySet, KeyTable};
 use super::raw_rows::UnchangedRows;
 use super::{Field, FieldType, RawTable, TableSchema};
 
@@ -1782,10 +1782,15 @@ pub struct FileChecks {
     chunk: u32,
     /// Primary key -> its first row, of the records kept.
     keys: KeyTable,
-    /// The primary keys of the records left out as unchanged: most of a
-    /// nightly snapshot's, so in half the room, without where they are
-    /// (such a record can be told no error, only read again).
-    unchanged: KeySet,
+    /// The primary keys of the records left out as unchanged, and their
+    /// references to keys within the file: most of a nightly snapshot's.
+    /// Gathered by region of their hash and checked once the file is read
+    /// (`settle_unchanged`), a region at a time, where looking each one up
+    /// in a table of every key as it came cost a cache miss and a page walk
+    /// a key (0.9 s of a 10M-row sync). Only their hashes: such a record
+    /// can be told no error, only read again.
+    unchanged_keys: ByRegion<u128>,
+    unchanged_refs: ByRegion<u128>,
     /// Keys seen more than once: every copy, in file order, and the key.
     repeated: FastMap<u128, (String, Vec<RecordAt>)>,
     /// Per unique key: value -> line of its first row.
@@ -1798,6 +1803,11 @@ pub struct FileChecks {
     /// Whether a record left out as unchanged shares its key with another
     /// record of the file (`note_unchanged`).
     unchanged_repeated: bool,
+}
+
+/// Where a key's hash goes in a `ByRegion`: its first half.
+fn region_of(hash: u128) -> u64 {
+    (hash >> 64) as u64
 }
 
 /// The `row` of a record left out as unchanged: it is no kept record.
@@ -1847,7 +1857,8 @@ impl FileChecks {
             hashers: Default::default(),
             chunk: 0,
             keys: KeyTable::default(),
-            unchanged: KeySet::default(),
+            unchanged_keys: ByRegion::default(),
+            unchanged_refs: ByRegion::default(),
             repeated: FastMap::new(),
             unique: schema.unique_keys.iter().map(|_| FastMap::new()).collect(),
             targets,
@@ -1858,11 +1869,11 @@ impl FileChecks {
 
     /// Notes the records of the next chunk left out as unchanged: their
     /// keys, and their references within the file (values of the fields of
-    /// `compared_field_indexes`, as written). Such a record can be told no
-    /// error (it is not kept), so one whose key another record has too is
-    /// only noted (`unchanged_repeated`), and one whose reference no record
-    /// answers comes out of `finish` as a `LateIssue` that is `left_out`:
-    /// either way the file must be read again, every record kept.
+    /// `compared_field_indexes`, as written), checked once the file is read
+    /// (`settle_unchanged`). Such a record can be told no error (it is not
+    /// kept), so one whose key another record has too, or whose reference
+    /// no record answers, is only noted (`unchanged_repeated`): the file
+    /// must then be read again, every record kept.
     pub fn note_unchanged(&mut self, rows: &UnchangedRows, schema: &TableSchema) {
         if rows.is_empty() {
             return;
@@ -1898,7 +1909,7 @@ impl FileChecks {
                 }
             }
         };
-        // Hashed first, so that each key's slot can be fetched ahead.
+        // Hashed first, then noted.
         let mut values = Vec::with_capacity(fields.len());
         let mut keys = Vec::with_capacity(rows.len());
         let mut refs: Vec<Vec<Option<u128>>> =
@@ -1910,40 +1921,88 @@ impl FileChecks {
                 hashes.push(hash_of(&values, places));
             }
         }
-        self.unchanged
-            .reserve_total(self.unchanged.len() + rows.len());
         let chunk = self.chunk;
-        let at = |row: usize| RecordAt {
-            line: rows.lines[row],
-            chunk,
-            row: UNCHANGED_ROW,
-        };
-        for (row, hash) in keys.iter().enumerate() {
-            self.unchanged.prefetch_ahead(&keys, row);
-            let Some(hash) = *hash else {
+        for hash in keys {
+            match hash {
+                Some(hash) => self.unchanged_keys.push(region_of(hash), hash),
                 // A stored row always has its key: read again to be sure.
-                self.unchanged_repeated = true;
-                continue;
-            };
-            if self.unchanged.insert(hash, ()).is_err() || self.keys.contains(hash) {
-                self.unchanged_repeated = true;
+                None => self.unchanged_repeated = true,
             }
         }
         for ((number, _), hashes) in references.iter().zip(&refs) {
+            let by_key = self.targets[*number].is_none();
             for (row, hash) in hashes.iter().enumerate() {
-                self.unchanged.prefetch_ahead(hashes, row);
-                if let Some(hash) = *hash
-                    && !self.knows(*number, hash)
-                {
-                    self.pending.push((*number as u32, hash, at(row)));
+                let Some(hash) = *hash else { continue };
+                if by_key {
+                    self.unchanged_refs.push(region_of(hash), hash);
+                } else if !self.knows(*number, hash) {
+                    let at = RecordAt {
+                        line: rows.lines[row],
+                        chunk,
+                        row: UNCHANGED_ROW,
+                    };
+                    self.pending.push((*number as u32, hash, at));
                 }
             }
         }
     }
 
+    /// Checks the keys and references of the records left out as
+    /// unchanged (`note_unchanged`), a region of their hashes at a time:
+    /// a key another record has too, or a reference no record answers,
+    /// is noted (`unchanged_repeated`); a kept record's reference that
+    /// only a left-out record answers is answered. Once the file is read.
+    fn settle_unchanged(&mut self) {
+        let keys = std::mem::take(&mut self.unchanged_keys);
+        let refs = std::mem::take(&mut self.unchanged_refs);
+        if keys.len() == 0 && refs.len() == 0 {
+            return;
+        }
+        let mut kept: Vec<Vec<u128>> = vec![Vec::new(); 256];
+        for hash in self.keys.hashes() {
+            kept[(region_of(hash) >> 56) as usize].push(hash);
+        }
+        let mut waiting: Vec<Vec<usize>> = vec![Vec::new(); 256];
+        for (n, (number, hash, _)) in self.pending.iter().enumerate() {
+            if self.targets[*number as usize].is_none() {
+                waiting[(region_of(*hash) >> 56) as usize].push(n);
+            }
+        }
+        let mut answered = vec![false; self.pending.len()];
+        // One region's keys, by the other half of their hash: in a region
+        // the first half starts alike.
+        let within = |hash: u128| hash.rotate_left(64);
+        let mut region = KeySet::default();
+        for (r, (keys, refs)) in keys.into_regions().zip(refs.into_regions()).enumerate() {
+            region.clear_for(keys.len());
+            for hash in keys {
+                if region.insert(within(hash), ()).is_err() {
+                    self.unchanged_repeated = true;
+                }
+            }
+            if kept[r].iter().any(|&hash| region.contains(within(hash))) {
+                // A record left out has a kept record's key.
+                self.unchanged_repeated = true;
+            }
+            if refs
+                .iter()
+                .any(|&hash| !region.contains(within(hash)) && !self.keys.contains(hash))
+            {
+                self.unchanged_repeated = true;
+            }
+            for &n in &waiting[r] {
+                answered[n] |= region.contains(within(self.pending[n].1));
+            }
+        }
+        let mut answers = answered.into_iter();
+        self.pending.retain(|_| !answers.next().unwrap_or(false));
+    }
+
     /// Whether a record left out as unchanged shares its key with another
-    /// record: what the checks say is then incomplete.
-    pub fn unchanged_repeated(&self) -> bool {
+    /// record, or refers to a key no record has: what the checks say is
+    /// then incomplete. Once the file is read.
+    pub fn unchanged_repeated(&mut self) -> bool {
+        self.settle_unchanged();
         self.unchanged_repeated
     }
 
@@ -1953,7 +2012,6 @@ impl FileChecks {
     /// every step.
     pub fn expect_rows(&mut self, rows: usize, left_out: usize) {
         self.keys.reserve_total(rows.saturating_sub(left_out));
-        self.unchanged.reserve_total(left_out);
     }
 
     /// A value's hash; never 0, which `KeyTable` keeps for an empty slot
@@ -2006,10 +2064,6 @@ impl FileChecks {
                 chunk,
                 row: row as u32,
             };
-            if self.unchanged.contains(hash) {
-                // A record left out has this key too.
-                self.unchanged_repeated = true;
-            }
             let Err(first) = self.keys.insert(hash, here) else {
                 continue;
             };
@@ -2085,7 +2139,7 @@ impl FileChecks {
     fn knows(&self, fk: usize, hash: u128) -> bool {
         match &self.targets[fk] {
             Some(targets) => targets.contains(&hash),
-            None => self.keys.contains(hash) || self.unchanged.contains(hash),
+            None => self.keys.contains(hash),
         }
     }
 
@@ -2130,7 +2184,8 @@ impl FileChecks {
 
     /// What only the whole file shows, in line order: every copy of a
     /// repeated key, and references within the file that no row answered.
-    pub fn finish(self) -> Vec<LateIssue> {
+    pub fn finish(mut self) -> Vec<LateIssue> {
+        self.settle_unchanged();
         let mut late = Vec::new();
         for (number, hash, at) in &self.pending {
             if !self.knows(*number as usize, *hash) {
@@ -2143,7 +2198,6 @@ impl FileChecks {
             }
         }
         drop(self.keys);
-        drop(self.unchanged);
         drop(self.targets);
         for (key, copies) in self.repeated.into_values() {
             let lines: Vec<String> = copies.iter().map(|c| c.line.to_string()).collect();

@@ -22,8 +22,8 @@ use polars_arrow::array::Array;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{Store, StoreError, ident};
-use crate::schema::raw_rows::RawIndex;
-use crate::schema::{PREFETCH_AHEAD, filled_in_large_pages, prefetch};
+use crate::schema::raw_rows::{RawIndex, RawPairs};
+use crate::schema::{ByRegion, PREFETCH_AHEAD, filled_in, prefetch};
 
 /// The column a row's hash goes in, in the hand-off and the stored table.
 pub const ROW_HASH: &str = "_row_hash";
@@ -137,14 +137,14 @@ pub struct StoredHashes {
 /// the index of their raw hashes is built first, so that the file's
 /// records can be looked up while the table is built.
 pub struct LoadedHashes {
-    pub hashes: Vec<u64>,
+    hashes: ByRegion<u64>,
     pub index: Option<RawIndex>,
 }
 
 impl LoadedHashes {
     /// The table of the hashes.
     pub fn table(self) -> StoredHashes {
-        StoredHashes::with_hashes(&self.hashes)
+        StoredHashes::from_regions(self.hashes)
     }
 }
 
@@ -154,17 +154,25 @@ const ZERO_STANDIN: u64 = 0x2545_f491_4f6c_dd1d;
 impl StoredHashes {
     /// The table of `hashes`, and those held by more than one row (none,
     /// unless hashes were made another way or altered).
+    #[cfg(test)]
     fn with_hashes(hashes: &[u64]) -> StoredHashes {
+        let mut gathered = ByRegion::default();
+        for &hash in hashes {
+            gathered.push(stored_form(hash), stored_form(hash));
+        }
+        StoredHashes::from_regions(gathered)
+    }
+
+    /// The table of `hashes` (in their stored form), gathered by region.
+    fn from_regions(hashes: ByRegion<u64>) -> StoredHashes {
         let capacity = (hashes.len() + hashes.len() / 3).max(16);
         let mut table = StoredHashes {
-            slots: filled_in_large_pages(capacity, 0),
+            slots: filled_in(capacity, 0),
             matched: vec![0; capacity.div_ceil(64)],
             shared: Default::default(),
         };
         let mut shared = foldhash::HashSet::default();
-        for (n, &hash) in hashes.iter().enumerate() {
-            table.prefetch_ahead(hashes, n);
-            let hash = stored_form(hash);
+        for hash in hashes.into_values() {
             let index = table.probe(hash);
             if table.slots[index] == hash {
                 shared.insert(hash);
@@ -210,8 +218,8 @@ impl StoredHashes {
         }
         let raw = raw_until.is_some() && has_column(RAW_HASH)?;
         let started = std::time::Instant::now();
-        let mut hashes: Vec<u64> = Vec::new();
-        let mut pairs: Vec<(u64, u64)> = Vec::new();
+        let mut hashes = ByRegion::default();
+        let mut pairs = RawPairs::default();
         let mut statement = conn
             .prepare(&format!(
                 "SELECT _row_hash{} FROM {} WHERE _integration = ? AND _row_hash IS NOT NULL",
@@ -230,22 +238,25 @@ impl StoredHashes {
             let rows = column.values().iter().copied().take(column.len());
             if raw {
                 let raws = batch.column(1).as_primitive::<UInt64Type>();
-                pairs.extend(
-                    raws.iter()
-                        .zip(rows.clone())
-                        .filter_map(|(raw, row)| Some((raw?, row))),
-                );
+                for (raw, row) in raws.iter().zip(rows.clone()) {
+                    if let Some(raw) = raw {
+                        pairs.push(raw, row);
+                    }
+                }
             }
-            hashes.extend(rows);
+            for hash in rows {
+                hashes.push(stored_form(hash), stored_form(hash));
+            }
         }
-        if hashes.is_empty() {
+        if hashes.len() == 0 {
             return Ok(None);
         }
         let read = started.elapsed();
-        let index = (!pairs.is_empty()).then(|| RawIndex::new(&pairs));
+        let raw_rows = pairs.len();
+        let index = (!pairs.is_empty()).then(|| pairs.index());
         tracing::debug!(
             rows = hashes.len(),
-            raw = pairs.len(),
+            raw = raw_rows,
             read_ms = read.as_millis() as u64,
             ms = started.elapsed().as_millis() as u64,
             "stored rows' hashes loaded"

@@ -137,3 +137,48 @@ fn a_key_repeated_before_a_record_as_stored_rejects_both_copies() {
         ]);
     assert_eq!(accounts(&ws.db()), six_accounts_table());
 }
+
+/// A changed record whose parent is a record left out as unchanged, before
+/// it or after it, in a chunk of its own, finds that parent; a parent that
+/// is gone is still missed.
+#[test]
+fn a_changed_record_finds_its_parent_among_the_records_as_stored() {
+    let ws = workspace_on(StoreKind::DuckDb, &accounts_config(""));
+    let day_one = format!(
+        "{ACCOUNTS_HEADER}\
+         MOM,,Mom,parent,pro,2,2020-01-01\n\
+         KID,MOM,Kid,product,pro,1,2020-01-01\n\
+         TWIN,DAD,Twin,product,pro,3,2020-01-01\n\
+         DAD,,Dad,parent,pro,4,2020-01-01\n"
+    );
+    ws.drop_file("accounts_20260101.csv", day_one);
+    ws.dropsync(&["run"]).code(0);
+    let record_a_chunk = [("DROPSYNC_CHUNK_BYTES", "40")];
+    ws.drop_file(
+        "accounts_20260102.csv",
+        format!(
+            "{ACCOUNTS_HEADER}\
+             MOM,,Mom,parent,pro,2,2020-01-01\n\
+             KID,MOM,Kid renamed,product,pro,1,2020-01-01\n\
+             TWIN,DAD,Twin renamed,product,pro,3,2020-01-01\n\
+             DAD,,Dad,parent,pro,4,2020-01-01\n"
+        ),
+    );
+    ws.dropsync_env(&["run"], &record_a_chunk)
+        .code(0)
+        .stdout_has(&["rows 4 ok 4 rejected 0 skipped 0  +0 ~2 -0"]);
+    ws.drop_file(
+        "accounts_20260103.csv",
+        format!(
+            "{ACCOUNTS_HEADER}\
+             KID,MOM,Kid renamed again,product,pro,1,2020-01-01\n\
+             TWIN,DAD,Twin renamed,product,pro,3,2020-01-01\n\
+             DAD,,Dad,parent,pro,4,2020-01-01\n"
+        ),
+    );
+    ws.dropsync_env(&["run"], &record_a_chunk)
+        .code(1)
+        .stdout_has(&[
+            "    line 2 [KID] ParentID: `MOM` does not exist: no row of this file has that AccountID\n",
+        ]);
+}
