@@ -1072,8 +1072,14 @@ fn read_chunks(
                         rows = rows.min(records_at_most);
                     }
                     // And most likely left out as often.
-                    let left_out = handed_unchanged as f64 / chunk.table.records.max(1) as f64;
-                    checks.expect_rows(rows as usize, (rows as f64 * left_out) as usize);
+                    let share = |n: usize| {
+                        (rows as f64 * n as f64 / chunk.table.records.max(1) as f64) as usize
+                    };
+                    checks.expect_rows(
+                        rows as usize,
+                        share(handed_unchanged),
+                        share(checks.left_out_refs()),
+                    );
                 }
                 progress::report(Event::Bytes(chunk.end));
                 progress::report(Event::Rows(chunk.table.records));

@@ -107,6 +107,16 @@ impl<T> ByRegion<T> {
         self.len
     }
 
+    /// Makes room for `total` values in all, spread evenly, as hashes
+    /// spread: grown one push at a time, each region's values were copied
+    /// at every doubling, into memory the system had to clear first.
+    pub(crate) fn reserve_total(&mut self, total: usize) {
+        let each = (total / self.regions.len()) + (total / self.regions.len() / 8) + 16;
+        for region in &mut self.regions {
+            region.reserve(each.saturating_sub(region.len()));
+        }
+    }
+
     /// The values, region by region (in the order they came within one).
     pub(crate) fn into_values(self) -> impl Iterator<Item = T> {
         self.regions.into_iter().flatten()

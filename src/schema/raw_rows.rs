@@ -124,6 +124,11 @@ impl RawPairs {
         self.0.len()
     }
 
+    /// Makes room for `total` pairs in all.
+    pub fn reserve_total(&mut self, total: usize) {
+        self.0.reserve_total(total);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.len() == 0
     }

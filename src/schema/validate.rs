@@ -2007,11 +2007,18 @@ impl FileChecks {
     }
 
     /// Makes room for the keys of `rows` rows in all, `left_out` of them
-    /// records left out as unchanged, at once: growing a table of millions
-    /// of keys step by step holds the old and the new table together at
-    /// every step.
-    pub fn expect_rows(&mut self, rows: usize, left_out: usize) {
+    /// records left out as unchanged (with `left_out_refs` references), at
+    /// once: growing a table of millions of keys step by step holds the old
+    /// and the new table together at every step.
+    pub fn expect_rows(&mut self, rows: usize, left_out: usize, left_out_refs: usize) {
         self.keys.reserve_total(rows.saturating_sub(left_out));
+        self.unchanged_keys.reserve_total(left_out);
+        self.unchanged_refs.reserve_total(left_out_refs);
+    }
+
+    /// The references within the file noted so far of records left out.
+    pub fn left_out_refs(&self) -> usize {
+        self.unchanged_refs.len()
     }
 
     /// A value's hash; never 0, which `KeyTable` keeps for an empty slot

@@ -218,8 +218,24 @@ impl StoredHashes {
         }
         let raw = raw_until.is_some() && has_column(RAW_HASH)?;
         let started = std::time::Instant::now();
+        // Room made first, so that no region is copied as it grows.
+        let rows: i64 = store
+            .db()
+            .value(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE _integration = ? AND _row_hash IS NOT NULL",
+                    ident(table)
+                ),
+                &[&integration],
+            )
+            .map_err(store.query_error(context))?;
+        let rows = usize::try_from(rows).unwrap_or(0);
         let mut hashes = ByRegion::default();
+        hashes.reserve_total(rows);
         let mut pairs = RawPairs::default();
+        if raw {
+            pairs.reserve_total(rows);
+        }
         let mut statement = conn
             .prepare(&format!(
                 "SELECT _row_hash{} FROM {} WHERE _integration = ? AND _row_hash IS NOT NULL",
@@ -386,7 +402,8 @@ mod tests {
     }
 
     /// The table finds what it holds (through wrap-around and shared home
-    /// slots), marks what it found, and gives back the rest.
+    /// slots), marks what it found and what it is told to, and gives back
+    /// the rest.
     #[test]
     fn stored_hashes_find_and_mark() {
         let top = u64::MAX;
@@ -405,10 +422,13 @@ mod tests {
         let found = table.match_rows(&asked);
         assert!(found[..found.len() - 2].iter().all(|&f| f));
         assert_eq!(&found[found.len() - 2..], &[false, false]);
+        // Records left out mark their stored rows too.
+        let left_out: Vec<u64> = held.iter().skip(1).step_by(3).copied().collect();
+        assert!(table.mark(&left_out));
         let mut expected: Vec<u64> = held
             .iter()
             .enumerate()
-            .filter(|(n, _)| n % 3 != 0)
+            .filter(|(n, _)| n % 3 == 2)
             .map(|(_, &h)| h)
             .collect();
         let mut unmatched = table.unmatched();
