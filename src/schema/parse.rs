@@ -1257,6 +1257,8 @@ fn parse_chunk(
             .map_or(0, |c| c + 1)
     });
     let mut leading = LeadingFields::new(dialect);
+    // The stored row after the last record found (`RawIndex::follow`).
+    let mut follow = usize::MAX;
     // (start, where its text starts past line ends, end, hash)
     let mut ahead: std::collections::VecDeque<(usize, usize, usize, u64)> = Default::default();
     let mut reader = csv::ReaderBuilder::new()
@@ -1291,12 +1293,14 @@ fn parse_chunk(
                     stop -= 1;
                 }
                 let hash = raw_hash(raw.seed, &text[from..stop]);
-                index.prefetch(hash);
+                if !index.expects(hash, follow.wrapping_add(ahead.len())) {
+                    index.prefetch(hash);
+                }
                 ahead.push_back((scan, from, stop, hash));
                 scan = stop;
             }
             if let Some((at, from, stop, hash)) = ahead.pop_front()
-                && let Some(stored) = index.get(hash)
+                && let Some(stored) = index.follow(hash, &mut follow)
                 && unchanged.has_room(stop - at)
                 && leading.read(record_text(&text[from..stop]), needed)
                 && raw
@@ -1410,7 +1414,7 @@ fn parse_chunk(
             .filter(|_| record.len() == width)
             .map(|raw| raw_hash(raw.seed, &text[record_start as usize..record_end as usize]));
         if let (Some(hash), Some(index), Some(raw)) = (raw_hash, index, raw)
-            && let Some(stored) = index.get(hash)
+            && let Some(stored) = index.follow(hash, &mut follow)
             && unchanged.has_room(record.as_slice().len())
         {
             let value = |f: &usize| layout[*f].and_then(|c| record.get(c));

@@ -230,6 +230,8 @@ impl StoredHashes {
             )
             .map_err(store.query_error(context))?;
         let rows = usize::try_from(rows).unwrap_or(0);
+        // A raw index numbers its rows in 32 bits.
+        let raw = raw && rows < u32::MAX as usize;
         let mut hashes = ByRegion::default();
         hashes.reserve_total(rows);
         let mut pairs = RawPairs::default();
