@@ -994,8 +994,14 @@ fn read_chunks(
         });
         let parser = scope.spawn(move || {
             let mut chunks = chunks;
-            if leave_out && let Ok(Some(index)) = next_raw_index.recv() {
-                chunks.leave_out_unchanged(index);
+            if leave_out {
+                if let Err(e) = chunks.read_next() {
+                    let _ = parsed.send(Err(e));
+                    return chunks;
+                }
+                if let Ok(Some(index)) = next_raw_index.recv() {
+                    chunks.leave_out_unchanged(index);
+                }
             }
             for index in 0.. {
                 let started = std::time::Instant::now();

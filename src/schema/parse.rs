@@ -546,6 +546,15 @@ impl<'a> CsvChunks<'a> {
         }
     }
 
+    /// Reads the next chunk's bytes, not parsing them yet: while the
+    /// parser waits for the stored rows' raw hashes.
+    pub fn read_next(&mut self) -> Result<(), ParseError> {
+        if self.carry.len() < self.chunk_bytes && !self.eof {
+            self.read_more(self.chunk_bytes - self.carry.len())?;
+        }
+        Ok(())
+    }
+
     /// The next run of records; `None` past the end of the file.
     pub fn next_chunk(&mut self) -> Result<Option<CsvChunk>, ParseError> {
         loop {

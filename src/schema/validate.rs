@@ -1955,7 +1955,8 @@ impl FileChecks {
     fn settle_unchanged(&mut self) {
         let keys = std::mem::take(&mut self.unchanged_keys);
         let refs = std::mem::take(&mut self.unchanged_refs);
-        if keys.len() == 0 && refs.len() == 0 {
+        let total = keys.len() + refs.len();
+        if total == 0 {
             return;
         }
         let mut kept: Vec<Vec<u128>> = vec![Vec::new(); 256];
@@ -1968,33 +1969,56 @@ impl FileChecks {
                 waiting[(region_of(*hash) >> 56) as usize].push(n);
             }
         }
-        let mut answered = vec![false; self.pending.len()];
         // One region's keys, by the other half of their hash: in a region
-        // the first half starts alike.
+        // the first half starts alike. Gives whether a check failed, and
+        // the pending references answered.
         let within = |hash: u128| hash.rotate_left(64);
-        let mut region = KeySet::default();
-        for (r, (keys, refs)) in keys.into_regions().zip(refs.into_regions()).enumerate() {
-            region.clear_for(keys.len());
-            for hash in keys {
-                if region.insert(within(hash), ()).is_err() {
-                    self.unchanged_repeated = true;
+        let (known, pending) = (&self.keys, &self.pending);
+        let check = |first: usize, regions: &[(Vec<u128>, Vec<u128>)]| -> (bool, Vec<usize>) {
+            let (mut failed, mut answered) = (false, Vec::new());
+            let mut region = KeySet::default();
+            for (n, (keys, refs)) in regions.iter().enumerate() {
+                let r = first + n;
+                region.clear_for(keys.len());
+                for &hash in keys {
+                    failed |= region.insert(within(hash), ()).is_err();
                 }
-            }
-            if kept[r].iter().any(|&hash| region.contains(within(hash))) {
                 // A record left out has a kept record's key.
-                self.unchanged_repeated = true;
+                failed |= kept[r].iter().any(|&hash| region.contains(within(hash)));
+                failed |= refs
+                    .iter()
+                    .any(|&hash| !region.contains(within(hash)) && !known.contains(hash));
+                answered.extend(
+                    waiting[r]
+                        .iter()
+                        .filter(|&&n| region.contains(within(pending[n].1))),
+                );
             }
-            if refs
-                .iter()
-                .any(|&hash| !region.contains(within(hash)) && !self.keys.contains(hash))
-            {
-                self.unchanged_repeated = true;
-            }
-            for &n in &waiting[r] {
-                answered[n] |= region.contains(within(self.pending[n].1));
-            }
+            (failed, answered)
+        };
+        let regions: Vec<(Vec<u128>, Vec<u128>)> =
+            keys.into_regions().zip(refs.into_regions()).collect();
+        let (low, high) = regions.split_at(regions.len() / 2);
+        // Half the regions each on two threads, for files worth it.
+        let ((failed, mut answered), (also_failed, more)) = if total < 1 << 16 {
+            (check(0, low), check(low.len(), high))
+        } else {
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| check(low.len(), high));
+                let mine = check(0, low);
+                let theirs = other
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (mine, theirs)
+            })
+        };
+        self.unchanged_repeated |= failed || also_failed;
+        answered.extend(more);
+        let mut is_answered = vec![false; self.pending.len()];
+        for n in answered {
+            is_answered[n] = true;
         }
-        let mut answers = answered.into_iter();
+        let mut answers = is_answered.into_iter();
         self.pending.retain(|_| !answers.next().unwrap_or(false));
     }
 
