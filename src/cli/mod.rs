@@ -851,15 +851,21 @@ fn run(
     } else if outcomes.is_empty() {
         printed(nothing_to_sync(out, dates))?;
     }
-    flushed(&store, overall(&outcomes))
+    flushed(store, overall(&outcomes))
 }
 
 /// The outcome of a command that wrote to the store, once what it committed
 /// is on disk: DuckDB would write it when the store closes, but would
 /// swallow a failure there.
-fn flushed(store: &Store, outcome: Outcome) -> Result<Outcome, CliError> {
+///
+/// Once it is on disk the store is left for the process's exit to close
+/// (`Store::leave_to_exit`): this is the command's last step.
+fn flushed(store: Store, outcome: Outcome) -> Result<Outcome, CliError> {
     match store.flush() {
-        Ok(()) => Ok(outcome),
+        Ok(()) => {
+            store.leave_to_exit();
+            Ok(outcome)
+        }
         // A failure already reported (a batch that could not be flushed
         // leaves the store refusing writes) is not reported twice.
         Err(_) if outcome == Outcome::Failed => Ok(outcome),
@@ -1006,7 +1012,7 @@ fn ingest(
     } else {
         output::file_outcome(out, &outcome, palette)
     })?;
-    flushed(&store, overall(std::slice::from_ref(&outcome)))
+    flushed(store, overall(std::slice::from_ref(&outcome)))
 }
 
 /// The exit outcome of a set of file outcomes: the worst of them.

@@ -331,6 +331,19 @@ impl Store {
         &self.path
     }
 
+    /// Leaves a flushed DuckDB store open, for the process's exit to close:
+    /// closing it would only join DuckDB's worker threads and hand their
+    /// memory back, 30 to 45 ms of a nightly sync of a million rows. Nothing
+    /// is lost: the store file holds every commit (`flush`), what a
+    /// checkpoint put off is in the write-ahead log, and the file's lock
+    /// goes with the process. A PostgreSQL session is closed as usual, so
+    /// the server sees it end.
+    pub fn leave_to_exit(self) {
+        if self.db.duck().is_some() {
+            std::mem::forget(self);
+        }
+    }
+
     /// Writes everything committed into the store file and syncs it to disk
     /// (DuckDB's CHECKPOINT). DuckDB checkpoints on its own when the store
     /// is closed, but a failure there (a failed fsync) is swallowed: this
