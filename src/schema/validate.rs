@@ -1801,7 +1801,8 @@ pub struct FileChecks {
     /// References to values no chunk so far has: (foreign key, value, row).
     pending: Vec<(u32, u128, RecordAt)>,
     /// Whether a record left out as unchanged shares its key with another
-    /// record of the file (`note_unchanged`).
+    /// record of the file, or refers to a key no record has
+    /// (`settle_unchanged`).
     unchanged_repeated: bool,
 }
 
