@@ -871,7 +871,9 @@ struct ValidChunk {
 
 /// `read_in_chunks`, reading records by their raw hash as `raw` says.
 /// `None` when a record left out as unchanged turned out to share its key
-/// with another record: the file must be read again, every record kept.
+/// with another record, or to refer to a key no record has, or matched a
+/// hash several stored rows have: the file must be read again, every
+/// record kept.
 fn read_chunks(
     store: &Store,
     config: &Config,
@@ -1103,13 +1105,10 @@ fn read_chunks(
     });
     written?;
     consumed?;
-    if checks.unchanged_repeated() || parts.marks_shared {
+    if checks.must_read_again() || parts.marks_shared {
         return Ok(None);
     }
     let late = checks.finish();
-    if late.iter().any(|issue| issue.at.left_out()) {
-        return Ok(None);
-    }
     if late.is_empty() {
         return Ok(Some(out));
     }

@@ -119,7 +119,7 @@ impl RawIndex {
     /// Whether the stored row at `place` was read from a record of raw
     /// hash `raw`.
     #[inline]
-    pub fn holds_at(&self, raw: u64, place: usize) -> bool {
+    fn holds_at(&self, raw: u64, place: usize) -> bool {
         self.rows.get(place).is_some_and(|&(held, _)| held == raw)
     }
 

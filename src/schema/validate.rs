@@ -1761,13 +1761,6 @@ pub struct RecordAt {
     pub row: u32,
 }
 
-impl RecordAt {
-    /// Whether the record was left out as unchanged (it is no kept record).
-    pub fn left_out(&self) -> bool {
-        self.row == UNCHANGED_ROW
-    }
-}
-
 /// What the rules across rows remember of a file's chunks already
 /// validated, so that they see the whole file while only one chunk is in
 /// memory. Values are remembered as a 128-bit hash of their canonical
@@ -1802,17 +1795,15 @@ pub struct FileChecks {
     pending: Vec<(u32, u128, RecordAt)>,
     /// Whether a record left out as unchanged shares its key with another
     /// record of the file, or refers to a key no record has
-    /// (`settle_unchanged`).
-    unchanged_repeated: bool,
+    /// (`settle_unchanged`): the file must be read again, every record
+    /// kept, for the rules to tell each copy.
+    read_again: bool,
 }
 
 /// Where a key's hash goes in a `ByRegion`: its first half.
 fn region_of(hash: u128) -> u64 {
     (hash >> 64) as u64
 }
-
-/// The `row` of a record left out as unchanged: it is no kept record.
-const UNCHANGED_ROW: u32 = u32::MAX;
 
 /// A problem with a row that only the whole file shows, found after the
 /// row's chunk was validated (and perhaps handed on).
@@ -1864,7 +1855,7 @@ impl FileChecks {
             unique: schema.unique_keys.iter().map(|_| FastMap::new()).collect(),
             targets,
             pending: Vec::new(),
-            unchanged_repeated: false,
+            read_again: false,
         }
     }
 
@@ -1873,7 +1864,7 @@ impl FileChecks {
     /// `compared_field_indexes`, as written), checked once the file is read
     /// (`settle_unchanged`). Such a record can be told no error (it is not
     /// kept), so one whose key another record has too, or whose reference
-    /// no record answers, is only noted (`unchanged_repeated`): the file
+    /// no record answers, is only noted (`must_read_again`): the file
     /// must then be read again, every record kept.
     pub fn note_unchanged(&mut self, rows: &UnchangedRows, schema: &TableSchema) {
         if rows.is_empty() {
@@ -1922,28 +1913,22 @@ impl FileChecks {
                 hashes.push(hash_of(&values, places));
             }
         }
-        let chunk = self.chunk;
         for hash in keys {
             match hash {
                 Some(hash) => self.unchanged_keys.push(region_of(hash), hash),
                 // A stored row always has its key: read again to be sure.
-                None => self.unchanged_repeated = true,
+                None => self.read_again = true,
             }
         }
         for ((number, _), hashes) in references.iter().zip(&refs) {
-            let by_key = self.targets[*number].is_none();
-            for (row, hash) in hashes.iter().enumerate() {
-                let Some(hash) = *hash else { continue };
-                if by_key {
-                    self.unchanged_refs.push(region_of(hash), hash);
-                } else if !self.knows(*number, hash) {
-                    let at = RecordAt {
-                        line: rows.lines[row],
-                        chunk,
-                        row: UNCHANGED_ROW,
-                    };
-                    self.pending.push((*number as u32, hash, at));
-                }
+            // Only references to the key are checked here (the only ones
+            // a sync that leaves records out has: `reads_raw_rows`).
+            if self.targets[*number].is_some() {
+                self.read_again = true;
+                continue;
+            }
+            for hash in hashes.iter().flatten() {
+                self.unchanged_refs.push(region_of(*hash), *hash);
             }
         }
     }
@@ -1951,7 +1936,7 @@ impl FileChecks {
     /// Checks the keys and references of the records left out as
     /// unchanged (`note_unchanged`), a region of their hashes at a time:
     /// a key another record has too, or a reference no record answers,
-    /// is noted (`unchanged_repeated`); a kept record's reference that
+    /// is noted (`must_read_again`); a kept record's reference that
     /// only a left-out record answers is answered. Once the file is read.
     fn settle_unchanged(&mut self) {
         let keys = std::mem::take(&mut self.unchanged_keys);
@@ -2013,7 +1998,7 @@ impl FileChecks {
                 (mine, theirs)
             })
         };
-        self.unchanged_repeated |= failed || also_failed;
+        self.read_again |= failed || also_failed;
         answered.extend(more);
         let mut is_answered = vec![false; self.pending.len()];
         for n in answered {
@@ -2026,9 +2011,9 @@ impl FileChecks {
     /// Whether a record left out as unchanged shares its key with another
     /// record, or refers to a key no record has: what the checks say is
     /// then incomplete. Once the file is read.
-    pub fn unchanged_repeated(&mut self) -> bool {
+    pub fn must_read_again(&mut self) -> bool {
         self.settle_unchanged();
-        self.unchanged_repeated
+        self.read_again
     }
 
     /// Makes room for the keys of `rows` rows in all, `left_out` of them

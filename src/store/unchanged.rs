@@ -157,8 +157,8 @@ impl StoredHashes {
     #[cfg(test)]
     fn with_hashes(hashes: &[u64]) -> StoredHashes {
         let mut gathered = ByRegion::default();
-        for &hash in hashes {
-            gathered.push(stored_form(hash), stored_form(hash));
+        for hash in hashes.iter().copied().map(stored_form) {
+            gathered.push(hash, hash);
         }
         StoredHashes::from_regions(gathered)
     }
@@ -219,7 +219,7 @@ impl StoredHashes {
         let raw = raw_until.is_some() && has_column(RAW_HASH)?;
         let started = std::time::Instant::now();
         // Room made first, so that no region is copied as it grows.
-        let rows: i64 = store
+        let held: i64 = store
             .db()
             .value(
                 &format!(
@@ -229,14 +229,14 @@ impl StoredHashes {
                 &[&integration],
             )
             .map_err(store.query_error(context))?;
-        let rows = usize::try_from(rows).unwrap_or(0);
+        let held = usize::try_from(held).unwrap_or(0);
         // A raw index numbers its rows in 32 bits.
-        let raw = raw && rows < u32::MAX as usize;
+        let raw = raw && held < u32::MAX as usize;
         let mut hashes = ByRegion::default();
-        hashes.reserve_total(rows);
+        hashes.reserve_total(held);
         let mut pairs = RawPairs::default();
         if raw {
-            pairs.reserve_total(rows);
+            pairs.reserve_total(held);
         }
         let mut statement = conn
             .prepare(&format!(
@@ -262,8 +262,8 @@ impl StoredHashes {
                     }
                 }
             }
-            for hash in rows {
-                hashes.push(stored_form(hash), stored_form(hash));
+            for hash in rows.map(stored_form) {
+                hashes.push(hash, hash);
             }
         }
         if hashes.len() == 0 {
