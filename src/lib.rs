@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod feed;
 pub mod freshness;
+pub mod memory;
 pub mod notify;
 pub mod pipeline;
 pub mod progress;

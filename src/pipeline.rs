@@ -509,11 +509,13 @@ fn validate_and_apply(
     );
     parts.stored_rows = stored_rows;
     let reading = schema::formats::DropReading::of(&integration.config);
+    let kept = crate::memory::keep_while_reading();
     let read = if reads_in_chunks(integration, &file.name, &reading) {
         read_in_chunks(store, config, integration, file, &reading, &mut parts)
     } else {
         read_whole(store, config, integration, file, &reading, &mut parts)
     };
+    drop(kept);
     let mut valid = match read {
         Ok(valid) => valid,
         // A file that cannot be read may read next time; one that reads
