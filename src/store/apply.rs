@@ -130,7 +130,7 @@ impl Store {
         let outcome = match result {
             Ok(Outcome::Applied(changes)) => {
                 let step = step_timer("commit");
-                let committed = db.commit();
+                let committed = db.commit_into_file();
                 step.next("");
                 if let Err(e) = committed {
                     db.rollback();

@@ -331,6 +331,26 @@ impl Db {
         self.batch("COMMIT")
     }
 
+    /// Commits the open transaction straight into the store file: on
+    /// DuckDB the commit checkpoints, so a batch's changes are written to
+    /// the file once, not first to the write-ahead log and then again by
+    /// the checkpoint that follows every batch (`Store::flush`). Atomic as
+    /// any commit: the file's header names the new blocks only once they
+    /// are written and synced, and a commit that fails applies nothing.
+    pub fn commit_into_file(&self) -> Result<(), DbError> {
+        if self.duck().is_none() {
+            return self.commit();
+        }
+        self.batch("SET checkpoint_threshold = '0B'")?;
+        let committed = self.commit();
+        // Left as it is, later commits would checkpoint too: slower, and
+        // no less safe; the commit's own outcome is what counts.
+        if let Err(e) = self.batch("RESET checkpoint_threshold") {
+            tracing::debug!(error = %e, "checkpoint threshold not reset");
+        }
+        committed
+    }
+
     /// Rolls back the open transaction, if any; what failed is what the
     /// caller reports.
     pub fn rollback(&self) {
