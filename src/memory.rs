@@ -1,14 +1,15 @@
-//! How the process's heap treats the memory it frees while a file is read.
+//! How the process's heap treats the memory it frees while a snapshot is
+//! read with its unchanged records left out.
 //!
-//! Reading a file allocates and frees the same few sizes over and over:
-//! each chunk's text, its parsed columns, the hashes it notes. By default
-//! glibc hands a freed block of 128 KB or more back to the kernel (and
-//! trims the top of its heap past 128 KB), so the next chunk's block is
-//! fresh memory the kernel clears page by page as it is first touched.
-//! While a file is read, freed memory is kept instead and the next chunk
-//! reuses its pages; once the read is done, what it freed is handed back,
-//! before DuckDB diffs and applies, so the process's peak stays what it
-//! was and a daemon holds no more between files than it did.
+//! Such a read makes and frees blocks of the same few sizes chunk after
+//! chunk: each chunk's text, its parsed columns, the hashes it notes. By
+//! default glibc hands a freed block of 128 KB or more back to the kernel
+//! (and trims the top of its heap past 128 KB), so the next chunk's block
+//! is fresh memory the kernel clears page by page as it is first touched.
+//! While the file is read, freed memory is kept instead and the next chunk
+//! reuses its pages; once the read is done, what the heap holds free goes
+//! back, before DuckDB diffs and applies, so a daemon holds no more between
+//! files than it did.
 
 /// Blocks up to this size come from the heap, and are kept when freed;
 /// larger ones (whole-file tables) are mapped and unmapped on their own.

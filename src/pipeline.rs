@@ -14,6 +14,7 @@ use polars::prelude::{
 };
 
 use crate::config::{Config, ErrorPolicy, IntegrationConfig, Mode, OnError};
+use crate::memory::KeptWhileReading;
 use crate::progress::{self, Event, Stage};
 use crate::schema::{
     self, ComputedFields, Dataset, MetricsSpec, RowError, StoredColumn, ValidRows,
@@ -509,13 +510,11 @@ fn validate_and_apply(
     );
     parts.stored_rows = stored_rows;
     let reading = schema::formats::DropReading::of(&integration.config);
-    let kept = crate::memory::keep_while_reading();
     let read = if reads_in_chunks(integration, &file.name, &reading) {
         read_in_chunks(store, config, integration, file, &reading, &mut parts)
     } else {
         read_whole(store, config, integration, file, &reading, &mut parts)
     };
-    drop(kept);
     let mut valid = match read {
         Ok(valid) => valid,
         // A file that cannot be read may read next time; one that reads
@@ -969,7 +968,8 @@ fn read_chunks(
         .transpose()?;
     let (consumed, written, chunks) = std::thread::scope(|scope| {
         let preloaded = writing.stored_rows.take().filter(|_| leave_out);
-        let writer = scope.spawn(move || -> Result<(), ReadFailure> {
+        let writer = scope.spawn(move || -> Result<Option<KeptWhileReading>, ReadFailure> {
+            let mut kept = None;
             if let Some(reader) = stored_rows {
                 let stored = match preloaded {
                     Some(preloaded) => preloaded.wait(),
@@ -984,6 +984,12 @@ fn read_chunks(
                 // The parser goes on (leaving nothing out) if this failed.
                 let mut stored = stored?;
                 let index = stored.as_mut().and_then(|stored| stored.index.take());
+                // Records are left out: chunk after chunk, the read makes
+                // and frees blocks of the same few sizes, which the heap
+                // keeps for the next chunk until the read is done. (A
+                // first load hands every row on, in blocks of all sizes,
+                // and kept, they would only add to its peak.)
+                kept = index.is_some().then(crate::memory::keep_while_reading);
                 let _ = raw_index.send(index.map(std::sync::Arc::new));
                 // Built while the parser reads the first chunk.
                 writing.stored = stored.map(|stored| stored.table());
@@ -994,7 +1000,7 @@ fn read_chunks(
                 writing.write(&mut chunk.frame, chunk.raw_hashes, &chunk.unchanged)?;
                 chunk_done("hand-off", index, started);
             }
-            Ok(())
+            Ok(kept)
         });
         let parser = scope.spawn(move || {
             let mut chunks = chunks;
@@ -1105,7 +1111,7 @@ fn read_chunks(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (consumed, written, chunks)
     });
-    written?;
+    let _kept = written?;
     consumed?;
     if checks.must_read_again() || parts.marks_shared {
         return Ok(None);
