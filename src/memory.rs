@@ -9,7 +9,9 @@
 //! While the file is read, freed memory is kept instead and the next chunk
 //! reuses its pages; once the read is done, what the heap holds free goes
 //! back, before DuckDB diffs and applies, so a daemon holds no more between
-//! files than it did.
+//! files than it did. The setting is the process's: of two files read at
+//! once, the first done hands back what both had freed, which costs the
+//! other only the reuse.
 
 /// Blocks up to this size come from the heap, and are kept when freed;
 /// larger ones (whole-file tables) are mapped and unmapped on their own.
@@ -31,13 +33,13 @@ pub struct KeptWhileReading(());
 
 /// Keeps freed memory for the next allocations until the guard is dropped.
 pub fn keep_while_reading() -> KeptWhileReading {
-    set_trim_threshold(true);
+    set_thresholds(true);
     KeptWhileReading(())
 }
 
 impl Drop for KeptWhileReading {
     fn drop(&mut self) {
-        set_trim_threshold(false);
+        set_thresholds(false);
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only releases free memory, under the heap's
         // own locks.
@@ -47,7 +49,7 @@ impl Drop for KeptWhileReading {
     }
 }
 
-fn set_trim_threshold(keep: bool) {
+fn set_thresholds(keep: bool) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt changes two of the allocator's thresholds, under its
     // own lock; they are plain sizes other threads only compare against.
