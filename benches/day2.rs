@@ -536,6 +536,41 @@ fn bench_changelog(bin: &Path, root: &Path, rows: u64, workload: Workload, runs:
         peak(&as_of),
         a.as_secs_f64() / p.as_secs_f64()
     );
+
+    // The whole change log read back (day 1's inserts and the changes of
+    // days 2 and 3), into a file, as a user exports it.
+    let listed = dir.join("changes.out");
+    let list = |format: &str| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"exec "$0" --config "$1" changes accounts "$2" > "$3""#)
+            .arg(bin)
+            .arg(&cfg)
+            .arg(format)
+            .arg(&listed);
+        cmd
+    };
+    let (mut json, mut csv) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        json.push(run_measured(&mut list("--json"), "changes --json").0);
+        csv.push(run_measured(&mut list("--csv"), "changes --csv").0);
+        assert_eq!(
+            lines(&listed),
+            quiet_logged as u64 + 1,
+            "every change and a header"
+        );
+    }
+    let (j, c) = (med(&json), med(&csv));
+    println!("the change log read back ({quiet_logged} changes), {runs} runs (s):");
+    println!("  changes --json:           {}", secs(&json));
+    println!("  changes --csv:            {}", secs(&csv));
+    println!(
+        "changes median: --json {:.2} s / {:.0} MB, --csv {:.2} s / {:.0} MB",
+        j.as_secs_f64(),
+        peak(&json),
+        c.as_secs_f64(),
+        peak(&csv),
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -62,9 +62,14 @@ pub fn term(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Prints `value` as pretty JSON, through a buffer of its own: standard
+/// output is line-buffered, and a line at a time, a million changes took
+/// a system call per line.
 pub fn json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, value)?;
-    writeln!(out)
+    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()
 }
 
 pub fn outcomes_json(outcomes: &[FileOutcome]) -> serde_json::Value {
