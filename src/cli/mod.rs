@@ -481,19 +481,23 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 Some(id) => Some(store.run(id)?.execution_id),
                 None => None,
             };
-            let changes = store.changes(&crate::store::ChangeFilter {
+            let filter = crate::store::ChangeFilter {
                 integration: Some(args.integration.clone()),
                 since: args.since,
                 execution_id,
                 kinds: args.kinds,
                 ..Default::default()
-            })?;
+            };
+            // Printed as read: a log of millions of changes is never held.
+            let each = |print: output::EachChange<'_, CliError>| {
+                store.each_change(&filter, |change| print(&change))
+            };
             if args.json {
-                output::json(out, &changes)?;
+                output::changes_json(out, each)?;
             } else if args.csv {
-                output::changes_csv(out, &changes)?;
+                output::changes_csv(out, each)?;
             } else {
-                output::changes(out, &changes)?;
+                output::changes(out, each)?;
             }
             Ok(Outcome::Success)
         }

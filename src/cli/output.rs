@@ -532,17 +532,26 @@ fn change_detail(c: &ChangeRecord) -> String {
         .join(", ")
 }
 
+/// Changes as `fill` hands them over, one at a time, to the function it is
+/// given: a change log of any length is printed holding one change.
+pub type EachChange<'a, E> = &'a mut dyn FnMut(&ChangeRecord) -> Result<(), E>;
+
 /// `changes`, as a table.
-pub fn changes(out: &mut dyn Write, changes: &[ChangeRecord]) -> io::Result<()> {
-    if changes.is_empty() {
-        return writeln!(out, "no changes");
-    }
-    writeln!(
-        out,
-        "{:>8}  {:<10}  {:<36}  {:<11}  {:<24}  CHANGED",
-        "SEQ", "DATE", "EXECUTION ID", "KIND", "KEY"
-    )?;
-    for c in changes {
+pub fn changes<E: From<io::Error>>(
+    out: &mut dyn Write,
+    fill: impl FnOnce(EachChange<'_, E>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    let mut any = false;
+    fill(&mut |c| {
+        if !any {
+            any = true;
+            writeln!(
+                out,
+                "{:>8}  {:<10}  {:<36}  {:<11}  {:<24}  CHANGED",
+                "SEQ", "DATE", "EXECUTION ID", "KIND", "KEY"
+            )?;
+        }
         writeln!(
             out,
             "{:>8}  {:<10}  {:<36}  {:<11}  {:<24}  {}",
@@ -553,20 +562,47 @@ pub fn changes(out: &mut dyn Write, changes: &[ChangeRecord]) -> io::Result<()> 
             term(&c.key_text()),
             term(&change_detail(c))
         )?;
+        Ok(())
+    })?;
+    if !any {
+        writeln!(out, "no changes")?;
     }
-    Ok(())
+    Ok(out.flush()?)
+}
+
+/// `changes --json`: the array `json` would print of them all.
+pub fn changes_json<E: From<io::Error>>(
+    out: &mut dyn Write,
+    fill: impl FnOnce(EachChange<'_, E>) -> Result<(), E>,
+) -> Result<(), E> {
+    use serde::ser::{SerializeSeq, Serializer};
+    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    let mut json = serde_json::Serializer::pretty(&mut out);
+    let mut array = json.serialize_seq(None).map_err(io::Error::from)?;
+    fill(&mut |c| Ok(array.serialize_element(c).map_err(io::Error::from)?))?;
+    array.end().map_err(io::Error::from)?;
+    writeln!(out)?;
+    Ok(out.flush()?)
 }
 
 /// `changes --csv`: one change a line, its key and fields as JSON; cells a
 /// spreadsheet would run as formulas get a leading `'`.
-pub fn changes_csv(out: &mut dyn Write, changes: &[ChangeRecord]) -> io::Result<()> {
+pub fn changes_csv<E: From<io::Error>>(
+    out: &mut dyn Write,
+    fill: impl FnOnce(EachChange<'_, E>) -> Result<(), E>,
+) -> Result<(), E> {
     let mut writer = csv::Writer::from_writer(out);
-    writer.write_record(ChangeRecord::CSV_COLUMNS)?;
-    for c in changes {
+    writer
+        .write_record(ChangeRecord::CSV_COLUMNS)
+        .map_err(io::Error::from)?;
+    fill(&mut |c| {
         let cells = c.csv_cells();
-        writer.write_record(cells.iter().map(|cell| spreadsheet_safe(cell).into_owned()))?;
-    }
-    writer.flush()
+        writer
+            .write_record(cells.iter().map(|cell| spreadsheet_safe(cell).into_owned()))
+            .map_err(io::Error::from)?;
+        Ok(())
+    })?;
+    Ok(writer.flush()?)
 }
 
 #[cfg(test)]

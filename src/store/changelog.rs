@@ -484,9 +484,35 @@ impl Store {
 
     /// Logged changes matching `filter`, oldest first.
     pub fn changes(&self, filter: &ChangeFilter) -> Result<Vec<ChangeRecord>, StoreError> {
+        let mut out = Vec::new();
+        self.each_change(filter, |change| {
+            out.push(change);
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(out)
+    }
+
+    /// Logged changes matching `filter`, oldest first, each handed to
+    /// `each` as it is read: however long the log, one change at a time is
+    /// held. Stops at the first error `each` returns.
+    pub fn each_change<E: From<StoreError>>(
+        &self,
+        filter: &ChangeFilter,
+        mut each: impl FnMut(ChangeRecord) -> Result<(), E>,
+    ) -> Result<(), E> {
+        /// Why the read stopped: the database, or `each`.
+        enum Stop<E> {
+            Db(DbError),
+            Each(E),
+        }
+        impl<E> From<DbError> for Stop<E> {
+            fn from(e: DbError) -> Self {
+                Stop::Db(e)
+            }
+        }
         let context = "reading the change log";
         if !self.table_exists("dropsync_changes")? {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut sql = String::from(
             "SELECT seq, integration, dataset, target_table, CAST(record_key AS VARCHAR), kind, action,
@@ -526,49 +552,54 @@ impl Store {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
         let refs: Vec<&dyn ToValue> = params.iter().map(|v| v as &dyn ToValue).collect();
-        let rows = self
-            .db()
-            .query(&sql, &refs)
-            .map_err(self.query_error(context))?;
-        let mut out = Vec::new();
-        for r in rows {
-            let read = || -> Result<_, DbError> {
-                Ok((
-                    r.get::<i64>(0)?,
-                    r.get::<String>(1)?,
-                    r.get::<String>(2)?,
-                    r.get::<String>(3)?,
-                    r.get::<String>(4)?,
-                    r.get::<String>(5)?,
-                    r.get::<String>(6)?,
-                    r.get::<String>(7)?,
-                    r.get::<String>(8)?,
-                    r.get::<Option<NaiveDate>>(9)?,
-                    r.get::<NaiveDateTime>(10)?,
-                ))
-            };
-            let (seq, integration, dataset, table, key, kind, action, fields, id, date, at) =
-                read().map_err(self.query_error(context))?;
-            let bad = |what: &str| StoreError::Other {
-                path: self.path().to_path_buf(),
-                message: format!("change {seq} in the change log has an unreadable {what}"),
-            };
-            out.push(ChangeRecord {
-                seq,
-                integration,
-                dataset,
-                table,
-                key: serde_json::from_str(&key).map_err(|_| bad("key"))?,
-                kind: ChangeKind::parse(&kind).ok_or_else(|| bad("kind"))?,
-                action: serde_json::from_value(serde_json::Value::String(action))
-                    .map_err(|_| bad("action"))?,
-                fields: serde_json::from_str(&fields).map_err(|_| bad("fields"))?,
-                execution_id: id,
-                business_date: date,
-                recorded_at: at,
-            });
-        }
-        Ok(out)
+        self.db()
+            .for_each(&sql, &refs, |r| {
+                let change = self.change_of(&r).map_err(|e| Stop::Each(E::from(e)))?;
+                each(change).map_err(Stop::Each)
+            })
+            .map_err(|stop| match stop {
+                Stop::Db(e) => E::from(self.query_error(context)(e)),
+                Stop::Each(e) => e,
+            })
+    }
+
+    /// The change a row of `each_change`'s query holds.
+    fn change_of(&self, r: &super::db::Row) -> Result<ChangeRecord, StoreError> {
+        let read = || -> Result<_, DbError> {
+            Ok((
+                r.get::<i64>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<String>(4)?,
+                r.get::<String>(5)?,
+                r.get::<String>(6)?,
+                r.get::<String>(7)?,
+                r.get::<String>(8)?,
+                r.get::<Option<NaiveDate>>(9)?,
+                r.get::<NaiveDateTime>(10)?,
+            ))
+        };
+        let (seq, integration, dataset, table, key, kind, action, fields, id, date, at) =
+            read().map_err(self.query_error("reading the change log"))?;
+        let bad = |what: &str| StoreError::Other {
+            path: self.path().to_path_buf(),
+            message: format!("change {seq} in the change log has an unreadable {what}"),
+        };
+        Ok(ChangeRecord {
+            seq,
+            integration,
+            dataset,
+            table,
+            key: serde_json::from_str(&key).map_err(|_| bad("key"))?,
+            kind: ChangeKind::parse(&kind).ok_or_else(|| bad("kind"))?,
+            action: serde_json::from_value(serde_json::Value::String(action))
+                .map_err(|_| bad("action"))?,
+            fields: serde_json::from_str(&fields).map_err(|_| bad("fields"))?,
+            execution_id: id,
+            business_date: date,
+            recorded_at: at,
+        })
     }
 }
 
