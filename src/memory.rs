@@ -15,6 +15,9 @@
 
 /// Blocks up to this size come from the heap, and are kept when freed;
 /// larger ones (whole-file tables) are mapped and unmapped on their own.
+/// It stays so once the read is done: setting either threshold stops glibc
+/// adjusting both, and 32 MB is where its own adjustment ends up as soon
+/// as a chunk-sized mapped block is freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const KEPT_BLOCK: libc::c_int = 32 << 20;
 
