@@ -510,7 +510,6 @@ impl Store {
                 Stop::Db(e)
             }
         }
-        let context = "reading the change log";
         if !self.table_exists("dropsync_changes")? {
             return Ok(());
         }
@@ -558,7 +557,7 @@ impl Store {
                 each(change).map_err(Stop::Each)
             })
             .map_err(|stop| match stop {
-                Stop::Db(e) => E::from(self.query_error(context)(e)),
+                Stop::Db(e) => E::from(self.query_error(READING_THE_LOG)(e)),
                 Stop::Each(e) => e,
             })
     }
@@ -581,7 +580,7 @@ impl Store {
             ))
         };
         let (seq, integration, dataset, table, key, kind, action, fields, id, date, at) =
-            read().map_err(self.query_error("reading the change log"))?;
+            read().map_err(self.query_error(READING_THE_LOG))?;
         let bad = |what: &str| StoreError::Other {
             path: self.path().to_path_buf(),
             message: format!("change {seq} in the change log has an unreadable {what}"),
@@ -602,6 +601,9 @@ impl Store {
         })
     }
 }
+
+/// What a failed read of the change log was doing, in its error.
+const READING_THE_LOG: &str = "reading the change log";
 
 #[cfg(test)]
 mod tests {
